@@ -1,0 +1,64 @@
+"""tfmixed: empirical Bayes for TensorFlow 2.
+
+Linear mixed models with lme4's numbers (:func:`lmer`), the seed article's TensorFlow modules
+(:class:`LinearRegression`, :class:`MixedModule`) and MacKay's empirical-Bayes loop (:func:`mackay`).
+"""
+
+from . import datasets
+from .errors import (
+    ConvergenceWarning,
+    CovarianceCollapseWarning,
+    DataError,
+    FormulaError,
+    NewLevelError,
+    NotFittedError,
+    RankDeficientError,
+    ShapeError,
+    SingularCovarianceError,
+    SingularFitWarning,
+    TfmixedError,
+    TfmixedWarning,
+)
+from .formula import parse_formula
+from .design import build_design
+from .lmm import lmer
+from .results import LmerFit
+
+__version__ = "0.1.0"
+
+# TensorFlow-backed objects load lazily: importing TensorFlow takes seconds and lmer does not need it.
+_LAZY = {"LinearRegression": "linear", "MixedModule": "module", "mackay": "empirical_bayes", "MacKayResult": "empirical_bayes"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tfmixed' has no attribute {name!r}")
+
+__all__ = [
+    "LinearRegression",
+    "MacKayResult",
+    "MixedModule",
+    "mackay",
+    "ConvergenceWarning",
+    "CovarianceCollapseWarning",
+    "DataError",
+    "FormulaError",
+    "LmerFit",
+    "NewLevelError",
+    "NotFittedError",
+    "RankDeficientError",
+    "ShapeError",
+    "SingularCovarianceError",
+    "SingularFitWarning",
+    "TfmixedError",
+    "TfmixedWarning",
+    "build_design",
+    "datasets",
+    "lmer",
+    "parse_formula",
+]

@@ -1,0 +1,94 @@
+"""Small datasets shipped with tfmixed (the classic lme4 and R examples).
+
+>>> from tfmixed import datasets
+>>> datasets.load("sleepstudy").shape
+(180, 3)
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from ..errors import DataError
+
+#: name -> (file, grouping columns that must be read as strings, one-line description)
+_CATALOGUE = {
+    "sleepstudy": ("sleepstudy.csv", ("Subject",), "Reaction times (ms) of 18 subjects over 10 days of sleep deprivation"),
+    "iris": ("iris.csv", (), "Fisher's iris measurements (150 flowers, 3 species)"),
+    "Dyestuff": ("Dyestuff.csv", ("Batch",), "Yield of dyestuff from 6 batches of an intermediate product"),
+    "Dyestuff2": ("Dyestuff2.csv", ("Batch",), "Simulated Dyestuff-like data whose batch variance estimate is 0"),
+    "Penicillin": ("Penicillin.csv", ("plate", "sample"), "Penicillin potency: 24 plates crossed with 6 samples"),
+    "Pastes": ("Pastes.csv", ("batch", "cask", "sample"), "Paste strength: casks nested within 10 delivery batches"),
+}
+
+
+def names() -> list[str]:
+    """Return the names of the built-in datasets."""
+    return sorted(_CATALOGUE)
+
+
+def describe(name: str) -> str:
+    """Return a one-line description of dataset ``name``."""
+    return _CATALOGUE[_resolve(name)][2]
+
+
+def _resolve(name: str) -> str:
+    lookup = {key.lower(): key for key in _CATALOGUE}
+    try:
+        return lookup[name.lower()]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(names())}") from None
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a built-in dataset as a pandas DataFrame.
+
+    Grouping columns are read as strings, so numeric codes such as sleepstudy's ``Subject`` are categorical.
+
+    >>> load("iris").columns.tolist()[:2]
+    ['Sepal.Length', 'Sepal.Width']
+    """
+    key = _resolve(name)
+    filename, grouping, _ = _CATALOGUE[key]
+    with resources.files(__package__).joinpath("data", filename).open("r") as handle:
+        return pd.read_csv(handle, dtype={column: str for column in grouping})
+
+
+def simulate_crossed(
+    n_obs: int = 73_421,
+    levels: tuple[int, ...] = (2_972, 1_128, 28),
+    sds: tuple[float, ...] = (0.32, 0.52, 0.08),
+    residual_sd: float = 1.18,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Simulate a crossed random-intercepts design shaped like lme4's InstEval.
+
+    y = 3.2 + 0.05 * service + a[g1] + b[g2] + c[g3] + e, with factors g1..gm of ``levels`` levels,
+    random intercepts N(0, sds[t]^2) and e ~ N(0, residual_sd^2). Every level is observed at least once.
+
+    >>> frame = simulate_crossed(n_obs=500, levels=(40, 12, 3), seed=1)
+    >>> frame.shape, frame["g1"].nunique()
+    ((500, 5), 40)
+    """
+    import numpy as np
+
+    if len(sds) != len(levels):
+        raise DataError("simulate_crossed needs one standard deviation per factor")
+    if n_obs < max(levels):
+        raise DataError("n_obs must be at least the largest number of levels")
+    rng = np.random.default_rng(seed)
+    frame = {}
+    response = 3.2 + rng.normal(scale=residual_sd, size=n_obs)
+    service = rng.integers(0, 2, size=n_obs)
+    response += 0.05 * service
+    for index, (count, sd) in enumerate(zip(levels, sds), start=1):
+        # Every level present at least once; the rest spread uniformly, as ratings spread over students.
+        codes = np.concatenate([np.arange(count), rng.integers(0, count, size=n_obs - count)])
+        rng.shuffle(codes)
+        response += rng.normal(scale=sd, size=count)[codes]
+        frame[f"g{index}"] = pd.Categorical.from_codes(codes, categories=[f"L{i}" for i in range(count)])
+    frame["service"] = np.where(service == 1, "yes", "no")
+    frame["y"] = response
+    return pd.DataFrame(frame)[["y", "service", *[f"g{i}" for i in range(1, len(levels) + 1)]]]

@@ -1,0 +1,175 @@
+"""Parse lme4 model formulas into a fixed-effects formula and random-effects term specifications.
+
+The fixed part is left to formulaic; this module only finds the parenthesised random-effects
+terms ``(expr | group)`` and expands lme4's shorthands:
+
+* ``(x || g)``  -> one uncorrelated term per column of ``x``'s model matrix,
+* ``(1 | a/b)`` -> ``(1 | a) + (1 | b:a)`` (lme4's naming of the nested factor),
+* ``(1 | a:b)`` -> one grouping factor whose levels are the observed ``a:b`` combinations.
+
+>>> parsed = parse_formula("Reaction ~ Days + (Days | Subject)")
+>>> parsed.fixed, [(t.expr, t.group) for t in parsed.random]
+('Reaction ~ Days', [('Days', ('Subject',))])
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import FormulaError
+
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+
+
+@dataclass(frozen=True)
+class RandomTermSpec:
+    """One random-effects term before it meets the data.
+
+    ``expr`` is the left side of the bar (a formulaic right-hand side such as ``"1 + Days"``);
+    ``group`` the grouping variables whose interaction defines the levels; ``name`` lme4's label
+    for the grouping factor; ``split_columns`` is True for ``||`` (each model-matrix column becomes
+    its own term with an independent variance).
+    """
+
+    expr: str
+    group: tuple[str, ...]
+    name: str
+    split_columns: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A parsed lme4 formula: the response, the fixed-effects formula, and the random terms."""
+
+    response: str
+    fixed_rhs: str
+    random: tuple[RandomTermSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def fixed(self) -> str:
+        """The fixed-effects part as a formulaic two-sided formula."""
+        return f"{self.response} ~ {self.fixed_rhs}"
+
+    @property
+    def variables(self) -> set[str]:
+        """Names of the grouping variables used by the random terms."""
+        return {name for term in self.random for name in term.group}
+
+
+def _top_level_split(text: str, separator: str) -> list[str]:
+    """Split ``text`` on ``separator`` occurring outside parentheses."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise FormulaError(f"unbalanced ')' in formula part {text!r}")
+        elif depth == 0 and text.startswith(separator, i):
+            parts.append(text[start:i])
+            i += len(separator)
+            start = i
+            continue
+        i += 1
+    if depth != 0:
+        raise FormulaError(f"unbalanced '(' in formula part {text!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def _matching_paren(text: str, open_index: int) -> int:
+    depth = 0
+    for index in range(open_index, len(text)):
+        if text[index] == "(":
+            depth += 1
+        elif text[index] == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+    raise FormulaError(f"unbalanced '(' in formula {text!r}")
+
+
+def _strip_outer_parens(text: str) -> str:
+    text = text.strip()
+    while text.startswith("(") and _matching_paren(text, 0) == len(text) - 1:
+        text = text[1:-1].strip()
+    return text
+
+
+def _group_variables(group: str, formula: str) -> list[tuple[str, ...]]:
+    """Expand the grouping expression into a list of factor interactions (outermost first)."""
+    group = _strip_outer_parens(group)
+    if not group:
+        raise FormulaError(f"empty grouping factor in random term of {formula!r}")
+    nested = [part.strip() for part in _top_level_split(group, "/")]
+    expanded: list[tuple[str, ...]] = []
+    prefix: tuple[str, ...] = ()
+    for level in nested:
+        names = tuple(name.strip().strip("`") for name in level.split(":"))
+        for name in names:
+            if not name or not _NAME.match(name):
+                raise FormulaError(
+                    f"grouping factor {level!r} in {formula!r} must be a column name or an interaction a:b of column names"
+                )
+        # lme4 names the nested factor innermost-first (b:a for a/b); keep that label and level order.
+        prefix = names + prefix
+        expanded.append(prefix)
+    return expanded
+
+
+def _random_terms(inner: str, formula: str) -> list[RandomTermSpec]:
+    double = _top_level_split(inner, "||")
+    if len(double) == 2:
+        expr, group, split = double[0], double[1], True
+    elif len(double) == 1:
+        single = _top_level_split(inner, "|")
+        if len(single) != 2:
+            raise FormulaError(f"random term ({inner}) in {formula!r} must have exactly one '|' or '||'")
+        expr, group, split = single[0], single[1], False
+    else:
+        raise FormulaError(f"random term ({inner}) in {formula!r} has more than one '||'")
+    expr = expr.strip()
+    if not expr:
+        raise FormulaError(f"random term ({inner}) in {formula!r} has nothing left of the bar; use (1 | g)")
+    return [
+        RandomTermSpec(expr=expr, group=names, name=":".join(names), split_columns=split)
+        for names in _group_variables(group, formula)
+    ]
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula ``y ~ fixed + (expr | group) + ...`` into its parts.
+
+    >>> [t.name for t in parse_formula("y ~ 1 + (1 | batch/cask)").random]
+    ['batch', 'cask:batch']
+    """
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
+    sides = formula.split("~")
+    if len(sides) != 2:
+        raise FormulaError(f"formula {formula!r} must contain exactly one '~' with the response on its left")
+    response, rhs = sides[0].strip(), sides[1].strip()
+    if not response:
+        raise FormulaError(f"formula {formula!r} has no response left of '~'")
+    if not rhs:
+        raise FormulaError(f"formula {formula!r} has no right-hand side")
+
+    random: list[RandomTermSpec] = []
+    fixed_parts: list[str] = []
+    for part in _top_level_split(rhs, "+"):
+        stripped = part.strip()
+        if not stripped:
+            raise FormulaError(f"formula {formula!r} has an empty term (a '+' with nothing beside it)")
+        if stripped.startswith("(") and _matching_paren(stripped, 0) == len(stripped) - 1:
+            inner = stripped[1:-1]
+            if len(_top_level_split(inner, "|")) > 1:
+                random.extend(_random_terms(inner, formula))
+                continue
+        if "|" in stripped:
+            raise FormulaError(f"random term {stripped!r} in {formula!r} must be enclosed in parentheses: (expr | group)")
+        fixed_parts.append(stripped)
+    fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
+    return ParsedFormula(response=response, fixed_rhs=fixed_rhs, random=tuple(random))

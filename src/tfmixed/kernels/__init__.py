@@ -1,0 +1,1 @@
+"""Numerical kernels (NumPy/SciPy, float64), kept apart from the user-facing objects."""

@@ -1,0 +1,93 @@
+"""Relative covariance factors: the map between lme4's theta vector and per-term factors T_t.
+
+For a term with k columns, ``G_t = sigma^2 T_t T_t'`` with ``T_t`` lower triangular; theta stacks the
+lower triangles column by column (lme4's order), and the diagonal of each ``T_t`` is bounded below by 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SingularCovarianceError
+
+
+def lower_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a k x k lower triangle in lme4's column-major order."""
+    cols, rows = np.triu_indices(k)
+    return rows, cols
+
+
+def theta_to_factors(theta: np.ndarray, dims: list[int]) -> list[np.ndarray]:
+    """Split theta into the lower-triangular factors T_t of terms with ``dims[t]`` columns.
+
+    >>> theta_to_factors(np.array([1.0, 0.5, 2.0]), [2])[0]
+    array([[1. , 0. ],
+           [0.5, 2. ]])
+    """
+    factors, offset = [], 0
+    for k in dims:
+        rows, cols = lower_indices(k)
+        factor = np.zeros((k, k))
+        factor[rows, cols] = theta[offset : offset + rows.size]
+        factors.append(factor)
+        offset += rows.size
+    return factors
+
+
+def factors_to_theta(factors: list[np.ndarray]) -> np.ndarray:
+    """Stack lower-triangular factors into lme4's theta vector (inverse of :func:`theta_to_factors`)."""
+    pieces = []
+    for factor in factors:
+        rows, cols = lower_indices(factor.shape[0])
+        pieces.append(factor[rows, cols])
+    return np.concatenate(pieces) if pieces else np.zeros(0)
+
+
+def theta_lower_bounds(dims: list[int]) -> np.ndarray:
+    """Lower bounds of theta: 0 on the diagonal of each T_t, -inf elsewhere (lme4's ``lower``)."""
+    bounds = []
+    for k in dims:
+        rows, cols = lower_indices(k)
+        bounds.append(np.where(rows == cols, 0.0, -np.inf))
+    return np.concatenate(bounds) if bounds else np.zeros(0)
+
+
+def theta_start(dims: list[int]) -> np.ndarray:
+    """lme4's starting theta: identity factors (every relative standard deviation 1, correlations 0)."""
+    return factors_to_theta([np.eye(k) for k in dims])
+
+
+def covariance_factor(G: np.ndarray, name: str = "G", tol: float = 1e-10) -> np.ndarray:
+    """A lower-triangular T with T T' = G for a symmetric positive semi-definite G.
+
+    Singular G (a zero variance, or correlation +-1) is legal and gives a T with a zero on its diagonal.
+    Raises :class:`SingularCovarianceError` when G is not symmetric or has a clearly negative eigenvalue.
+
+    >>> covariance_factor(np.array([[4.0, 2.0], [2.0, 1.0]]))
+    array([[2., 0.],
+           [1., 0.]])
+    """
+    G = np.atleast_2d(np.asarray(G, dtype=np.float64))
+    if G.shape[0] != G.shape[1]:
+        raise SingularCovarianceError(f"{name} must be square, got shape {G.shape}")
+    if not np.all(np.isfinite(G)):
+        raise SingularCovarianceError(f"{name} has non-finite entries")
+    scale = max(float(np.max(np.abs(G))), np.finfo(float).tiny)
+    if not np.allclose(G, G.T, rtol=1e-8, atol=1e-12 * scale):
+        raise SingularCovarianceError(f"{name} must be symmetric, got {G.tolist()}")
+    G = (G + G.T) / 2
+    eigenvalues = np.linalg.eigvalsh(G)
+    if eigenvalues[0] < -tol * scale:
+        raise SingularCovarianceError(
+            f"{name} is not positive semi-definite (smallest eigenvalue {eigenvalues[0]:.4g})"
+        )
+    # A pivot-free Cholesky that tolerates zero pivots, so singular (boundary) covariances are allowed.
+    k = G.shape[0]
+    T = np.zeros_like(G)
+    for j in range(k):
+        pivot = G[j, j] - T[j, :j] @ T[j, :j]
+        if pivot <= tol * scale:
+            continue
+        T[j, j] = np.sqrt(pivot)
+        T[j + 1 :, j] = (G[j + 1 :, j] - T[j + 1 :, :j] @ T[j, :j]) / T[j, j]
+    return T

@@ -1,0 +1,198 @@
+"""The seed's ``SleepReg``, generalised to any lme4 formula: a ``tf.Module`` holding beta and b.
+
+Given random-effects covariances G_t and the error variance sigma^2, ``reset_variances`` re-solves
+
+    minimise_{beta, b}  ||y - X beta - Z b||^2 / sigma^2 + sum_t sum_j b_tj' G_t^{-1} b_tj
+
+exactly (Henderson's mixed model equations via the blocked Cholesky of :mod:`tfmixed.kernels.pls`;
+singular G_t allowed) or by gradient steps with a Keras optimizer on exactly the seed's loss.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd  # noqa: F401  (DataFrames in the return annotations)
+
+from ._tf import DTYPE, default_optimizer, tf
+from .design import Design, build_design, frames_by_factor
+from .errors import ConvergenceWarning, DataError, ShapeError, SingularCovarianceError
+from .kernels.covariance import covariance_factor
+from .lmm import problem_from_design
+from .progress import Progress
+
+
+class MixedModule(tf.Module):
+    """Fixed effects ``beta`` (p x 1) and random effects ``b`` (q x 1) of a linear mixed model as tf.Variables.
+
+    >>> from tfmixed import datasets
+    >>> m = MixedModule.from_formula("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
+    >>> G = [[24.7407**2, 24.7407 * 5.9221 * 0.0656], [24.7407 * 5.9221 * 0.0656, 5.9221**2]]
+    >>> m.reset_variances(G, 25.5918**2)
+    >>> m.beta.numpy().ravel().round(3).tolist()
+    [251.405, 10.467]
+    """
+
+    def __init__(self, design: Design, name: str | None = None):
+        super().__init__(name=name)
+        self.design = design
+        self.problem = problem_from_design(design)
+        self.beta = tf.Variable(np.zeros((design.n_fixed, 1)), dtype=DTYPE, name="beta")
+        self.b = tf.Variable(np.zeros((self.problem.q, 1)), dtype=DTYPE, name="b")
+        self.G: list[np.ndarray] | None = None
+        self.sigmasq_epsilon: float | None = None
+        self._factor = None
+
+    @classmethod
+    def from_formula(cls, formula: str, data: Any, *, missing: str = "raise") -> "MixedModule":
+        """Build the design of an lme4 formula on ``data`` and wrap it in a module."""
+        return cls(build_design(formula, data, missing=missing))
+
+    # --- the seed's interface --------------------------------------------------------------------------
+    @property
+    def term_names(self) -> list[str]:
+        return [f"{term.name}: {', '.join(term.columns)}" for term in self.design.terms]
+
+    def _as_term_list(self, G: Any) -> list[np.ndarray]:
+        terms = self.design.terms
+        if isinstance(G, dict):
+            unknown = set(G) - {term.name for term in terms}
+            if unknown or len(G) != len(terms):
+                raise ShapeError(f"G keys {sorted(G)} must name each term's grouping factor once: {[t.name for t in terms]}")
+            G = [G[term.name] for term in terms]
+        elif len(terms) == 1 and not (isinstance(G, (list, tuple)) and len(G) == 1 and np.ndim(G[0]) == 2):
+            G = [G]
+        if len(G) != len(terms):
+            raise ShapeError(f"expected {len(terms)} covariance matrices (one per term: {self.term_names}), got {len(G)}")
+        out = []
+        for term, matrix in zip(terms, G):
+            matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float64))
+            if matrix.shape != (term.n_cols, term.n_cols):
+                raise ShapeError(
+                    f"G for term ({' + '.join(term.columns)} | {term.name}) must be {term.n_cols} x {term.n_cols}, got {matrix.shape}"
+                )
+            out.append(matrix)
+        return out
+
+    def reset_variances(
+        self,
+        G: np.ndarray | Sequence[np.ndarray] | dict,
+        sigmasq_epsilon: float,
+        *,
+        method: str = "exact",
+        optimizer=None,
+        max_epochs: int = 20_000,
+        tol: float = 1e-12,
+        verbose: bool = True,
+    ) -> None:
+        """Set G (one matrix per term; a bare matrix for one-term models) and sigma^2, and re-solve beta and b.
+
+        ``method="exact"`` solves the mixed model equations; ``"gradient"`` minimises the seed's loss
+        with ``optimizer`` (a Keras optimizer; Adam by default) until the relative loss change is below ``tol``.
+        """
+        sigma2 = float(sigmasq_epsilon)
+        if not np.isfinite(sigma2) or sigma2 <= 0:
+            raise DataError(f"sigmasq_epsilon must be a positive number, got {sigmasq_epsilon!r}")
+        matrices = self._as_term_list(G)
+        factors = [
+            covariance_factor(matrix / sigma2, name=f"G for {name}") for matrix, name in zip(matrices, self.term_names)
+        ]
+        self.G, self.sigmasq_epsilon = matrices, sigma2
+        if method == "exact":
+            self._factor = self.problem.factorize(factors)
+            beta, u = self._factor.solve()
+            self.beta.assign(beta.reshape(-1, 1))
+            self.b.assign(self._factor.u_to_b(u).reshape(-1, 1))
+        elif method == "gradient":
+            self._factor = None
+            self._gradient_solve(matrices, sigma2, optimizer, max_epochs, tol, verbose)
+        else:
+            raise DataError(f"method must be 'exact' or 'gradient', got {method!r}")
+
+    def _gradient_solve(self, matrices, sigma2, optimizer, max_epochs, tol, verbose) -> None:
+        precisions = []
+        for matrix, name in zip(matrices, self.term_names):
+            if np.linalg.eigvalsh(matrix)[0] <= 1e-12 * max(1.0, np.max(np.abs(matrix))):
+                raise SingularCovarianceError(
+                    f"G for {name} is singular, so the seed's loss b' G^-1 b is undefined; use method='exact'"
+                )
+            precisions.append(tf.constant(np.linalg.inv(matrix), dtype=DTYPE))
+        Z = self.design.Z.tocoo()
+        Z_t = tf.sparse.reorder(
+            tf.sparse.SparseTensor(np.column_stack([Z.row, Z.col]).astype(np.int64), Z.data, Z.shape)
+        )
+        X_t = tf.constant(self.design.X, dtype=DTYPE)
+        y_t = tf.constant(self.design.y.reshape(-1, 1), dtype=DTYPE)
+        slices = self.design.term_slices
+        shapes = [(term.n_levels, term.n_cols) for term in self.design.terms]
+        optimizer = optimizer or default_optimizer("adam", 0.5)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = self.loss(X_t, Z_t, y_t, sigma2, precisions, slices, shapes)
+            gradients = tape.gradient(loss, self.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            return loss
+
+        progress = Progress("MixedModule", verbose=verbose)
+        previous = np.inf
+        for epoch in range(max_epochs):
+            loss = float(step())
+            progress.update(epoch + 1, f"loss {loss:.8g}")
+            if abs(previous - loss) <= tol * max(1.0, abs(loss)):
+                break
+            previous = loss
+        else:
+            warnings.warn(f"gradient solve stopped after {max_epochs} epochs (loss {loss:.8g})", ConvergenceWarning, stacklevel=3)
+        progress.finish(f"loss {loss:.8g}")
+
+    def loss(self, X, Z, y, sigma2, precisions, slices, shapes) -> tf.Tensor:
+        """The seed's penalised loss: SSE / sigma^2 + sum_t sum_j b_tj' G_t^{-1} b_tj."""
+        prediction = tf.matmul(X, self.beta) + tf.sparse.sparse_dense_matmul(Z, self.b)
+        loss = tf.reduce_sum(tf.square(y - prediction)) / sigma2
+        for precision, piece, shape in zip(precisions, slices, shapes):
+            block = tf.reshape(self.b[piece.start : piece.stop], shape)
+            loss += tf.reduce_sum(tf.matmul(block, precision) * block)
+        return loss
+
+    def residuals(self) -> np.ndarray:
+        """y - X beta - Z b at the current estimates."""
+        b = self.b.numpy()[:, 0]
+        return self.design.y - self.design.X @ self.beta.numpy()[:, 0] - self.design.Z @ b
+
+    def estimate_sigmasq_epsilon(self) -> float:
+        """MacKay's noise variance: population variance (ddof=0) of the residuals."""
+        return float(np.var(self.residuals()))
+
+    def random_effects_matrices(self) -> list[np.ndarray]:
+        """Per term, the levels x columns matrix of predicted random effects."""
+        b = self.b.numpy()[:, 0]
+        return [b[s].reshape(t.n_levels, t.n_cols) for t, s in zip(self.design.terms, self.design.term_slices)]
+
+    def get_rnd_effs_variance(self) -> np.ndarray | list[np.ndarray]:
+        """MacKay's weight variance: population (ddof=0) covariance of each term's predicted random effects.
+
+        A single matrix for one-term models (as in the seed), else a list with one matrix per term.
+        """
+        covariances = [np.atleast_2d(np.cov(matrix, rowvar=False, ddof=0)) for matrix in self.random_effects_matrices()]
+        return covariances[0] if len(covariances) == 1 else covariances
+
+    def conditional_covariances(self) -> list[np.ndarray]:
+        """Per term, Cov(b_j | y) for every level (an (l, k, k) array), at the current G and sigma^2.
+
+        Cov(b | y) = sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda' (diagonal blocks; beta treated as known).
+        """
+        if self._factor is None:
+            if self.G is None:
+                raise DataError("call reset_variances first")
+            factors = [covariance_factor(G / self.sigmasq_epsilon) for G in self.G]
+            self._factor = self.problem.factorize(factors)
+        blocks = self._factor.inverse_diagonal_blocks()
+        return [self.sigmasq_epsilon * T[None] @ B @ T.T[None] for T, B in zip(self._factor.factors, blocks)]
+
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Predicted random effects per grouping factor, lme4's layout (levels x term columns)."""
+        return frames_by_factor(self.design.terms, self.random_effects_matrices())

@@ -1,0 +1,35 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REFERENCE = Path(__file__).parent / "reference"
+
+#: reference file -> built-in dataset it was fitted on
+LME4_CASES = {
+    "sleepstudy_reml": "sleepstudy",
+    "sleepstudy_ml": "sleepstudy",
+    "sleepstudy_uncorr": "sleepstudy",
+    "sleepstudy_intercept": "sleepstudy",
+    "Dyestuff_reml": "Dyestuff",
+    "Dyestuff2_singular": "Dyestuff2",
+    "Penicillin_crossed": "Penicillin",
+    "Pastes_nested": "Pastes",
+}
+
+
+def load_reference(name: str) -> dict:
+    return json.loads((REFERENCE / f"{name}.json").read_text())
+
+
+def as_array(value) -> np.ndarray:
+    """R's jsonlite unboxes length-one vectors and keeps names as dicts; undo both."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    return np.atleast_1d(np.asarray(value, dtype=float))
+
+
+@pytest.fixture(params=sorted(LME4_CASES))
+def lme4_case(request):
+    return request.param, load_reference(request.param), LME4_CASES[request.param]

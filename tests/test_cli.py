@@ -1,0 +1,10 @@
+from tfmixed.cli import main
+
+
+def test_demo_prints_the_sleepstudy_fit(capsys):
+    assert main(["demo", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "REML criterion at convergence: 1743.6" in out
+    assert "MacKay loop converged" in out
+    assert "CovarianceCollapseWarning" in out
+    assert "intercept 612.09" in out

@@ -1,0 +1,96 @@
+"""The blocked penalised-least-squares kernel against dense linear algebra on the same problems."""
+
+import numpy as np
+import pytest
+from conftest import LME4_CASES, load_reference, as_array
+
+import tfmixed.kernels.pls as pls
+from tfmixed import build_design, datasets
+from tfmixed.kernels.covariance import covariance_factor, theta_to_factors, factors_to_theta
+from tfmixed.lmm import problem_from_design
+
+
+def dense_reference(design, factors, reml):
+    """Textbook dense computation: Omega = [Z Lambda, X, y]'[...] + I on the u block."""
+    Lambda = np.zeros((design.Z.shape[1],) * 2)
+    for term, s, T in zip(design.terms, design.term_slices, factors):
+        Lambda[s, s] = np.kron(np.eye(term.n_levels), T)
+    ZL = design.Z.toarray() @ Lambda
+    M = np.column_stack([ZL, design.X, design.y])
+    Omega = M.T @ M
+    q = ZL.shape[1]
+    Omega[:q, :q] += np.eye(q)
+    L = np.linalg.cholesky(Omega)
+    n, p = design.X.shape
+    r2 = L[-1, -1] ** 2
+    ldL = 2 * np.sum(np.log(np.diag(L)[:q]))
+    ldX = 2 * np.sum(np.log(np.diag(L)[q : q + p]))
+    dof = n - p if reml else n
+    dev = ldL + dof * (1 + np.log(2 * np.pi * r2 / dof)) + (ldX if reml else 0)
+    solution = np.linalg.solve(Omega[:-1, :-1], Omega[:-1, -1])
+    A_inv = np.linalg.inv(Omega[:q, :q])
+    return dev, solution[q:], Lambda @ solution[:q], A_inv
+
+
+@pytest.fixture(params=[True, False], ids=["dense-C", "pattern"])
+def small_path(request, monkeypatch):
+    if not request.param:
+        monkeypatch.setattr(pls, "DENSE_LIMIT", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("name", sorted(LME4_CASES))
+def test_blocked_factorisation_matches_dense_algebra(name, small_path):
+    ref = load_reference(name)
+    design = build_design(ref["formula"], datasets.load(LME4_CASES[name]))
+    problem = problem_from_design(design)
+    assert (problem._C_dense is not None) == small_path
+    theta = as_array(ref["theta"]) * 1.2 + 0.05
+    factors = theta_to_factors(theta, problem.dims)
+    factor = problem.factorize(factors)
+    dev, beta, b, A_inv = dense_reference(design, factors, ref["REML"])
+    assert factor.deviance(ref["REML"]) == pytest.approx(dev, rel=1e-10)
+    beta_k, u_k = factor.solve()
+    np.testing.assert_allclose(beta_k, beta, rtol=1e-8)
+    np.testing.assert_allclose(factor.u_to_b(u_k), b, rtol=1e-7, atol=1e-9)
+    blocks = factor.inverse_diagonal_blocks()
+    for term, s, block in zip(design.terms, design.term_slices, blocks):
+        k = term.n_cols
+        expected = np.stack([A_inv[s, s][i * k : (i + 1) * k, i * k : (i + 1) * k] for i in range(term.n_levels)])
+        np.testing.assert_allclose(block, expected, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(LME4_CASES))
+def test_analytic_gradient_matches_central_differences(name, small_path):
+    ref = load_reference(name)
+    design = build_design(ref["formula"], datasets.load(LME4_CASES[name]))
+    problem = problem_from_design(design)
+    theta = as_array(ref["theta"]) * 1.3 + 0.05
+    reml = ref["REML"]
+
+    def deviance(t):
+        return problem.factorize(theta_to_factors(t, problem.dims)).deviance(reml)
+
+    gradient = problem.factorize(theta_to_factors(theta, problem.dims)).gradient(reml)
+    h = 1e-5
+    numeric = np.array([(deviance(theta + h * e) - deviance(theta - h * e)) / (2 * h) for e in np.eye(theta.size)])
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_covariance_factor_round_trip_and_singular():
+    G = np.array([[612.1, 9.6], [9.6, 35.07]])
+    T = covariance_factor(G)
+    np.testing.assert_allclose(T @ T.T, G)
+    singular = np.array([[4.0, 2.0], [2.0, 1.0]])
+    T = covariance_factor(singular)
+    np.testing.assert_allclose(T @ T.T, singular)
+    theta = np.array([1.0, 0.5, 2.0, 3.0])
+    np.testing.assert_allclose(factors_to_theta(theta_to_factors(theta, [2, 1])), theta)
+
+
+@pytest.mark.parametrize("G", [np.array([[1.0, 2.0], [2.0, 1.0]]), np.array([[1.0, 0.5], [0.4, 1.0]]), np.array([[np.nan]])])
+def test_covariance_factor_rejects_invalid(G):
+    from tfmixed import SingularCovarianceError
+
+    with pytest.raises(SingularCovarianceError):
+        covariance_factor(G)
