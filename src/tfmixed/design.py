@@ -146,12 +146,13 @@ def _factor_levels(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Codes and labels of one categorical column; numbers sort numerically, strings alphabetically."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         categorical = column.cat.remove_unused_categories()
-    else:
-        categorical = pd.Categorical(column, categories=np.sort(column.unique()))
-        categorical = pd.Series(categorical, index=column.index)
-    codes = np.asarray(categorical.cat.codes, dtype=np.int64)
-    labels = pd.Index([str(level) for level in categorical.cat.categories])
-    return codes, labels
+        codes = np.asarray(categorical.cat.codes, dtype=np.int64)
+        return codes, pd.Index([str(level) for level in categorical.cat.categories])
+    try:
+        levels, codes = np.unique(column.to_numpy(), return_inverse=True)
+    except TypeError:
+        raise DataError(f"grouping column {column.name!r} mixes types that cannot be ordered; convert it to str") from None
+    return codes.astype(np.int64).ravel(), pd.Index([str(level) for level in levels])
 
 
 def make_grouping_factor(data: pd.DataFrame, names: tuple[str, ...], label: str) -> GroupingFactor:
@@ -189,7 +190,7 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str) -> p
         )
     text = " ".join([parsed.fixed, *[term.expr for term in parsed.random]])
     used = [name for name in data.columns if name in parsed.variables or _mentions(text, str(name))]
-    null_counts = data[used].isna().sum()
+    null_counts = pd.Series({name: int(pd.isna(data[name].to_numpy()).sum()) for name in used}, dtype=np.int64)
     null_counts = null_counts[null_counts > 0]
     if len(null_counts):
         detail = ", ".join(f"{name} ({count})" for name, count in null_counts.items())
@@ -256,6 +257,8 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
         raise DataError("data has no rows")
 
     matrices = _evaluate(parsed.fixed, frame)
+    # Random terms often repeat the fixed right-hand side ((1 + Days | Subject) beside 1 + Days): reuse it.
+    evaluated = {parsed.fixed_rhs.replace(" ", ""): matrices.rhs}
     lhs = matrices.lhs
     if lhs.shape[1] != 1:
         raise DataError(f"response {parsed.response!r} must be one numeric column, got columns {list(lhs.columns)}")
@@ -281,7 +284,10 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
                 f"grouping factor {spec.name!r} has {factor.n_levels} levels for {len(frame)} observations; "
                 "its random effects would be confounded with the residual"
             )
-        expr_matrix = _evaluate(spec.expr, frame)
+        key = spec.expr.replace(" ", "")
+        if key not in evaluated:
+            evaluated[key] = _evaluate(spec.expr, frame)
+        expr_matrix = evaluated[key]
         values = np.asarray(expr_matrix, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] == 0:
             raise FormulaError(f"random term ({spec.expr} | {spec.name}) has no columns")

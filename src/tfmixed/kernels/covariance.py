@@ -6,14 +6,18 @@ lower triangles column by column (lme4's order), and the diagonal of each ``T_t`
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..errors import SingularCovarianceError
 
 
+@lru_cache(maxsize=64)
 def lower_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of a k x k lower triangle in lme4's column-major order."""
+    """Row and column indices of a k x k lower triangle in lme4's column-major order (cached: hot path)."""
     cols, rows = np.triu_indices(k)
+    rows.flags.writeable = cols.flags.writeable = False
     return rows, cols
 
 

@@ -28,6 +28,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from ..errors import TfmixedError
+from .covariance import lower_indices
 
 #: above this many entries the first-block pattern is not precomputed (memory), a sparse product is used.
 PATTERN_LIMIT = 40_000_000
@@ -135,6 +136,16 @@ class PLSFactor:
     L22: np.ndarray
 
     @cached_property
+    def L11_inv(self) -> np.ndarray:
+        """Inverses of the per-level Cholesky factors of A11 (one batched inversion, reused)."""
+        return np.linalg.inv(self.L11)
+
+    @cached_property
+    def A11_inv(self) -> np.ndarray:
+        """Inverses of the per-level blocks A11_j = T1' D_j T1 + I."""
+        return self.L11_inv.transpose(0, 2, 1) @ self.L11_inv
+
+    @cached_property
     def rest_scale(self) -> sp.csr_matrix:
         """Lambda_rest as a sparse matrix (identity on the X and y columns)."""
         blocks = [
@@ -183,10 +194,13 @@ class PLSFactor:
     def _L21_transpose_times(self, z: np.ndarray) -> np.ndarray:
         """L21' z = L11^{-1} Lambda_1' C' Lambda_rest z, level by level; z has the length of the rest block."""
         problem = self.problem
-        scaled = problem.scale_rows(z[:, None], self.factors, transpose=False)[:, 0]
-        projected = (problem.C.T @ scaled).reshape(problem.first.n_levels, -1)
+        scaled = problem.scale_rows(z[:, None], self.factors, transpose=False)[:, 0] if problem.rest else z
+        if problem._C_dense is not None:
+            projected = np.tensordot(scaled, problem._C_dense, axes=(0, 0))
+        else:
+            projected = (problem.C.T @ scaled).reshape(problem.first.n_levels, -1)
         projected = projected @ self.factors[0]
-        return np.linalg.solve(self.L11, projected[:, :, None])[:, :, 0]
+        return np.einsum("lab,lb->la", self.L11_inv, projected)
 
     @cached_property
     def _solution(self) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +211,7 @@ class PLSFactor:
         z[-1] = 1.0
         z[:-1] = -x2
         rhs1 = self._L21_transpose_times(z)
-        x1 = np.linalg.solve(self.L11.transpose(0, 2, 1), rhs1[:, :, None]).reshape(-1)
+        x1 = np.einsum("lba,lb->la", self.L11_inv, rhs1).reshape(-1)
         return x2[qr:], np.concatenate([x1, x2[:qr]])
 
     def solve(self) -> tuple[np.ndarray, np.ndarray]:
@@ -234,9 +248,12 @@ class PLSFactor:
         problem = self.problem
         size = problem.q_rest + (problem.p if include_fixed else 0)
         S_inv = self._rest_inverse(size)
-        scaled = problem.scale_rows(problem.scale_rows(S_inv, self.factors, False).T, self.factors, False)
+        if problem.rest:
+            scaled = problem.scale_rows(problem.scale_rows(S_inv, self.factors, False).T, self.factors, False)
+        else:
+            scaled = S_inv
         H = problem.first_block_sums(scaled)
-        A_inv = np.linalg.inv(self.A11)
+        A_inv = self.A11_inv
         V = self.factors[0][None, :, :] @ A_inv
         first = np.sum(A_inv + V.transpose(0, 2, 1) @ H @ V, axis=0)
         sums, offset = [first], 0
@@ -271,12 +288,12 @@ class PLSFactor:
                 offset += term.q
                 continue
             U = u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
-            T_inv = la.solve_triangular(T, np.eye(term.n_cols), lower=True, check_finite=False)
+            T_inv = np.linalg.inv(T)
             d_logdet = 2.0 * ((term.n_levels * np.eye(term.n_cols) - B) @ T_inv).T
             d_r2 = -2.0 * T_inv.T @ (U.T @ U)
             full = d_logdet + dof * d_r2 / r2
-            rows, cols = np.triu_indices(term.n_cols)
-            pieces.append(full[cols, rows])
+            rows, cols = lower_indices(term.n_cols)
+            pieces.append(full[rows, cols])
             offset += term.q
         return np.concatenate(pieces)
 
@@ -287,8 +304,8 @@ class PLSFactor:
         """
         problem = self.problem
         qr, l1, k1 = problem.q_rest, problem.first.n_levels, problem.first.n_cols
-        L11_inv = np.linalg.inv(self.L11)
-        first = L11_inv.transpose(0, 2, 1) @ L11_inv
+        L11_inv = self.L11_inv
+        first = self.A11_inv.copy()
         blocks = [first]
         if qr == 0:
             return blocks
@@ -393,7 +410,9 @@ class PLSProblem:
         """H_j = C_j' M C_j for every level j of the first term (an (l1, k1, k1) array)."""
         if self._C_dense is not None:
             C3 = self._C_dense
-            return np.einsum("sla,slb->lab", C3, np.tensordot(M, C3, axes=(1, 0)))
+            C2 = C3.reshape(C3.shape[0], -1)
+            MC = (M @ C2).reshape(C3.shape)
+            return np.einsum("sla,slb->lab", C3, MC)
         if self._pattern is not None:
             return self._pattern.block_sums(M)
         sums = np.zeros((self.first.n_levels, self.first.n_cols, self.first.n_cols))
@@ -427,10 +446,14 @@ class PLSProblem:
         T1 = factors[0]
         A11 = T1.T[None, :, :] @ self.D1 @ T1[None, :, :] + np.eye(T1.shape[0])[None, :, :]
         L11 = np.linalg.cholesky(A11)
+        L11_inv = np.linalg.inv(L11)
         # Schur complement of the first block: C T1 A11^{-1} T1' C' is subtracted before scaling by Lambda_rest.
-        weights = T1[None, :, :] @ np.linalg.solve(A11, np.broadcast_to(T1.T, A11.shape))
+        half = T1[None, :, :] @ L11_inv.transpose(0, 2, 1)
+        weights = half @ half.transpose(0, 2, 1)
         schur = self._schur_first(weights)
-        if self._scalar_rest:
+        if not self.rest:
+            S = schur
+        elif self._scalar_rest:
             d = self._rest_diagonal(factors)
             S = schur * d[:, None] * d[None, :]
         else:
@@ -443,4 +466,6 @@ class PLSProblem:
                 "the penalised least-squares system is not positive definite; "
                 "the fixed-effects model matrix may be rank deficient given the random effects"
             ) from None
-        return PLSFactor(self, factors, A11, L11, L22)
+        factor = PLSFactor(self, factors, A11, L11, L22)
+        factor.__dict__["L11_inv"] = L11_inv
+        return factor
