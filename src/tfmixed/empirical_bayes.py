@@ -8,8 +8,9 @@ Each iteration re-solves beta and b for the current (G, sigma^2), then sets
 keeping only the diagonal of G_t (``covariance="diagonal"``, the seed's ``V_diag``) or all of it
 (``"full"``). The full version drives the correlation to +-1 and G_t to singularity: predicted effects
 E(b | y) are shrunk along the directions the data determine poorly, so their sample covariance is
-more correlated than G itself and each pass feeds the distortion back. tfmixed detects that collapse
-and reports it (:class:`CovarianceCollapseWarning`) instead of producing NaNs.
+more correlated than G itself and each pass feeds the distortion back (docs/mackay.md). tfmixed detects
+that collapse and reports it (:class:`CovarianceCollapseWarning`) instead of producing NaNs.
+The loop itself is :func:`tfmixed.estimators.fixed_point.fit_fixed_point` with ``method="mackay"``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConvergenceWarning, CovarianceCollapseWarning, DataError, SingularCovarianceError
+from .errors import CovarianceCollapseWarning, DataError, SingularCovarianceError
+from .estimators.fixed_point import fit_fixed_point
+from .lmm import default_start
 from .module import MixedModule
-from .progress import Progress
 
 
 @dataclass
@@ -33,6 +35,7 @@ class MacKayIteration:
     iteration: int
     G: list[np.ndarray]
     sigma2: float
+    criterion: float
     correlations: list[np.ndarray]
     min_eigenvalues: list[float]
 
@@ -55,10 +58,10 @@ class MacKayResult:
         return self.status == "collapsed"
 
     def history_frame(self) -> pd.DataFrame:
-        """One row per iteration: sigma2 and every variance/covariance of every term."""
+        """One row per iteration: sigma2, the REML criterion there, and every variance/covariance of every term."""
         rows = []
         for step in self.history:
-            row = {"iteration": step.iteration, "sigma2": step.sigma2}
+            row = {"iteration": step.iteration, "sigma2": step.sigma2, "criterion": step.criterion}
             for t, (G, corr) in enumerate(zip(step.G, step.correlations)):
                 for i in range(G.shape[0]):
                     for j in range(i + 1):
@@ -97,86 +100,58 @@ def mackay(
 ) -> MacKayResult:
     """Run MacKay's quick-and-dirty loop until (G, sigma^2) change by less than ``tol`` (relative).
 
-    ``model`` is a :class:`MixedModule` or an lme4 formula (with ``data``). Start values default to the
-    seed's recipe: sigma^2_0 = var(y) / 4 and G0_t = sigma^2_0 I. With ``covariance="full"``, a G_t whose
-    smallest eigenvalue falls below ``collapse_tol`` times its largest is reported as a collapse:
-    a :class:`CovarianceCollapseWarning` (``on_collapse="warn"``) or a :class:`SingularCovarianceError`.
+    ``model`` is a :class:`MixedModule` or an lme4 formula (with ``data``); the module ends holding the
+    final beta and b. Start values default to sigma^2_0 = var(y) and G0_t = sigma^2_0 I. With
+    ``covariance="full"``, a G_t whose smallest eigenvalue falls below ``collapse_tol`` times its largest
+    is reported as a collapse: a :class:`CovarianceCollapseWarning` (``on_collapse="warn"``) or a
+    :class:`SingularCovarianceError` (``"raise"``).
 
     >>> from tfmixed import datasets
-    >>> result = mackay("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"),
-    ...                 G0=[[410, 10], [10, 22]], sigma2_0=0.25 * datasets.load("sleepstudy").Reaction.var(ddof=0),
-    ...                 verbose=False)
+    >>> data = datasets.load("sleepstudy")
+    >>> result = mackay("Reaction ~ Days + (Days | Subject)", data, G0=[[410, 10], [10, 22]],
+    ...                 sigma2_0=0.25 * data.Reaction.var(ddof=0), verbose=False)
     >>> result.converged, np.diag(result.G[0]).round(2).tolist(), round(result.sigma2, 2)
     (True, [371.46, 29.15], 556.22)
     """
-    if covariance not in ("diagonal", "full"):
-        raise DataError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
     if on_collapse not in ("warn", "raise"):
         raise DataError(f"on_collapse must be 'warn' or 'raise', got {on_collapse!r}")
     module = MixedModule.from_formula(model, data) if isinstance(model, str) else model
-    if sigma2_0 is None:
-        sigma2_0 = 0.25 * float(np.var(module.design.y))
-    if G0 is None:
-        G0 = [sigma2_0 * np.eye(term.n_cols) for term in module.design.terms]
-    module.reset_variances(G0, sigma2_0)
-
-    progress = Progress("mackay", verbose=verbose)
-    history: list[MacKayIteration] = []
-    status, converged = "max_iter", False
-    previous = None
-    for iteration in range(max_iter):
-        sigma2 = module.estimate_sigmasq_epsilon()
-        estimates = module.get_rnd_effs_variance()
-        G = [estimates] if isinstance(estimates, np.ndarray) else list(estimates)
-        if covariance == "diagonal":
-            G = [np.diag(np.diag(matrix)) for matrix in G]
-        eigenvalues = [np.linalg.eigvalsh(matrix) for matrix in G]
-        history.append(
-            MacKayIteration(iteration, G, sigma2, [_correlation(m) for m in G], [float(e[0]) for e in eigenvalues])
+    start = default_start(module.problem, G0, sigma2_0)
+    fit = fit_fixed_point(
+        module.problem, start, method="mackay", reml=True, covariance=covariance, tol=tol,
+        max_iter=max_iter, collapse_tol=collapse_tol, verbose=verbose,
+    )
+    history = [
+        MacKayIteration(
+            step.iteration, step.G, step.sigma2, step.criterion,
+            [_correlation(G) for G in step.G], [float(np.linalg.eigvalsh(G)[0]) for G in step.G],
         )
-        collapsed = [
-            name for name, e in zip(module.term_names, eigenvalues) if e[0] <= collapse_tol * max(e[-1], np.finfo(float).tiny)
-        ]
-        if collapsed:
-            status = "collapsed"
-            corr = history[-1].correlations
-            detail = "; ".join(
-                f"{name}: smallest eigenvalue {e[0]:.3g}, largest |correlation| "
-                f"{np.max(np.abs(c - np.diag(np.diag(c))), initial=0.0):.12f}"
-                for name, e, c in zip(module.term_names, eigenvalues, corr)
-                if name in collapsed
-            )
-            message = (
-                f"MacKay's full-covariance loop collapsed at iteration {iteration}: G became singular "
-                f"(correlation -> 1) for {detail}. The sample covariance of shrunken predictions E(b|y) "
-                "omits E(Cov(b|y)); use covariance='diagonal' or the EM-corrected update."
-            )
-            if on_collapse == "raise":
-                error = SingularCovarianceError(message)
-                error.history = history
-                raise error
-            warnings.warn(message, CovarianceCollapseWarning, stacklevel=2)
-            break
-        if any(e[0] < -1e-8 * max(abs(e[-1]), 1.0) for e in eigenvalues):
-            raise SingularCovarianceError("MacKay update produced a covariance that is not positive semi-definite")
-        module.reset_variances(G, sigma2)
-        current = np.concatenate([[sigma2], *[m.ravel() for m in G]])
-        progress.update(iteration + 1, f"sigma2 {sigma2:.6g}")
-        if previous is not None and np.max(np.abs(current - previous) / np.maximum(np.abs(previous), 1e-12)) < tol:
-            status, converged = "converged", True
-            break
-        previous = current
-    if status == "max_iter":
-        warnings.warn(f"MacKay loop did not converge in {max_iter} iterations", ConvergenceWarning, stacklevel=2)
-    progress.finish(status)
-    last = history[-1]
+        for step in fit.history
+    ]
+    if fit.status == "collapsed":
+        last = history[-1]
+        detail = "; ".join(
+            f"{name}: smallest eigenvalue {e:.3g}, largest |correlation| {np.max(np.abs(c - np.diag(np.diag(c))), initial=0.0):.12f}"
+            for name, e, c in zip(module.term_names, last.min_eigenvalues, last.correlations)
+        )
+        message = (
+            f"MacKay's full-covariance loop collapsed at iteration {last.iteration}: G became singular "
+            f"(correlation -> 1) for {detail}. The sample covariance of shrunken predictions E(b|y) "
+            "omits E(Cov(b|y)); use covariance='diagonal' or method='em' (tfmixed.lmer)."
+        )
+        if on_collapse == "raise":
+            error = SingularCovarianceError(message)
+            error.history = history
+            raise error
+        warnings.warn(message, CovarianceCollapseWarning, stacklevel=2)
+    module.reset_variances(fit.state.G, fit.state.sigma2)
     return MacKayResult(
-        G=last.G,
-        sigma2=last.sigma2,
+        G=fit.state.G,
+        sigma2=fit.state.sigma2,
         beta=module.beta.numpy()[:, 0].copy(),
         module=module,
-        iterations=len(history),
-        converged=converged,
-        status=status,
+        iterations=fit.iterations,
+        converged=fit.converged,
+        status=fit.status,
         history=history,
     )

@@ -17,14 +17,19 @@ from .kernels.covariance import theta_to_factors
 from .kernels.pls import PLSProblem
 
 
-def deviance_at(problem: PLSProblem, varpar: np.ndarray, reml: bool) -> float:
+def deviance_from_factor(factor, sigma2: float, reml: bool) -> float:
     """Deviance with sigma explicit: log|L|^2 + r^2/sigma^2 + n log(2 pi sigma^2) [+ log|R_X|^2 - p log(2 pi sigma^2)]."""
-    theta, sigma2 = varpar[:-1], varpar[-1] ** 2
-    factor = problem.factorize(theta_to_factors(theta, problem.dims))
+    problem = factor.problem
     value = factor.logdet_L + factor.pwrss / sigma2 + problem.n * np.log(2 * np.pi * sigma2)
     if reml:
         value += factor.logdet_RX - problem.p * np.log(2 * np.pi * sigma2)
     return float(value)
+
+
+def deviance_at(problem: PLSProblem, varpar: np.ndarray, reml: bool) -> float:
+    """:func:`deviance_from_factor` at varpar = (theta, sigma), lmerTest's ``devfun_vp``."""
+    factor = problem.factorize(theta_to_factors(varpar[:-1], problem.dims))
+    return deviance_from_factor(factor, varpar[-1] ** 2, reml)
 
 
 def vcov_beta_at(problem: PLSProblem, varpar: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ import pandas as pd
 
 from .design import Design, _as_frame, frames_by_factor, make_grouping_factor
 from .errors import DataError, NewLevelError
-from .estimators.profiled import ProfiledFit
-from .inference import satterthwaite, t_pvalues
+from .inference import deviance_from_factor, satterthwaite, t_pvalues
 from .kernels.covariance import lower_indices, theta_lower_bounds, theta_to_factors
 from .kernels.pls import PLSProblem
 
@@ -35,10 +34,12 @@ class LmerFit:
     ``deviance``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``, ``converged``.
     """
 
-    def __init__(self, design: Design, problem: PLSProblem, optimum: ProfiledFit, reml: bool):
+    def __init__(self, design: Design, problem: PLSProblem, optimum, reml: bool, sigma2: float | None = None):
         self.design, self.problem, self.optimum, self.reml = design, problem, optimum, reml
         self.factors = theta_to_factors(optimum.theta, problem.dims)
         self._factor = problem.factorize(self.factors)
+        # Fixed-point methods estimate sigma^2 themselves; the profiled method takes it from the optimum.
+        self._sigma2 = self._factor.sigma2(reml) if sigma2 is None else float(sigma2)
         self._beta, self._u = self._factor.solve()
         self._b = self._factor.u_to_b(self._u)
 
@@ -57,9 +58,14 @@ class LmerFit:
         return self.optimum.converged
 
     @property
+    def method(self) -> str:
+        """The estimator: "profiled" (lme4's), "em", "evidence" or "mackay"."""
+        return getattr(self.optimum, "method", "profiled")
+
+    @property
     def sigma(self) -> float:
         """Residual standard deviation."""
-        return float(np.sqrt(self._factor.sigma2(self.reml)))
+        return float(np.sqrt(self._sigma2))
 
     @property
     def fixef(self) -> pd.Series:
@@ -169,8 +175,8 @@ class LmerFit:
     # --- likelihood-based summaries --------------------------------------------------------------------
     @property
     def deviance(self) -> float:
-        """The REML criterion (REML fits) or the deviance -2 log L (ML fits) at the optimum."""
-        return self._factor.deviance(self.reml)
+        """The REML criterion (REML fits) or the deviance -2 log L (ML fits) at the estimates."""
+        return deviance_from_factor(self._factor, self._sigma2, self.reml)
 
     @property
     def loglik(self) -> float:
@@ -205,6 +211,53 @@ class LmerFit:
         lower = theta_lower_bounds(self.problem.dims)
         bounded = np.isfinite(lower)
         return bool(np.any(self.theta[bounded] - lower[bounded] < 1e-4))
+
+    # --- history of the estimation -------------------------------------------------------------------
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        """One row per iteration (per criterion evaluation for the profiled method): every variance and
+        covariance of every term, sigma2 and the criterion."""
+        rows = []
+        names = _unique_names([term.name for term in self.design.terms])
+        for index, entry in enumerate(self.optimum.history):
+            if isinstance(entry, tuple):  # profiled: (theta, criterion), sigma^2 profiled at theta
+                theta, criterion = entry
+                factor = self.problem.factorize(theta_to_factors(theta, self.problem.dims))
+                sigma2 = factor.sigma2(self.reml)
+                G = [sigma2 * T @ T.T for T in factor.factors]
+            else:
+                G, sigma2, criterion = entry.G, entry.sigma2, entry.criterion
+            row = {"iteration": index, "criterion": criterion, "sigma2": sigma2}
+            for name, term, matrix in zip(names, self.design.terms, G):
+                rows_, cols_ = lower_indices(term.n_cols)
+                for i, j in zip(rows_, cols_):
+                    label = term.columns[i] if i == j else f"{term.columns[j]}:{term.columns[i]}"
+                    row[f"{name} {label}"] = matrix[i, j]
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("iteration")
+
+    def plot_history(self, *others: "LmerFit", labels: list[str] | None = None):
+        """Trajectories of every variance component and the criterion, this fit and ``others`` side by side.
+
+        Needs matplotlib (``pip install tfmixed[plot]``). Returns the matplotlib Figure.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("plot_history needs matplotlib: pip install 'tfmixed[plot]'") from None
+        fits = [self, *others]
+        labels = labels or [fit.method for fit in fits]
+        columns = [c for c in self.history.columns if c != "criterion"] + ["criterion"]
+        figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.0), squeeze=False)
+        for axis, column in zip(axes[0], columns):
+            for fit, label in zip(fits, labels):
+                if column in fit.history:
+                    axis.plot(fit.history.index, fit.history[column], marker=".", label=label)
+            axis.set_title(column, fontsize=9)
+            axis.set_xlabel("iteration")
+        axes[0][0].legend(fontsize=8)
+        figure.tight_layout()
+        return figure
 
     # --- prediction ------------------------------------------------------------------------------------
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False) -> np.ndarray:
@@ -250,7 +303,7 @@ class LmerFit:
     def summary(self, satterthwaite: bool = True) -> str:
         """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals)."""
         lines = [
-            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed]",
+            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
             f"Formula: {self.formula}",
             "",
         ]
@@ -296,6 +349,6 @@ class LmerFit:
 
     def __repr__(self) -> str:
         return (
-            f"LmerFit({self.formula!r}, {'REML' if self.reml else 'ML'}, deviance={self.deviance:.4f}, "
+            f"LmerFit({self.formula!r}, {'REML' if self.reml else 'ML'}, method={self.method!r}, deviance={self.deviance:.4f}, "
             f"nobs={self.nobs}, converged={self.converged})"
         )
