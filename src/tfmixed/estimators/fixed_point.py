@@ -239,12 +239,14 @@ def fit_fixed_point(
         )
 
     state, status = start, "max_iter"
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         previous = state
         if acceleration == "squarem":
             state = _squarem_step(problem, state, step, reml, dims)
         else:
             state = step(state)
+        if method != "mackay" and iteration % 10 == 9:
+            state = _snap_to_boundary(problem, state, reml)
         record(state)
         if collapsed(state):
             status = "collapsed"
@@ -272,6 +274,34 @@ def fit_fixed_point(
     )
 
 
+def _snap_to_boundary(problem: PLSProblem, state: VarianceState, reml: bool, threshold: float = 1e-3) -> VarianceState:
+    """Set small scalar variances (below ``threshold`` sigma^2) to exactly 0 where 0 is the better local optimum.
+
+    EM and evidence updates approach a zero variance sublinearly (Dyestuff2) and can never leave 0, so a
+    variance is snapped only when the criterion at 0 is no worse than at the current iterate and no worse
+    than at a tiny positive variance (the criterion is even in theta, so this says 0 is a local minimum).
+    """
+    tiny = [G.shape == (1, 1) and 0 < G[0, 0] < threshold * state.sigma2 for G in state.G]
+    if not any(tiny):
+        return state
+    snapped = VarianceState([np.zeros_like(G) if t else G for G, t in zip(state.G, tiny)], state.sigma2)
+    probe = VarianceState([np.full_like(G, 1e-8 * state.sigma2) if t else G for G, t in zip(state.G, tiny)], state.sigma2)
+    at_zero = criterion_at(problem, snapped, reml)
+    noise = 1e-11 * abs(at_zero)
+    if at_zero <= criterion_at(problem, state, reml) + noise and at_zero <= criterion_at(problem, probe, reml) + noise:
+        return snapped
+    return state
+
+
+def _project_psd(state: VarianceState) -> VarianceState:
+    """Nearest state with positive semi-definite G_t (eigenvalues clipped at 0)."""
+    G = []
+    for matrix in state.G:
+        values, vectors = np.linalg.eigh(matrix)
+        G.append(matrix if values[0] >= 0 else (vectors * np.clip(values, 0.0, None)) @ vectors.T)
+    return VarianceState(G, state.sigma2)
+
+
 def _squarem_step(problem: PLSProblem, state: VarianceState, step, reml: bool, dims: list[int]) -> VarianceState:
     """One SQUAREM (S3) cycle with backtracking towards the plain double update when the likelihood worsens."""
     first = step(state)
@@ -283,7 +313,7 @@ def _squarem_step(problem: PLSProblem, state: VarianceState, step, reml: bool, d
     alpha = -np.linalg.norm(r) / np.linalg.norm(v)
     baseline = criterion_at(problem, second, reml)
     while alpha < -1.0:
-        candidate = VarianceState.from_vector(x0 - 2 * alpha * r + alpha**2 * v, dims)
+        candidate = _project_psd(VarianceState.from_vector(x0 - 2 * alpha * r + alpha**2 * v, dims))
         if _is_valid(candidate):
             stabilised = step(candidate)
             if _is_valid(stabilised) and criterion_at(problem, stabilised, reml) <= baseline + 1e-9 * abs(baseline):
