@@ -24,6 +24,7 @@ from formulaic.errors import FormulaicError
 
 from .errors import DataError, FormulaError, RankDeficientError, TfmixedWarning
 from .formula import ParsedFormula, RandomTermSpec, parse_formula
+from .kernels.pls import TermLayout
 
 
 def _lme4_name(column: str) -> str:
@@ -77,12 +78,13 @@ class RandomTerm:
     def n_theta(self) -> int:
         return self.n_cols * (self.n_cols + 1) // 2
 
+    def layout(self) -> TermLayout:
+        """What the numerical kernel needs of this term (level codes and covariate values)."""
+        return TermLayout(self.factor.codes, self.values, self.n_levels)
+
     def z_matrix(self) -> sp.csc_matrix:
         """The sparse n x q indicator-times-covariate matrix of this term."""
-        n, k = self.values.shape
-        rows = np.repeat(np.arange(n), k)
-        cols = (self.factor.codes[:, None] * k + np.arange(k)[None, :]).ravel()
-        return sp.csc_matrix((self.values.ravel(), (rows, cols)), shape=(n, self.q))
+        return self.layout().z_matrix()
 
 
 @dataclass

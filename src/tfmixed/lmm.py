@@ -16,7 +16,7 @@ from .design import Design, build_design
 from .errors import ConvergenceWarning, CovarianceCollapseWarning, DataError, ShapeError, SingularFitWarning
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
 from .estimators.profiled import fit_profiled
-from .kernels.pls import PLSProblem, TermLayout
+from .kernels.pls import PLSProblem
 from .results import LmerFit
 
 
@@ -29,8 +29,7 @@ def problem_from_design(design: Design) -> PLSProblem:
             f"formula {design.formula!r} has no random-effects term such as (1 | group); "
             "use tfmixed.LinearRegression for a fixed-effects-only model"
         )
-    layouts = [TermLayout(term.factor.codes, term.values, term.n_levels) for term in design.terms]
-    return PLSProblem(design.X, design.y, layouts)
+    return PLSProblem(design.X, design.y, [term.layout() for term in design.terms])
 
 
 def default_start(problem: PLSProblem, G0=None, sigma2_0: float | None = None) -> VarianceState:

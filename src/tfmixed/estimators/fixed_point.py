@@ -109,23 +109,13 @@ def criterion_at(problem: PLSProblem, state: VarianceState, reml: bool) -> float
 def _pieces(problem: PLSProblem, factor: PLSFactor):
     beta, u = factor.solve()
     b = factor.u_to_b(u)
-    residual = problem.y - problem.X @ beta - _z_times(problem, b)
+    residual = problem.y - problem.X @ beta - problem.z_times(b)
     U, B, offset = [], [], 0
     for term in problem.terms:
         U.append(u[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
         B.append(b[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
         offset += term.q
     return residual, U, B
-
-
-def _z_times(problem: PLSProblem, b: np.ndarray) -> np.ndarray:
-    out = np.zeros(problem.n)
-    offset = 0
-    for term in problem.terms:
-        effects = b[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
-        out += np.sum(term.values * effects[term.codes], axis=1)
-        offset += term.q
-    return out
 
 
 def mackay_update(problem: PLSProblem, state: VarianceState, reml: bool, diagonal: bool = True) -> VarianceState:

@@ -383,6 +383,16 @@ class PLSProblem:
     def q(self) -> int:
         return self.first.q + self.q_rest
 
+    def z_times(self, b: np.ndarray) -> np.ndarray:
+        """Z b without forming Z: each term adds its covariates times its level's effects."""
+        out = np.zeros(self.n)
+        offset = 0
+        for term in self.terms:
+            effects = b[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
+            out += np.sum(term.values * effects[term.codes], axis=1)
+            offset += term.q
+        return out
+
     def scale_rows(self, M: np.ndarray, factors: list[np.ndarray], transpose: bool = True) -> np.ndarray:
         """Lambda_rest' M (or Lambda_rest M), applied term by term on row slices of a rest x m matrix."""
         out = M.copy()
