@@ -149,12 +149,12 @@ def _factor_levels(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     if isinstance(column.dtype, pd.CategoricalDtype):
         categorical = column.cat.remove_unused_categories()
         codes = np.asarray(categorical.cat.codes, dtype=np.int64)
-        return codes, pd.Index([str(level) for level in categorical.cat.categories])
+        return codes, pd.Index(np.asarray(categorical.cat.categories).astype(str))
     try:
         levels, codes = np.unique(column.to_numpy(), return_inverse=True)
     except TypeError:
         raise DataError(f"grouping column {column.name!r} mixes types that cannot be ordered; convert it to str") from None
-    return codes.astype(np.int64).ravel(), pd.Index([str(level) for level in levels])
+    return codes.astype(np.int64).ravel(), pd.Index(levels.astype(str))
 
 
 def make_grouping_factor(data: pd.DataFrame, names: tuple[str, ...], label: str) -> GroupingFactor:
@@ -167,9 +167,9 @@ def make_grouping_factor(data: pd.DataFrame, names: tuple[str, ...], label: str)
         more_codes, more_labels = _factor_levels(data[name])
         combined = codes * len(more_labels) + more_codes
         observed, codes = np.unique(combined, return_inverse=True)
-        labels = pd.Index(
-            [f"{labels[c // len(more_labels)]}:{more_labels[c % len(more_labels)]}" for c in observed]
-        )
+        first = labels.to_numpy(dtype=str)[observed // len(more_labels)]
+        second = more_labels.to_numpy(dtype=str)[observed % len(more_labels)]
+        labels = pd.Index(np.char.add(np.char.add(first, ":"), second))
     return GroupingFactor(name=label, codes=codes.astype(np.int64), levels=labels)
 
 

@@ -145,6 +145,18 @@ class EmpiricalBayesDecay(keras.regularizers.Regularizer):
         return {"initial_penalty": float(self.penalty.numpy()), "n_train": float(self.n_train.numpy())}
 
 
+def _independent_columns(X: np.ndarray) -> np.ndarray:
+    """The linearly independent columns of X (pivoted QR): dead ReLU units give zero or repeated features."""
+    import scipy.linalg as la
+
+    if X.shape[1] == 0:
+        return X
+    _, R, order = la.qr(X, mode="economic", pivoting=True)
+    size = np.abs(np.diag(R))
+    keep = order[size > size[0] * max(X.shape) * np.finfo(float).eps * 100]
+    return X[:, np.sort(keep)]
+
+
 def _as_input_dict(x, model) -> dict[str, np.ndarray]:
     if isinstance(x, dict):
         return {str(k): np.asarray(v) for k, v in x.items()}
@@ -309,7 +321,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             codes = np.asarray(self.inputs[factor]).reshape(-1).astype(np.int64)
             layouts.append(TermLayout(codes, designs[label].astype(np.float64)[:, None], layer.factors[factor]))
             labels.append(label)
-        X = features.astype(np.float64) if features is not None else np.zeros((n, 0))
+        X = _independent_columns(features.astype(np.float64)) if features is not None else np.zeros((n, 0))
         order = np.argsort([-layout.n_levels for layout in layouts], kind="stable")
         ordered = [layouts[i] for i in order]
         factors = [np.array([[np.sqrt(tau2[labels[i]] / sigma2)]]) for i in order]
