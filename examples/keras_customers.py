@@ -43,7 +43,7 @@ def simulate(seed: int = 0):
     return part(~test), part(test)
 
 
-def build(penalty: float, y_mean: float) -> keras.Model:
+def build(penalty: float, y_mean: float, decay_steps: int) -> keras.Model:
     x = keras.Input((4,), name="x")
     customer = keras.Input((), name="customer", dtype="int32")
     state = keras.Input((), name="state", dtype="int32")
@@ -54,13 +54,15 @@ def build(penalty: float, y_mean: float) -> keras.Model:
         {"customer": customer, "state": state}
     )
     model = keras.Model({"x": x, "customer": customer, "state": state}, keras.layers.Add()([fixed, effects]))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.02), loss="mse")
+    # Cosine decay lets every run settle at its penalised optimum, so runs differ by their penalties, not SGD noise.
+    schedule = keras.optimizers.schedules.CosineDecay(0.02, decay_steps=decay_steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="mse")
     return model
 
 
 def train(x, y, penalty: float, epochs: int, callback=None, seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    model = build(penalty, float(y.mean()))
+    model = build(penalty, float(y.mean()), decay_steps=epochs * int(np.ceil(len(y) / 256)))
     callbacks = [callback] if callback is not None else []
     if callback is None:  # a fixed penalty still needs n_train for the lambda ||E||^2 / n scaling
         model.get_layer("effects").n_train.assign(float(len(y)))

@@ -7,7 +7,6 @@ Prints the methods table used in docs/mackay.md and, with --plot FILE, saves the
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path

@@ -1,6 +1,5 @@
 """EM, evidence and MacKay fixed points against lmer and lme4 (issue: MacKay's method done right)."""
 
-import json
 import warnings
 
 import numpy as np

@@ -1,6 +1,5 @@
 """tfmixed.keras: learned per-group penalties in ordinary Keras training."""
 
-import warnings
 
 import keras
 import numpy as np

@@ -115,6 +115,10 @@ def test_predict_semantics():
     assert predicted[1] == pytest.approx(fit.fixef.iloc[0] + 5 * fit.fixef.iloc[1])
     with pytest.raises(tm.DataError):
         fit.predict(pd.DataFrame({"Days": [1.0]}))
+    with pytest.raises(tm.DataError):
+        fit.predict(pd.DataFrame({"Days": [np.nan], "Subject": ["308"]}))
+    with pytest.raises(tm.DataError):
+        fit.predict(data, re_form="something")
 
 
 def test_crossed_prediction_with_numeric_new_data():

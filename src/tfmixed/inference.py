@@ -75,7 +75,7 @@ def richardson_jacobian(fun, x: np.ndarray) -> np.ndarray:
         e = np.zeros(x.size)
         e[i] = 1.0
 
-        def central(step: float) -> np.ndarray:
+        def central(step: float, e: np.ndarray = e) -> np.ndarray:
             return (fun(x + step * e) - fun(x - step * e)) / (2 * step)
 
         columns.append((4 * central(h[i]) - central(2 * h[i])) / 3)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from formulaic.errors import FormulaicError
 
 from .design import Design, _as_frame, frames_by_factor, make_grouping_factor
 from .errors import DataError, NewLevelError
@@ -275,7 +276,7 @@ class LmerFit:
         needed = {name for term in self.design.terms for name in term.spec.group} if re_form is None else set()
         try:
             X = np.asarray(self.design.fixed_spec.get_model_matrix(frame, na_action="raise"), dtype=np.float64)
-        except Exception as error:  # formulaic raises several types for missing/invalid columns
+        except (FormulaicError, ValueError, KeyError) as error:
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {error}") from None
         prediction = X @ self._beta
         if re_form is not None:
