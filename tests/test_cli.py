@@ -8,3 +8,4 @@ def test_demo_prints_the_sleepstudy_fit(capsys):
     assert "MacKay loop converged" in out
     assert "CovarianceCollapseWarning" in out
     assert "intercept 612.09" in out
+    assert "EM (+E Cov(b|y)" in out and "correlation 0.066" in out

@@ -1,6 +1,7 @@
 """The blocked penalised-least-squares kernel against dense linear algebra on the same problems."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import LME4_CASES, load_reference, as_array
 
@@ -94,3 +95,65 @@ def test_covariance_factor_rejects_invalid(G):
 
     with pytest.raises(SingularCovarianceError):
         covariance_factor(G)
+
+
+def synthetic_design(seed=0):
+    """Two vector-valued terms, the second-largest outside the first block, plus a scalar term."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    data = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "z": rng.normal(size=n),
+        "f": rng.choice(list("abc"), size=n),
+        "g": rng.integers(0, 40, size=n),
+        "h": rng.integers(0, 15, size=n),
+        "k": rng.integers(0, 6, size=n),
+    })
+    data["y"] = data.x + rng.normal(size=n) + rng.normal(size=40)[data.g] + rng.normal(size=15)[data.h] * data.x
+    return data
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x + (1 | g) + (1 + x | h)",
+        "y ~ x + (1 + x | g) + (1 + x + z | h) + (1 | k)",
+        "y ~ x + (0 + f | g) + (1 | h)",
+    ],
+)
+def test_vector_terms_outside_the_first_block(formula, small_path):
+    design = build_design(formula, synthetic_design())
+    problem = problem_from_design(design)
+    rng = np.random.default_rng(1)
+    theta = np.concatenate([factors_to_theta([np.tril(rng.uniform(0.2, 1.0, (k, k)))]) for k in problem.dims])
+    factors = theta_to_factors(theta, problem.dims)
+    for reml in (True, False):
+        dev, beta, b, A_inv = dense_reference(design, factors, reml)
+        factor = problem.factorize(factors)
+        assert factor.deviance(reml) == pytest.approx(dev, rel=1e-10)
+        beta_k, u_k = factor.solve()
+        np.testing.assert_allclose(beta_k, beta, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(factor.u_to_b(u_k), b, rtol=1e-7, atol=1e-9)
+
+        def deviance(t):
+            return problem.factorize(theta_to_factors(t, problem.dims)).deviance(reml)
+
+        h = 1e-5
+        numeric = np.array([(deviance(theta + h * e) - deviance(theta - h * e)) / (2 * h) for e in np.eye(theta.size)])
+        np.testing.assert_allclose(factor.gradient(reml), numeric, rtol=1e-5, atol=1e-5)
+    blocks = problem.factorize(factors).inverse_diagonal_blocks()
+    for term, s, block in zip(design.terms, design.term_slices, blocks):
+        k = term.n_cols
+        expected = np.stack([A_inv[s, s][i * k : (i + 1) * k, i * k : (i + 1) * k] for i in range(term.n_levels)])
+        np.testing.assert_allclose(block, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_em_and_profiled_agree_on_vector_terms_outside_the_first_block():
+    import tfmixed as tm
+
+    data = synthetic_design(2)
+    formula = "y ~ x + (1 | g) + (1 + x | h)"
+    profiled = tm.lmer(formula, data, verbose=False)
+    em = tm.lmer(formula, data, method="em", acceleration="squarem", verbose=False)
+    assert em.deviance == pytest.approx(profiled.deviance, rel=1e-8)
+    np.testing.assert_allclose(em.varcorr["vcov"], profiled.varcorr["vcov"], rtol=1e-4, atol=1e-6)
