@@ -63,8 +63,9 @@ def test_save_load_and_tf_data(sleep, tmp_path):
     keras.utils.set_random_seed(2)
     model = linear_mixed_model(levels, y)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(180, seed=0).batch(45)
-    callback = EmpiricalBayes(x, y, update_every=2, warmup_epochs=2)
+    callback = EmpiricalBayes(dataset, update_every=2, warmup_epochs=2)
     model.fit(dataset, epochs=12, verbose=0, callbacks=[callback])
+    assert callback.sigma2 > 0 and len(callback.y) == 180
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path)
@@ -117,6 +118,8 @@ def test_errors(sleep):
     _, x, y, levels = sleep
     with pytest.raises(tm.DataError):
         EmpiricalBayes(x, y, rule="validation")
+    with pytest.raises(tm.DataError, match="targets"):
+        EmpiricalBayes(x)
     with pytest.raises(tm.DataError):
         RandomEffects({"g": 1})
     with pytest.raises(tm.DataError):

@@ -77,6 +77,20 @@ def test_multi_term_model_and_defaults():
     assert result.G[0][0, 0] < fit.covariance_matrices()[0][0, 0]
 
 
+def test_corrected_methods_through_the_module(seed_start):
+    data, start = seed_start
+    result = tm.mackay(FORMULA, data, method="em", acceleration="squarem", verbose=False, **start)
+    ref = load_reference("mackay_sleepstudy")["em_reml"]
+    assert result.converged and result.iterations < 20
+    np.testing.assert_allclose(result.G[0], ref["G"], rtol=1e-6)
+    np.testing.assert_allclose(result.module.beta.numpy()[:, 0], ref["beta"], rtol=1e-8)
+    assert "EM loop converged" in result.report()
+    fit = tm.lmer(FORMULA, data, method="em", verbose=False, **start)
+    report = fit.report()
+    assert report.startswith("em (REML): converged") and "updates" in report
+    assert "criterion evaluations" in tm.lmer(FORMULA, data, verbose=False).report()
+
+
 def test_invalid_arguments(seed_start):
     data, _ = seed_start
     with pytest.raises(tm.DataError):

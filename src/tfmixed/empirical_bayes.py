@@ -52,6 +52,7 @@ class MacKayResult:
     converged: bool
     status: str
     history: list[MacKayIteration] = field(default_factory=list, repr=False)
+    method: str = "MacKay"
 
     @property
     def collapsed(self) -> bool:
@@ -73,7 +74,7 @@ class MacKayResult:
 
     def report(self) -> str:
         """A short human-readable convergence report."""
-        text = f"MacKay loop {self.status} after {self.iterations} iterations; sigma2 = {self.sigma2:.6g}"
+        text = f"{self.method} loop {self.status} after {self.iterations} iterations; sigma2 = {self.sigma2:.6g}"
         for name, G in zip(self.module.term_names, self.G):
             text += f"\n  {name}: G = {np.array2string(G, precision=6)}"
         return text
@@ -89,7 +90,10 @@ def mackay(
     model: MixedModule | str,
     data: Any = None,
     *,
+    method: str = "mackay",
     covariance: str = "diagonal",
+    acceleration: str | None = None,
+    REML: bool = True,
     G0=None,
     sigma2_0: float | None = None,
     tol: float = 1e-10,
@@ -101,7 +105,9 @@ def mackay(
     """Run MacKay's quick-and-dirty loop until (G, sigma^2) change by less than ``tol`` (relative).
 
     ``model`` is a :class:`MixedModule` or an lme4 formula (with ``data``); the module ends holding the
-    final beta and b. Start values default to sigma^2_0 = var(y) and G0_t = sigma^2_0 I. With
+    final beta and b. ``method="em"`` or ``"evidence"`` runs the corrected updates instead (docs/mackay.md;
+    ``REML`` chooses their target, ``acceleration="squarem"`` extrapolates; ``covariance`` applies to
+    ``"mackay"``). Start values default to sigma^2_0 = var(y) and G0_t = sigma^2_0 I. With
     ``covariance="full"``, a G_t whose smallest eigenvalue falls below ``collapse_tol`` times its largest
     is reported as a collapse: a :class:`CovarianceCollapseWarning` (``on_collapse="warn"``) or a
     :class:`SingularCovarianceError` (``"raise"``).
@@ -118,8 +124,8 @@ def mackay(
     module = MixedModule.from_formula(model, data) if isinstance(model, str) else model
     start = default_start(module.problem, G0, sigma2_0)
     fit = fit_fixed_point(
-        module.problem, start, method="mackay", reml=True, covariance=covariance, tol=tol,
-        max_iter=max_iter, collapse_tol=collapse_tol, verbose=verbose,
+        module.problem, start, method=method, reml=REML, covariance=covariance, acceleration=acceleration,
+        tol=tol, max_iter=max_iter, collapse_tol=collapse_tol, verbose=verbose,
     )
     history = [
         MacKayIteration(
@@ -154,4 +160,5 @@ def mackay(
         converged=fit.converged,
         status=fit.status,
         history=history,
+        method={"mackay": "MacKay", "em": "EM", "evidence": "evidence"}[method],
     )

@@ -157,6 +157,23 @@ def _independent_columns(X: np.ndarray) -> np.ndarray:
     return X[:, np.sort(keep)]
 
 
+def _materialise(dataset) -> tuple[Any, np.ndarray]:
+    """Concatenate the (inputs, targets) batches of a finite tf.data.Dataset into arrays."""
+    inputs, targets = [], []
+    for batch in dataset:
+        if not isinstance(batch, tuple) or len(batch) < 2:
+            raise DataError("the dataset must yield (inputs, targets) pairs")
+        inputs.append(batch[0])
+        targets.append(np.asarray(batch[1]))
+    if not inputs:
+        raise DataError("the dataset is empty")
+    if isinstance(inputs[0], dict):
+        x = {k: np.concatenate([np.asarray(b[k]) for b in inputs]) for k in inputs[0]}
+    else:
+        x = np.concatenate([np.asarray(b) for b in inputs])
+    return x, np.concatenate(targets)
+
+
 def _as_input_dict(x, model) -> dict[str, np.ndarray]:
     if isinstance(x, dict):
         return {str(k): np.asarray(v) for k, v in x.items()}
@@ -168,18 +185,25 @@ def _as_input_dict(x, model) -> dict[str, np.ndarray]:
 class EmpiricalBayes(keras.callbacks.Callback):
     """Learn sigma^2 and each group's prior variance tau^2 during ``model.fit`` (no validation set).
 
-    ``x``, ``y`` are the training data (a dict of arrays keyed by input name, and the targets), used to compute
-    residuals and posterior variances; ``rule`` is "corrected" (MacKay's evidence update, Gauss-Newton
+    ``x``, ``y`` are the training data (a dict of arrays keyed by input name, and the targets; or a
+    ``tf.data.Dataset`` of (inputs, targets) batches as ``x`` alone, read once into memory when training starts),
+    used to compute residuals and posterior variances; ``rule`` is "corrected" (MacKay's evidence update, Gauss-Newton
     posterior variances) or "quick_and_dirty" (the seed's). ``fixed_layer`` is the final Dense(1) layer whose
     output is added to the random effects ("auto": the last Dense layer with one unit; None: ignore its
     coupling). Updates run every ``update_every`` epochs after ``warmup_epochs``.
     """
 
-    def __init__(self, x, y, *, rule: str = "corrected", fixed_layer: Any = "auto", update_every: int = 1,
+    def __init__(self, x, y=None, *, rule: str = "corrected", fixed_layer: Any = "auto", update_every: int = 1,
                  warmup_epochs: int = 1, batch_size: int = 4096, log_dir: str | None = None, verbose: int = 0):
         super().__init__()
         if rule not in ("corrected", "quick_and_dirty"):
             raise DataError(f"rule must be 'corrected' or 'quick_and_dirty', got {rule!r}")
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise DataError("pass a tf.data.Dataset of (inputs, targets) as x alone, with y=None")
+            x, y = _materialise(x)
+        elif y is None:
+            raise DataError("EmpiricalBayes needs the training targets y (or a tf.data.Dataset as x)")
         self.x, self.y = x, np.asarray(y, dtype=np.float64).reshape(-1)
         self.rule, self.fixed_layer_option = rule, fixed_layer
         self.update_every, self.warmup_epochs = max(1, int(update_every)), int(warmup_epochs)

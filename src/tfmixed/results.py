@@ -213,6 +213,18 @@ class LmerFit:
         bounded = np.isfinite(lower)
         return bool(np.any(self.theta[bounded] - lower[bounded] < 1e-4))
 
+    def report(self) -> str:
+        """Convergence report: estimator, status, iterations or evaluations, time and criterion."""
+        optimum = self.optimum
+        status = getattr(optimum, "status", "converged" if optimum.converged else "not converged")
+        iterations = getattr(optimum, "iterations", None)
+        count = f"{iterations} iterations, " if iterations is not None else ""
+        return (
+            f"{self.method} ({'REML' if self.reml else 'ML'}): {status}; {count}{optimum.n_evaluations} "
+            f"{'updates' if iterations is not None else 'criterion evaluations'}, {optimum.seconds:.3f} s; "
+            f"criterion {self.deviance:.6f}; {optimum.message}"
+        )
+
     # --- history of the estimation -------------------------------------------------------------------
     @cached_property
     def history(self) -> pd.DataFrame:
