@@ -86,3 +86,12 @@ def test_rank_deficient_fixed_effects():
 def test_data_must_be_a_frame():
     with pytest.raises(DataError, match="DataFrame"):
         build_design("y ~ 1 + (1 | g)", [1, 2, 3])
+
+
+def test_coefficient_names_follow_lme4():
+    data = datasets.load("iris").assign(g=lambda d: np.repeat(np.arange(15), 10).astype(str))
+    design = build_design("Sepal.Length ~ Species * Sepal.Width + (1 | g)", data)
+    assert design.fixed_names == [
+        "(Intercept)", "Speciesversicolor", "Speciesvirginica", "Sepal.Width",
+        "Speciesversicolor:Sepal.Width", "Speciesvirginica:Sepal.Width",
+    ]

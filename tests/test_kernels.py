@@ -33,10 +33,13 @@ def dense_reference(design, factors, reml):
     return dev, solution[q:], Lambda @ solution[:q], A_inv
 
 
-@pytest.fixture(params=[True, False], ids=["dense-C", "pattern"])
+@pytest.fixture(params=["dense", "pattern", "sparse-product"])
 def small_path(request, monkeypatch):
-    if not request.param:
+    """The three ways the kernel eliminates the first block: dense C, precomputed pattern, sparse product."""
+    if request.param != "dense":
         monkeypatch.setattr(pls, "DENSE_LIMIT", 0)
+    if request.param == "sparse-product":
+        monkeypatch.setattr(pls, "PATTERN_LIMIT", 0)
     return request.param
 
 
@@ -45,7 +48,8 @@ def test_blocked_factorisation_matches_dense_algebra(name, small_path):
     ref = load_reference(name)
     design = build_design(ref["formula"], datasets.load(LME4_CASES[name]))
     problem = problem_from_design(design)
-    assert (problem._C_dense is not None) == small_path
+    assert (problem._C_dense is not None) == (small_path == "dense")
+    assert (problem._pattern is not None) == (small_path == "pattern")
     theta = as_array(ref["theta"]) * 1.2 + 0.05
     factors = theta_to_factors(theta, problem.dims)
     factor = problem.factorize(factors)

@@ -27,8 +27,14 @@ from .formula import ParsedFormula, RandomTermSpec, parse_formula
 from .kernels.pls import TermLayout
 
 
+_TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
+
+
 def _lme4_name(column: str) -> str:
-    return "(Intercept)" if column == "Intercept" else column
+    """lme4's coefficient names: "(Intercept)", and treatment contrasts f[T.b] as fb (also inside a:b)."""
+    if column == "Intercept":
+        return "(Intercept)"
+    return ":".join(_TREATMENT.sub(r"\1\2", part).strip("`") for part in column.split(":"))
 
 
 @dataclass

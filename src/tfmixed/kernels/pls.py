@@ -83,7 +83,9 @@ class _FirstBlockPattern:
         self.QT, self.size, self.n_levels, self.k = QT, size, n_levels, k
 
     @classmethod
-    def build(cls, C: sp.csc_matrix, n_levels: int, k: int, limit: int = PATTERN_LIMIT):
+    def build(cls, C: sp.csc_matrix, n_levels: int, k: int, limit: int | None = None):
+        """The pattern of C, or None when it would hold more than ``limit`` pairs (default PATTERN_LIMIT)."""
+        limit = PATTERN_LIMIT if limit is None else limit
         C = sp.csc_matrix(C)
         C.sort_indices()
         level_ptr = C.indptr[::k]
