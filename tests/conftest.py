@@ -16,7 +16,22 @@ LME4_CASES = {
     "Dyestuff2_singular": "Dyestuff2",
     "Penicillin_crossed": "Penicillin",
     "Pastes_nested": "Pastes",
+    # generated here with ../shared/tools/lme4_reference.R (lme4 1.1-31): a correlated random slope on the
+    # largest factor, a crossed intercept and a three-level fixed factor
+    "crossed_slopes_reml": "crossed_slopes.csv",
+    "crossed_slopes_ml": "crossed_slopes.csv",
 }
+
+
+def load_data(source: str):
+    """A built-in dataset by name, or a CSV stored beside the references."""
+    if source.endswith(".csv"):
+        import pandas as pd
+
+        return pd.read_csv(REFERENCE / source)
+    from tfmixed import datasets
+
+    return datasets.load(source)
 
 
 def load_reference(name: str) -> dict:

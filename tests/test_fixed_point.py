@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import LME4_CASES, load_reference
+from conftest import LME4_CASES, load_reference, load_data
 
 import tfmixed as tm
 from tfmixed import datasets
@@ -31,7 +31,7 @@ def assert_same_variances(fit, reference_fit, rtol):
 @pytest.mark.parametrize("name", sorted(LME4_CASES))
 def test_em_reaches_lmer_estimates(name, acceleration):
     ref = load_reference(name)
-    data = datasets.load(LME4_CASES[name])
+    data = load_data(LME4_CASES[name])
     profiled = quiet_lmer(ref["formula"], data, REML=ref["REML"])
     em = quiet_lmer(ref["formula"], data, REML=ref["REML"], method="em", acceleration=acceleration)
     assert em.optimum.converged
@@ -87,7 +87,7 @@ def test_em_history_is_monotone_in_the_criterion():
 )
 def test_evidence_fixed_point_is_reml_for_diagonal_covariances(name, formula):
     ref = load_reference(name)
-    data = datasets.load(LME4_CASES[name])
+    data = load_data(LME4_CASES[name])
     evidence = quiet_lmer(ref["formula"], data, method="evidence")
     profiled = quiet_lmer(ref["formula"], data)
     assert evidence.optimum.converged

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import LME4_CASES, load_reference, as_array
+from conftest import LME4_CASES, load_reference, as_array, load_data
 
 import tfmixed.kernels.pls as pls
 from tfmixed import build_design, datasets
@@ -46,7 +46,7 @@ def small_path(request, monkeypatch):
 @pytest.mark.parametrize("name", sorted(LME4_CASES))
 def test_blocked_factorisation_matches_dense_algebra(name, small_path):
     ref = load_reference(name)
-    design = build_design(ref["formula"], datasets.load(LME4_CASES[name]))
+    design = build_design(ref["formula"], load_data(LME4_CASES[name]))
     problem = problem_from_design(design)
     assert (problem._C_dense is not None) == (small_path == "dense")
     assert (problem._pattern is not None) == (small_path == "pattern")
@@ -68,7 +68,7 @@ def test_blocked_factorisation_matches_dense_algebra(name, small_path):
 @pytest.mark.parametrize("name", sorted(LME4_CASES))
 def test_analytic_gradient_matches_central_differences(name, small_path):
     ref = load_reference(name)
-    design = build_design(ref["formula"], datasets.load(LME4_CASES[name]))
+    design = build_design(ref["formula"], load_data(LME4_CASES[name]))
     problem = problem_from_design(design)
     theta = as_array(ref["theta"]) * 1.3 + 0.05
     reml = ref["REML"]

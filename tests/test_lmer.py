@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import as_array
+from conftest import as_array, load_data
 
 import tfmixed as tm
 from tfmixed import NewLevelError, datasets
@@ -16,7 +16,7 @@ def fitted(lme4_case):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tm.SingularFitWarning)
-        fit = tm.lmer(ref["formula"], datasets.load(data), REML=ref["REML"], verbose=False)
+        fit = tm.lmer(ref["formula"], load_data(data), REML=ref["REML"], verbose=False)
     return name, ref, fit
 
 
