@@ -81,6 +81,15 @@ class _FirstBlockPattern:
 
     def __init__(self, QT: sp.csr_matrix, size: int, n_levels: int, k: int):
         self.QT, self.size, self.n_levels, self.k = QT, size, n_levels, k
+        # For block sums: strictly-lower positions and diagonal positions apart (k > 1 needs the transpose of
+        # the strict part), or, for k = 1, one matrix with the strictly-lower entries doubled.
+        rows, cols = np.divmod(QT.indices, size)
+        strict = rows != cols
+        if k == 1:
+            self.sums_matrix = sp.csr_matrix((np.where(strict, 2.0, 1.0) * QT.data, QT.indices, QT.indptr), shape=QT.shape)
+        else:
+            self.strict_matrix = sp.csr_matrix((np.where(strict, QT.data, 0.0), QT.indices, QT.indptr), shape=QT.shape)
+            self.diagonal_matrix = sp.csr_matrix((np.where(strict, 0.0, QT.data), QT.indices, QT.indptr), shape=QT.shape)
 
     @classmethod
     def build(cls, C: sp.csc_matrix, n_levels: int, k: int, limit: int | None = None):
@@ -118,13 +127,12 @@ class _FirstBlockPattern:
 
     def block_sums(self, M: np.ndarray) -> np.ndarray:
         """H_j = C_j' M C_j for every level j (C_j: the k1 columns of level j), M symmetric."""
-        strict = np.tril(M, -1)
-        diagonal = np.diag(np.diag(M))
+        flat = np.ascontiguousarray(M).reshape(-1)
         shape = (self.n_levels, self.k, self.k)
         if self.k == 1:
-            return (self.QT @ (2.0 * strict + diagonal).reshape(-1)).reshape(shape)
-        lower = (self.QT @ strict.reshape(-1)).reshape(shape)
-        return lower + lower.transpose(0, 2, 1) + (self.QT @ diagonal.reshape(-1)).reshape(shape)
+            return (self.sums_matrix @ flat).reshape(shape)
+        lower = (self.strict_matrix @ flat).reshape(shape)
+        return lower + lower.transpose(0, 2, 1) + (self.diagonal_matrix @ flat).reshape(shape)
 
 
 @dataclass
@@ -231,14 +239,22 @@ class PLSFactor:
         rest = problem.scale_rows(rest[:, None], self.factors, transpose=False)[: problem.q_rest, 0]
         return np.concatenate([first, rest])
 
-    def _rest_inverse(self, size: int) -> np.ndarray:
-        """Inverse of the leading ``size`` block of the Schur complement S, padded with zeros to S's shape."""
+    def _rest_inverse(self, size: int, full: bool = True) -> np.ndarray:
+        """Inverse of the leading ``size`` block of the Schur complement S, padded with zeros to S's shape.
+
+        With ``full=False`` only the lower triangle is filled (the first-block pattern reads nothing else).
+        """
         inverse = np.zeros_like(self.L22)
         if size:
             lower, info = la.lapack.dpotri(self.L22[:size, :size], lower=1)
             if info != 0:
                 raise TfmixedError("could not invert the Schur complement of the mixed model equations")
-            inverse[:size, :size] = np.tril(lower) + np.tril(lower, -1).T
+            # dpotri fills the lower triangle; the upper one still holds L22's zeros.
+            block = inverse[:size, :size]
+            block += lower
+            if full:
+                block += lower.T
+                block[np.diag_indices(size)] -= np.diag(lower)
         return inverse
 
     def inverse_block_sums(self, include_fixed: bool) -> list[np.ndarray]:
@@ -249,11 +265,15 @@ class PLSFactor:
         """
         problem = self.problem
         size = problem.q_rest + (problem.p if include_fixed else 0)
-        S_inv = self._rest_inverse(size)
-        if problem.rest:
-            scaled = problem.scale_rows(problem.scale_rows(S_inv, self.factors, False).T, self.factors, False)
-        else:
+        lower_only = problem._pattern is not None and problem._scalar_rest
+        S_inv = self._rest_inverse(size, full=not lower_only)
+        if not problem.rest:
             scaled = S_inv
+        elif problem._scalar_rest:
+            d = problem._rest_diagonal(self.factors)
+            scaled = S_inv * d[:, None] * d[None, :]
+        else:
+            scaled = problem.scale_rows(problem.scale_rows(S_inv, self.factors, False).T, self.factors, False)
         H = problem.first_block_sums(scaled)
         A_inv = self.A11_inv
         V = self.factors[0][None, :, :] @ A_inv
