@@ -102,15 +102,23 @@ class _FirstBlockPattern:
         if int(np.sum(per_level**2)) > limit:
             return None
         entry_level = np.repeat(np.arange(n_levels), per_level)
-        repeats = per_level[entry_level]
+        row_of = C.indices.astype(np.int64)
+        # Pair every nonzero with the nonzeros of its level. For k = 1, rows are sorted within the level's column,
+        # so the pairs with row >= row are exactly those with position >= position: generate only those.
+        if k == 1:
+            repeats = np.arange(C.nnz) - level_ptr[:-1][entry_level] + 1
+        else:
+            repeats = per_level[entry_level]
         first = np.repeat(np.arange(C.nnz), repeats)
         offsets = np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
         second = level_ptr[:-1][entry_level[first]] + offsets
-        row_of = C.indices.astype(np.int64)
-        keep = row_of[first] >= row_of[second]
-        first, second = first[keep], second[keep]
-        column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
-        weight_index = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
+        if k == 1:
+            weight_index = entry_level[first]
+        else:
+            keep = row_of[first] >= row_of[second]
+            first, second = first[keep], second[keep]
+            column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
+            weight_index = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
         size = C.shape[0]
         QT = sp.csr_matrix(
             (C.data[first] * C.data[second], (weight_index, row_of[first] * size + row_of[second])),
