@@ -141,3 +141,15 @@ def test_invalid_method_arguments():
     problem = problem_from_design(tm.build_design(SLEEP, data))
     with pytest.raises(tm.SingularCovarianceError):
         fit_fixed_point(problem, VarianceState([np.array([[1.0, 3.0], [3.0, 1.0]])], 100.0), verbose=False)
+
+
+def test_law_of_total_variance_at_the_reml_estimates():
+    """docs/mackay.md: mean_j b_j b_j' + mean_j Cov(b_j | y) equals G exactly at the REML optimum."""
+    fit = quiet_lmer(SLEEP, datasets.load("sleepstudy"), method="em", tol=1e-13)
+    G = fit.covariance_matrices()[0]
+    b = fit.ranef["Subject"].to_numpy()
+    factor = VarianceState([G], fit.sigma**2).factor(fit.problem)
+    T = factor.factors[0]
+    conditional = fit.sigma**2 * T @ factor.inverse_block_sums(include_fixed=True)[0] @ T.T / len(b)
+    np.testing.assert_allclose(b.T @ b / len(b) + conditional, G, rtol=1e-8)
+    np.testing.assert_allclose(b.T @ b / len(b), [[440.475, 29.324], [29.324, 28.106]], atol=1e-3)

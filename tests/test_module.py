@@ -80,6 +80,23 @@ def test_gradient_solve_matches_exact_solve():
     np.testing.assert_allclose(trained.b.numpy(), exact.b.numpy(), atol=1e-2)
 
 
+def test_gradient_mode_traces_its_step_once_across_calls():
+    module = MixedModule.from_formula("Reaction ~ 1 + Days + (1 + Days | Subject)", datasets.load("sleepstudy"))
+    import tensorflow as tf
+
+    optimizer = tf.keras.optimizers.Adam(0.5)
+    module.reset_variances(np.diag([600.0, 30.0]), 650.0, method="gradient", optimizer=optimizer, verbose=False)
+    first = module.beta.numpy().copy()
+    step = module._steps[id(optimizer)][1]
+    traced = step.experimental_get_tracing_count()  # 1, or 2 when the optimizer created its slots in the trace
+    module.reset_variances(np.diag([400.0, 20.0]), 600.0, method="gradient", optimizer=optimizer, verbose=False)
+    assert step.experimental_get_tracing_count() == traced
+    exact = MixedModule.from_formula("Reaction ~ 1 + Days + (1 + Days | Subject)", datasets.load("sleepstudy"))
+    exact.reset_variances(np.diag([400.0, 20.0]), 600.0)
+    np.testing.assert_allclose(module.beta.numpy(), exact.beta.numpy(), rtol=1e-4)
+    assert not np.allclose(first, module.beta.numpy(), rtol=1e-8)
+
+
 def test_conditional_covariances_match_lme4_condsd():
     ref = load_reference("sleepstudy_reml")
     module = MixedModule.from_formula(ref["formula"], datasets.load("sleepstudy"))

@@ -112,31 +112,17 @@ class MixedModule(tf.Module):
             raise DataError(f"method must be 'exact' or 'gradient', got {method!r}")
 
     def _gradient_solve(self, matrices, sigma2, optimizer, max_epochs, tol, verbose) -> None:
-        precisions = []
         for matrix, name in zip(matrices, self.term_names):
             if np.linalg.eigvalsh(matrix)[0] <= 1e-12 * max(1.0, np.max(np.abs(matrix))):
                 raise SingularCovarianceError(
                     f"G for {name} is singular, so the seed's loss b' G^-1 b is undefined; use method='exact'"
                 )
-            precisions.append(tf.constant(np.linalg.inv(matrix), dtype=DTYPE))
-        Z = self.design.Z.tocoo()
-        Z_t = tf.sparse.reorder(
-            tf.sparse.SparseTensor(np.column_stack([Z.row, Z.col]).astype(np.int64), Z.data, Z.shape)
-        )
-        X_t = tf.constant(self.design.X, dtype=DTYPE)
-        y_t = tf.constant(self.design.y.reshape(-1, 1), dtype=DTYPE)
-        slices = self.design.term_slices
-        shapes = [(term.n_levels, term.n_cols) for term in self.design.terms]
         optimizer = optimizer or default_optimizer("adam", 0.5)
-
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                loss = self.loss(X_t, Z_t, y_t, sigma2, precisions, slices, shapes)
-            gradients = tape.gradient(loss, self.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-            return loss
-
+        step = self._training_step(optimizer)
+        # sigma^2 and G^-1 live in variables, so one traced step serves every call (no retracing per pass).
+        self._sigma2_t.assign(sigma2)
+        for variable, matrix in zip(self._precisions_t, matrices):
+            variable.assign(np.linalg.inv(matrix))
         progress = Progress("MixedModule", verbose=verbose)
         previous = np.inf
         for epoch in range(max_epochs):
@@ -148,6 +134,38 @@ class MixedModule(tf.Module):
         else:
             warnings.warn(f"gradient solve stopped after {max_epochs} epochs (loss {loss:.8g})", ConvergenceWarning, stacklevel=3)
         progress.finish(f"loss {loss:.8g}")
+
+    def _training_step(self, optimizer):
+        """The compiled gradient step for ``optimizer``, traced once per optimizer and module."""
+        cache = self.__dict__.setdefault("_steps", {})
+        if id(optimizer) in cache:
+            return cache[id(optimizer)][1]
+        if not hasattr(self, "_sigma2_t"):
+            Z = self.design.Z.tocoo()
+            self._Z_t = tf.sparse.reorder(
+                tf.sparse.SparseTensor(np.column_stack([Z.row, Z.col]).astype(np.int64), Z.data, Z.shape)
+            )
+            self._X_t = tf.constant(self.design.X, dtype=DTYPE)
+            self._y_t = tf.constant(self.design.y.reshape(-1, 1), dtype=DTYPE)
+            self._sigma2_t = tf.Variable(1.0, dtype=DTYPE, trainable=False, name="sigma2")
+            self._precisions_t = [
+                tf.Variable(np.eye(term.n_cols), dtype=DTYPE, trainable=False, name="G_inverse")
+                for term in self.design.terms
+            ]
+        slices = self.design.term_slices
+        shapes = [(term.n_levels, term.n_cols) for term in self.design.terms]
+        variables = [self.beta, self.b]
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = self.loss(self._X_t, self._Z_t, self._y_t, self._sigma2_t, self._precisions_t, slices, shapes)
+            gradients = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(gradients, variables))
+            return loss
+
+        cache[id(optimizer)] = (optimizer, step)  # the optimizer is kept alive so its id is not reused
+        return step
 
     def loss(self, X, Z, y, sigma2, precisions, slices, shapes) -> tf.Tensor:
         """The seed's penalised loss: SSE / sigma^2 + sum_t sum_j b_tj' G_t^{-1} b_tj."""
