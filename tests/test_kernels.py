@@ -6,7 +6,7 @@ import pytest
 from conftest import LME4_CASES, load_reference, as_array, load_data
 
 import tfmixed.kernels.pls as pls
-from tfmixed import build_design, datasets
+from tfmixed import build_design
 from tfmixed.kernels.covariance import covariance_factor, theta_to_factors, factors_to_theta
 from tfmixed.lmm import problem_from_design
 
@@ -139,7 +139,7 @@ def test_vector_terms_outside_the_first_block(formula, small_path):
         np.testing.assert_allclose(beta_k, beta, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(factor.u_to_b(u_k), b, rtol=1e-7, atol=1e-9)
 
-        def deviance(t):
+        def deviance(t, reml=reml):
             return problem.factorize(theta_to_factors(t, problem.dims)).deviance(reml)
 
         h = 1e-5
