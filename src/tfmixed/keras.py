@@ -157,6 +157,16 @@ def _independent_columns(X: np.ndarray) -> np.ndarray:
     return X[:, np.sort(keep)]
 
 
+def _all_layers(model) -> list:
+    """Every layer of a model, nested models included (public API only)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        if hasattr(layer, "layers"):
+            found.extend(_all_layers(layer))
+    return found
+
+
 def _materialise(dataset) -> tuple[Any, np.ndarray]:
     """Concatenate the (inputs, targets) batches of a finite tf.data.Dataset into arrays."""
     inputs, targets = [], []
@@ -219,9 +229,10 @@ class EmpiricalBayes(keras.callbacks.Callback):
         self.inputs = _as_input_dict(self.x, model)
         if len(self.y) != len(next(iter(self.inputs.values()))):
             raise ShapeError(f"y has {len(self.y)} values but x has {len(next(iter(self.inputs.values())))} rows")
-        self.random_layers = [layer for layer in model._flatten_layers() if isinstance(layer, RandomEffects)]
+        layers = _all_layers(model)
+        self.random_layers = [layer for layer in layers if isinstance(layer, RandomEffects)]
         self.decays = [
-            layer for layer in model._flatten_layers()
+            layer for layer in layers
             if isinstance(layer, keras.layers.Dense) and isinstance(layer.kernel_regularizer, EmpiricalBayesDecay)
         ]
         if not self.random_layers and not self.decays:
@@ -242,7 +253,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             return None
         if option != "auto":
             return option
-        dense = [l for l in self.model._flatten_layers() if isinstance(l, keras.layers.Dense) and l.units == 1]
+        dense = [l for l in _all_layers(self.model) if isinstance(l, keras.layers.Dense) and l.units == 1]
         return dense[-1] if dense else None
 
     # --- the update -----------------------------------------------------------------------------------------
@@ -333,8 +344,11 @@ class EmpiricalBayes(keras.callbacks.Callback):
         return float(residual @ residual) / dof, new_tau2, gammas
 
     def _fixed_parameters(self) -> int:
+        """Unpenalised parameters of the last layer: the rank of its linearised features once measured."""
         if self.fixed_layer is None:
             return 0
+        if getattr(self, "_fixed_rank", None) is not None:
+            return self._fixed_rank
         return int(sum(np.prod(w.shape) for w in self.fixed_layer.trainable_weights))
 
     def _random_effect_gammas(self, groups, sigma2, tau2, designs, features, residual) -> dict[str, float]:
@@ -346,6 +360,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             layouts.append(TermLayout(codes, designs[label].astype(np.float64)[:, None], layer.factors[factor]))
             labels.append(label)
         X = _independent_columns(features.astype(np.float64)) if features is not None else np.zeros((n, 0))
+        self._fixed_rank = X.shape[1]
         order = np.argsort([-layout.n_levels for layout in layouts], kind="stable")
         ordered = [layouts[i] for i in order]
         factors = [np.array([[np.sqrt(tau2[labels[i]] / sigma2)]]) for i in order]
