@@ -272,11 +272,11 @@ class EmpiricalBayes(keras.callbacks.Callback):
             batch = {k: tf.constant(v[start : start + size]) for k, v in self.inputs.items()}
             yield batch if as_dict or len(batch) > 1 else next(iter(batch.values()))
 
-    def _jvp(self, batch, variable, tangent) -> np.ndarray:
-        """Per-example directional derivative of the prediction along ``tangent`` (forward mode)."""
+    def _jvp(self, batch, variable, tangent) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction and its per-example directional derivative along ``tangent`` (one forward-mode pass)."""
         with tf.autodiff.ForwardAccumulator(primals=variable, tangents=tangent) as accumulator:
             prediction = self.model(batch, training=False)
-        return accumulator.jvp(prediction).numpy().reshape(-1)
+        return prediction.numpy().reshape(-1), accumulator.jvp(prediction).numpy().reshape(-1)
 
     def _forward(self):
         """Predictions, the linearised random-effects design and the last layer's linearised features.
@@ -287,17 +287,22 @@ class EmpiricalBayes(keras.callbacks.Callback):
         """
         predictions, designs, features = [], {label: [] for label, *_ in self._groups()}, []
         for batch in self._batches(self.batch_size):
-            predictions.append(self.model(batch, training=False).numpy().reshape(-1))
+            # Every forward-mode pass also yields the prediction; keep the first instead of another forward pass.
+            prediction = None
             for label, layer, factor, c in self._groups():
                 table = layer.tables[factor]
                 tangent = np.zeros(table.shape, dtype=table.dtype)
                 tangent[:, c] = 1.0
-                designs[label].append(self._jvp(batch, table.value, tf.constant(tangent)))
+                prediction, derivative = self._jvp(batch, table.value, tf.constant(tangent))
+                designs[label].append(derivative)
             if self.fixed_layer is not None:
                 bias = self.fixed_layer.bias
-                scale = self._jvp(batch, bias.value, tf.ones_like(bias.value))
+                prediction, scale = self._jvp(batch, bias.value, tf.ones_like(bias.value))
                 inputs = self.features(batch, training=False).numpy().reshape(len(scale), -1)
                 features.append(scale[:, None] * np.column_stack([inputs, np.ones(len(scale))]))
+            if prediction is None:
+                prediction = self.model(batch, training=False).numpy().reshape(-1)
+            predictions.append(prediction)
         designs = {label: np.concatenate(parts) for label, parts in designs.items()}
         return np.concatenate(predictions), designs, np.concatenate(features) if features else None
 
@@ -310,7 +315,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             tau2[layer.name] = self.tau2.get(layer.name, sigma2 / max(float(layer.kernel_regularizer.penalty.numpy()), 1e-12))
         return sigma2, tau2
 
-    def _quick_and_dirty(self, residual):  # noqa: D401 - the seed's rule
+    def _quick_and_dirty(self, residual):
         sigma2 = float(np.var(residual))
         tau2 = {}
         for label, layer, factor, c in self._groups():

@@ -70,8 +70,8 @@ def lmer(
     The empirical-Bayes fixed points of :mod:`tfmixed.estimators.fixed_point` are also available:
     ``"em"`` (converges to the same REML/ML estimates), ``"evidence"`` (MacKay's gamma updates; REML/ML of
     the diagonal-covariance model) and ``"mackay"`` (the seed's quick-and-dirty loop; ``covariance`` =
-    "diagonal", the default, or "full"), started from ``G0`` (one matrix per term) and ``sigma2_0`` (default: var(y) and
-    var(y) I, lme4's theta = 1), with ``acceleration="squarem"`` to extrapolate.
+    "diagonal", the default, or "full"), started from ``G0`` (one matrix per term) and ``sigma2_0``
+    (default: var(y) and var(y) I, lme4's theta = 1), with ``acceleration="squarem"`` to extrapolate.
     ``missing`` is 'raise' or 'drop' for rows with missing values; ``verbose`` prints progress of long fits.
 
     >>> from tfmixed import datasets
@@ -91,7 +91,8 @@ def lmer(
             covariance=covariance or ("full" if method == "em" else "diagonal"),
             tol=tol, max_iter=max_iter or 10_000, verbose=verbose,
         )
-        fit = LmerFit(design=design, problem=problem, optimum=optimum, reml=REML, sigma2=optimum.state.sigma2)
+        fit = LmerFit(design=design, problem=problem, optimum=optimum, reml=REML, sigma2=optimum.state.sigma2,
+                      factor=optimum.state.factor(problem))
         if optimum.status == "collapsed":
             warnings.warn(
                 f"{method} collapsed at iteration {optimum.iterations - 1}: a covariance matrix became singular "

@@ -35,10 +35,12 @@ class LmerFit:
     ``deviance``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``, ``converged``.
     """
 
-    def __init__(self, design: Design, problem: PLSProblem, optimum, reml: bool, sigma2: float | None = None):
+    def __init__(self, design: Design, problem: PLSProblem, optimum, reml: bool, sigma2: float | None = None,
+                 factor=None):
         self.design, self.problem, self.optimum, self.reml = design, problem, optimum, reml
-        self.factors = theta_to_factors(optimum.theta, problem.dims)
-        self._factor = problem.factorize(self.factors)
+        # A fixed-point fit hands over the factorisation its last state already holds.
+        self._factor = factor if factor is not None else problem.factorize(theta_to_factors(optimum.theta, problem.dims))
+        self.factors = self._factor.factors
         # Fixed-point methods estimate sigma^2 themselves; the profiled method takes it from the optimum.
         self._sigma2 = self._factor.sigma2(reml) if sigma2 is None else float(sigma2)
         self._beta, self._u = self._factor.solve()
