@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import LME4_CASES, load_reference, as_array, load_data
 
-import tfmixed.kernels.pls as pls
+from tfmixed.kernels.options import KernelOptions
 from tfmixed import build_design
 from tfmixed.kernels.covariance import covariance_factor, theta_to_factors, factors_to_theta
 from tfmixed.lmm import problem_from_design
@@ -33,23 +33,31 @@ def dense_reference(design, factors, reml):
     return dev, solution[q:], Lambda @ solution[:q], A_inv
 
 
-@pytest.fixture(params=["dense", "pattern", "sparse-product"])
-def small_path(request, monkeypatch):
+#: the three coupling strategies, forced through the kernel's options
+STRATEGY_OPTIONS = {
+    "dense": KernelOptions(),
+    "pattern": KernelOptions(dense_coupling_entries=0),
+    "sparse": KernelOptions(dense_coupling_entries=0, pattern_pairs=0),
+}
+
+
+@pytest.fixture(params=sorted(STRATEGY_OPTIONS))
+def small_path(request):
     """The three ways the kernel eliminates the first block: dense C, precomputed pattern, sparse product."""
-    if request.param != "dense":
-        monkeypatch.setattr(pls, "DENSE_LIMIT", 0)
-    if request.param == "sparse-product":
-        monkeypatch.setattr(pls, "PATTERN_LIMIT", 0)
     return request.param
+
+
+def problem_for(design, strategy):
+    problem = problem_from_design(design, STRATEGY_OPTIONS[strategy])
+    assert problem.coupling.name == strategy
+    return problem
 
 
 @pytest.mark.parametrize("name", sorted(LME4_CASES))
 def test_blocked_factorisation_matches_dense_algebra(name, small_path):
     ref = load_reference(name)
     design = build_design(ref["formula"], load_data(LME4_CASES[name]))
-    problem = problem_from_design(design)
-    assert (problem._C_dense is not None) == (small_path == "dense")
-    assert (problem._pattern is not None) == (small_path == "pattern")
+    problem = problem_for(design, small_path)
     theta = as_array(ref["theta"]) * 1.2 + 0.05
     factors = theta_to_factors(theta, problem.dims)
     factor = problem.factorize(factors)
@@ -69,7 +77,7 @@ def test_blocked_factorisation_matches_dense_algebra(name, small_path):
 def test_analytic_gradient_matches_central_differences(name, small_path):
     ref = load_reference(name)
     design = build_design(ref["formula"], load_data(LME4_CASES[name]))
-    problem = problem_from_design(design)
+    problem = problem_for(design, small_path)
     theta = as_array(ref["theta"]) * 1.3 + 0.05
     reml = ref["REML"]
 
@@ -127,7 +135,7 @@ def synthetic_design(seed=0):
 )
 def test_vector_terms_outside_the_first_block(formula, small_path):
     design = build_design(formula, synthetic_design())
-    problem = problem_from_design(design)
+    problem = problem_for(design, small_path)
     rng = np.random.default_rng(1)
     theta = np.concatenate([factors_to_theta([np.tril(rng.uniform(0.2, 1.0, (k, k)))]) for k in problem.dims])
     factors = theta_to_factors(theta, problem.dims)

@@ -10,6 +10,7 @@ from .errors import (
     CovarianceCollapseWarning,
     DataError,
     FormulaError,
+    MemoryLimitError,
     NewLevelError,
     NotFittedError,
     RankDeficientError,
@@ -21,8 +22,12 @@ from .errors import (
 )
 from .formula import parse_formula
 from .design import build_design
+from .cross_products import CrossProducts
+from .kernels.options import KernelOptions
+from .levels import encode_levels
 from .lmm import lmer
 from .results import LmerFit
+from .terms import RandomEffectsTerm
 
 __version__ = "0.1.0"
 
@@ -48,7 +53,12 @@ __all__ = [
     "CovarianceCollapseWarning",
     "DataError",
     "FormulaError",
+    "CrossProducts",
+    "KernelOptions",
     "LmerFit",
+    "MemoryLimitError",
+    "RandomEffectsTerm",
+    "encode_levels",
     "NewLevelError",
     "NotFittedError",
     "RankDeficientError",

@@ -1,7 +1,8 @@
-"""Turn a parsed formula and a data frame into model matrices: dense X, sparse Z, and term structures.
+"""Turn a parsed formula and a data frame into model matrices: dense X, the random-effects terms, weights
+and offsets.
 
-This is the second stage of the pipeline (formula -> **design** -> model -> estimator -> results).
-Nothing here depends on the covariance parameters: the design is built once per fit.
+This is the second stage of the pipeline (formula -> **design** -> cross-products -> kernel -> objective ->
+estimators -> results). Nothing here depends on the covariance parameters: the design is built once per fit.
 
 >>> from tfmixed import datasets
 >>> design = build_design("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
@@ -22,12 +23,14 @@ import scipy.sparse as sp
 from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
-from .errors import DataError, FormulaError, RankDeficientError, TfmixedWarning
-from .formula import ParsedFormula, RandomTermSpec, parse_formula
-from .kernels.pls import TermLayout
-
+from .cross_products import CrossProducts
+from .errors import DataError, FormulaError, RankDeficientError, ShapeError, TfmixedWarning
+from .formula import ParsedFormula, parse_formula
+from .levels import combine_levels, encode_levels
+from .terms import RandomEffectsTerm
 
 _TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
+MISSING_POLICIES = ("raise", "drop")
 
 
 def _lme4_name(column: str) -> str:
@@ -38,67 +41,12 @@ def _lme4_name(column: str) -> str:
 
 
 @dataclass
-class GroupingFactor:
-    """A categorical grouping factor: integer codes per observation and the level labels (lme4's order)."""
-
-    name: str
-    codes: np.ndarray
-    levels: pd.Index
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.levels)
-
-
-@dataclass
-class RandomTerm:
-    """One random-effects term ``(expr | factor)`` evaluated on the data.
-
-    ``values`` is the n x k model matrix of ``expr``; the term contributes ``q = n_levels * k`` columns
-    to Z, ordered level by level (all k columns of level 1, then level 2, ...) as in lme4.
-    """
-
-    spec: RandomTermSpec
-    factor: GroupingFactor
-    columns: list[str]
-    values: np.ndarray
-    expr_spec: Any = field(repr=False, default=None)
-
-    @property
-    def name(self) -> str:
-        return self.factor.name
-
-    @property
-    def n_levels(self) -> int:
-        return self.factor.n_levels
-
-    @property
-    def n_cols(self) -> int:
-        return len(self.columns)
-
-    @property
-    def q(self) -> int:
-        return self.n_levels * self.n_cols
-
-    @property
-    def n_theta(self) -> int:
-        return self.n_cols * (self.n_cols + 1) // 2
-
-    def layout(self) -> TermLayout:
-        """What the numerical kernel needs of this term (level codes and covariate values)."""
-        return TermLayout(self.factor.codes, self.values, self.n_levels)
-
-    def z_matrix(self) -> sp.csc_matrix:
-        """The sparse n x q indicator-times-covariate matrix of this term."""
-        return self.layout().z_matrix()
-
-
-@dataclass
 class Design:
     """Everything the estimators need from formula and data.
 
-    ``X`` is n x p dense, ``y`` has length n, ``terms`` are sorted by decreasing number of levels
-    (lme4's order, which also puts the largest, block-diagonal factor first for the blocked Cholesky).
+    ``X`` is n x p dense, ``y`` has length n, ``terms`` are sorted by decreasing number of levels (lme4's
+    order, which also puts the largest, block-diagonal factor first for the blocked Cholesky); ``weights``
+    (prior weights, residual variance sigma^2 / w) and ``offset`` are None when absent.
     """
 
     formula: str
@@ -106,7 +54,9 @@ class Design:
     X: np.ndarray
     y: np.ndarray
     fixed_names: list[str]
-    terms: list[RandomTerm]
+    terms: list[RandomEffectsTerm]
+    weights: np.ndarray | None = None
+    offset: np.ndarray | None = None
     fixed_spec: Any = field(repr=False, default=None)
     row_index: pd.Index | None = field(repr=False, default=None)
 
@@ -131,52 +81,51 @@ class Design:
         offsets = np.cumsum([0] + [term.q for term in self.terms])
         return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
 
+    @property
+    def offset_or_zero(self) -> np.ndarray:
+        return np.zeros(self.nobs) if self.offset is None else self.offset
 
-def frames_by_factor(terms: list[RandomTerm], per_term: list[np.ndarray]) -> dict[str, pd.DataFrame]:
+    def z_times(self, b: np.ndarray) -> np.ndarray:
+        """Z b without forming Z."""
+        out = np.zeros(self.nobs)
+        for term, s in zip(self.terms, self.term_slices):
+            out += term.z_times(b[s])
+        return out
+
+    def cross_products(self, *, weights: np.ndarray | None = None, shift=None) -> CrossProducts:
+        """The sufficient statistics of this design (prior weights unless ``weights`` replaces them)."""
+        return CrossProducts.from_rows(self.X, self.y, self.terms, weights=self.weights if weights is None else weights,
+                                       offset=self.offset, shift=shift)
+
+
+def frames_by_factor(terms: list[RandomEffectsTerm], per_term: list[np.ndarray]) -> dict[str, pd.DataFrame]:
     """lme4's ``ranef`` layout: one DataFrame per grouping factor (levels x columns of all its terms)."""
     frames: dict[str, pd.DataFrame] = {}
     for term, values in zip(terms, per_term):
-        frame = pd.DataFrame(values, index=term.factor.levels, columns=term.columns)
+        frame = pd.DataFrame(values, index=term.levels, columns=list(term.columns))
         frame.index.name = term.name
         frames[term.name] = frames[term.name].join(frame) if term.name in frames else frame
     return frames
 
 
-def _as_frame(data: Any) -> pd.DataFrame:
+def as_frame(data: Any) -> pd.DataFrame:
+    """The one entry point for user data: pandas, or a dict of equally long columns."""
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, dict):
+        lengths = {name: len(np.atleast_1d(column)) for name, column in data.items()}
+        if len(set(lengths.values())) > 1:
+            raise ShapeError(f"the columns of a dict must have equal lengths, got {lengths}")
         return pd.DataFrame(data)
     raise DataError(f"data must be a pandas DataFrame (or a dict of columns), got {type(data).__name__}")
 
 
-def _factor_levels(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """Codes and labels of one categorical column; numbers sort numerically, strings alphabetically."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        categorical = column.cat.remove_unused_categories()
-        codes = np.asarray(categorical.cat.codes, dtype=np.int64)
-        return codes, pd.Index(np.asarray(categorical.cat.categories).astype(str))
-    try:
-        levels, codes = np.unique(column.to_numpy(), return_inverse=True)
-    except TypeError:
-        raise DataError(f"grouping column {column.name!r} mixes types that cannot be ordered; convert it to str") from None
-    return codes.astype(np.int64).ravel(), pd.Index(levels.astype(str))
-
-
-def make_grouping_factor(data: pd.DataFrame, names: tuple[str, ...], label: str) -> GroupingFactor:
-    """Build the grouping factor for ``a`` or an interaction ``a:b`` (observed combinations only).
-
-    Levels of an interaction are ordered by the first factor's level, then the second's, as R's ``a:b``.
-    """
-    codes, labels = _factor_levels(data[names[0]])
-    for name in names[1:]:
-        more_codes, more_labels = _factor_levels(data[name])
-        combined = codes * len(more_labels) + more_codes
-        observed, codes = np.unique(combined, return_inverse=True)
-        first = labels.to_numpy(dtype=str)[observed // len(more_labels)]
-        second = more_labels.to_numpy(dtype=str)[observed % len(more_labels)]
-        labels = pd.Index(np.char.add(np.char.add(first, ":"), second))
-    return GroupingFactor(name=label, codes=codes.astype(np.int64), levels=labels)
+def grouping_codes(data: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
+    """Codes and labels of the grouping factor ``a`` or the interaction ``a:b`` (observed combinations only)."""
+    encoded = [encode_levels(data[name], name=f"grouping column {name!r}") for name in names]
+    if len(encoded) == 1:
+        return encoded[0]
+    return combine_levels([codes for codes, _ in encoded], [labels for _, labels in encoded])
 
 
 def _mentions(text: str, column: str) -> bool:
@@ -190,40 +139,43 @@ def quote_columns(text: str, columns) -> str:
     return text
 
 
-def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str) -> pd.DataFrame:
-    absent = sorted(name for name in parsed.variables if name not in data.columns)
+def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: list[str]) -> list:
+    text = " ".join([parsed.fixed, *[term.expr for term in parsed.random], *parsed.offsets])
+    return [name for name in data.columns if name in parsed.variables or name in extra or _mentions(text, str(name))]
+
+
+def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extra: list[str]) -> pd.DataFrame:
+    if missing not in MISSING_POLICIES:
+        raise DataError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    absent = sorted(name for name in [*parsed.variables, *extra] if name not in data.columns)
     if absent:
         raise FormulaError(
             f"formula refers to grouping column(s) {absent} that the data does not have; columns are {list(data.columns)}"
         )
-    text = " ".join([parsed.fixed, *[term.expr for term in parsed.random]])
-    used = [name for name in data.columns if name in parsed.variables or _mentions(text, str(name))]
+    used = _used_columns(parsed, data, extra)
     null_counts = pd.Series({name: int(pd.isna(data[name].to_numpy()).sum()) for name in used}, dtype=np.int64)
     null_counts = null_counts[null_counts > 0]
     if len(null_counts):
         detail = ", ".join(f"{name} ({count})" for name, count in null_counts.items())
         if missing == "raise":
-            raise DataError(
-                f"missing values (NaN/None) in column(s) {detail}; drop them first or pass missing='drop'"
-            )
-        if missing != "drop":
-            raise DataError(f"missing must be 'raise' or 'drop', got {missing!r}")
+            raise DataError(f"missing values (NaN/None) in column(s) {detail}; drop them first or pass missing='drop'")
         keep = ~data[used].isna().any(axis=1)
-        warnings.warn(
-            f"dropped {int((~keep).sum())} row(s) with missing values in {detail}", TfmixedWarning, stacklevel=3
-        )
+        warnings.warn(f"dropped {int((~keep).sum())} row(s) with missing values in {detail}", TfmixedWarning, stacklevel=4)
         data = data.loc[keep]
     return data
 
 
-def _check_rank(X: np.ndarray, names: list[str]) -> None:
+def check_rank(X: np.ndarray, names: list[str]) -> None:
+    """Raise :class:`RankDeficientError` naming the columns of X that are linear combinations of others."""
     if X.shape[1] == 0:
         return
     if X.shape[0] < X.shape[1]:
         raise RankDeficientError(f"X has {X.shape[1]} columns but only {X.shape[0]} rows")
     from scipy.linalg import qr
 
-    _, r, perm = qr(X, mode="economic", pivoting=True)
+    # scale-free: unit-norm columns, so a covariate measured in 1e12 units is not mistaken for a collinear one
+    norms = np.linalg.norm(X, axis=0)
+    _, r, perm = qr(X / np.where(norms > 0, norms, 1.0), mode="economic", pivoting=True)
     diag = np.abs(np.diag(r))
     tol = diag[0] * max(X.shape) * np.finfo(float).eps if diag.size else 0.0
     rank = int(np.sum(diag > tol))
@@ -235,7 +187,8 @@ def _check_rank(X: np.ndarray, names: list[str]) -> None:
         )
 
 
-def _evaluate(formula: str, data: pd.DataFrame):
+def evaluate(formula: str, data: pd.DataFrame):
+    """formulaic's model matrices of ``formula`` on ``data``, with its errors as :class:`FormulaError`."""
     try:
         return model_matrix(quote_columns(formula, data.columns), data, na_action="ignore")
     except FormulaicError as error:
@@ -248,11 +201,83 @@ def _evaluate(formula: str, data: pd.DataFrame):
         raise FormulaError(f"cannot evaluate {formula!r}: {error}") from None
 
 
-def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise") -> Design:
-    """Build X, y and the random-effects terms for an lme4 ``formula`` on ``data``.
+def row_vector(value, frame: pd.DataFrame, what: str) -> np.ndarray | None:
+    """A per-row numeric vector given as a column name or an array of the data's length (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in frame.columns:
+            raise DataError(f"{what} column {value!r} is not in the data; columns are {list(frame.columns)}")
+        value = frame[value].to_numpy()
+    try:
+        array = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be numeric") from None
+    if array.shape[0] != len(frame):
+        raise ShapeError(f"{what} has {array.shape[0]} values for {len(frame)} rows")
+    if not np.all(np.isfinite(array)):
+        raise DataError(f"{what} has non-finite values")
+    return array
 
-    Validates what a user can get wrong: unknown columns, missing values, a non-numeric response,
-    grouping factors with a single level or as many levels as observations, and rank-deficient X.
+
+def _as_column(value, frame: pd.DataFrame, what: str):
+    if value is None or isinstance(value, str):
+        return value, frame
+    array = np.asarray(value)
+    if array.ndim != 1 or array.shape[0] != len(frame):
+        raise ShapeError(f"{what} must be a column name or a vector of {len(frame)} values, got shape {array.shape}")
+    name = f".tfmixed_{what}"
+    return name, frame.assign(**{name: array})
+
+
+def offset_values(parsed: ParsedFormula, frame: pd.DataFrame) -> np.ndarray | None:
+    """The sum of the formula's ``offset(expr)`` terms on ``frame``, or None."""
+    total = None
+    for expr in parsed.offsets:
+        values = np.asarray(evaluate(f"~ 0 + I({expr})", frame), dtype=np.float64).ravel()
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"offset({expr}) has non-finite values")
+        total = values if total is None else total + values
+    return total
+
+
+def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -> list[RandomEffectsTerm]:
+    terms: list[RandomEffectsTerm] = []
+    for spec in parsed.random:
+        codes, levels = grouping_codes(frame, spec.group)
+        if len(levels) < 2:
+            raise DataError(f"grouping factor {spec.name!r} has only {len(levels)} level; it needs at least 2")
+        if len(levels) >= len(frame):
+            raise DataError(
+                f"grouping factor {spec.name!r} has {len(levels)} levels for {len(frame)} observations; "
+                "its random effects would be confounded with the residual"
+            )
+        key = spec.expr.replace(" ", "")
+        if key not in evaluated:
+            evaluated[key] = evaluate(spec.expr, frame)
+        expr_matrix = evaluated[key]
+        values = np.asarray(expr_matrix, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] == 0:
+            raise FormulaError(f"random term ({spec.expr} | {spec.name}) has no columns")
+        columns = [_lme4_name(c) for c in expr_matrix.columns]
+        pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
+        for piece in pieces:
+            terms.append(RandomEffectsTerm(
+                codes, values[:, piece], levels, name=spec.name, columns=tuple(columns[i] for i in piece),
+                spec=spec, expr_spec=(expr_matrix.model_spec, piece),
+            ))
+    # lme4 orders terms by decreasing number of levels; sorted() is stable for ties.
+    return sorted(terms, key=lambda term: -term.n_levels)
+
+
+def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise", weights=None,
+                 offset=None) -> Design:
+    """Build X, y, the random-effects terms, prior weights and offset for an lme4 ``formula`` on ``data``.
+
+    ``weights`` and ``offset`` are column names or arrays (lme4's ``weights =`` and ``offset =``); offsets
+    in the formula (``offset(log(exposure))``) add to ``offset``. Validates what a user can get wrong: unknown
+    columns, missing values, a non-numeric response, grouping factors with a single level or as many levels
+    as observations, negative weights, rank-deficient X.
 
     >>> from tfmixed import datasets
     >>> d = build_design("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets.load("Penicillin"))
@@ -260,11 +285,16 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     [('plate', 24), ('sample', 6)]
     """
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
-    frame = _check_columns(parsed, _as_frame(data), missing)
+    frame = as_frame(data)
+    # arrays travel as hidden columns so that rows dropped for missing values drop their weights too
+    weights, frame = _as_column(weights, frame, "weights")
+    offset, frame = _as_column(offset, frame, "offset")
+    named = [value for value in (weights, offset) if value is not None]
+    frame = _check_columns(parsed, frame, missing, named)
     if len(frame) == 0:
         raise DataError("data has no rows")
 
-    matrices = _evaluate(parsed.fixed, frame)
+    matrices = evaluate(parsed.fixed, frame)
     # Random terms often repeat the fixed right-hand side ((1 + Days | Subject) beside 1 + Days): reuse it.
     evaluated = {parsed.fixed_rhs.replace(" ", ""): matrices.rhs}
     lhs = matrices.lhs
@@ -280,46 +310,25 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     if not np.all(np.isfinite(X)):
         raise DataError("the fixed-effects model matrix has non-finite values (check for inf in the covariates)")
     fixed_names = [_lme4_name(c) for c in matrices.rhs.columns]
-    _check_rank(X, fixed_names)
+    check_rank(X, fixed_names)
 
-    terms: list[RandomTerm] = []
-    for spec in parsed.random:
-        factor = make_grouping_factor(frame, spec.group, spec.name)
-        if factor.n_levels < 2:
-            raise DataError(f"grouping factor {spec.name!r} has only {factor.n_levels} level; it needs at least 2")
-        if factor.n_levels >= len(frame):
-            raise DataError(
-                f"grouping factor {spec.name!r} has {factor.n_levels} levels for {len(frame)} observations; "
-                "its random effects would be confounded with the residual"
-            )
-        key = spec.expr.replace(" ", "")
-        if key not in evaluated:
-            evaluated[key] = _evaluate(spec.expr, frame)
-        expr_matrix = evaluated[key]
-        values = np.asarray(expr_matrix, dtype=np.float64)
-        if values.ndim != 2 or values.shape[1] == 0:
-            raise FormulaError(f"random term ({spec.expr} | {spec.name}) has no columns")
-        columns = [_lme4_name(c) for c in expr_matrix.columns]
-        pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
-        for piece in pieces:
-            terms.append(
-                RandomTerm(
-                    spec=spec,
-                    factor=factor,
-                    columns=[columns[i] for i in piece],
-                    values=np.ascontiguousarray(values[:, piece]),
-                    expr_spec=(expr_matrix.model_spec, piece),
-                )
-            )
-    # lme4 orders terms by decreasing number of levels; sorted() is stable for ties.
-    terms = sorted(terms, key=lambda term: -term.n_levels)
+    prior = row_vector(weights, frame, "weights")
+    if prior is not None and (np.any(prior < 0) or not np.any(prior > 0)):
+        raise DataError("weights must be non-negative with at least one positive value")
+    total_offset = offset_values(parsed, frame)
+    argument_offset = row_vector(offset, frame, "offset")
+    if argument_offset is not None:
+        total_offset = argument_offset if total_offset is None else total_offset + argument_offset
+
     return Design(
         formula=formula if isinstance(formula, str) else parsed.fixed,
         parsed=parsed,
         X=np.ascontiguousarray(X),
         y=y,
         fixed_names=fixed_names,
-        terms=terms,
+        terms=_random_terms(parsed, frame, evaluated),
+        weights=prior,
+        offset=total_offset,
         fixed_spec=matrices.rhs.model_spec,
         row_index=frame.index,
     )

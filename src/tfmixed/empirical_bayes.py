@@ -121,11 +121,18 @@ def mackay(
     """
     if on_collapse not in ("warn", "raise"):
         raise DataError(f"on_collapse must be 'warn' or 'raise', got {on_collapse!r}")
-    module = MixedModule.from_formula(model, data) if isinstance(model, str) else model
-    start = default_start(module.problem, G0, sigma2_0)
+    if isinstance(model, str):
+        module = MixedModule.from_formula(model, data)
+    elif isinstance(model, MixedModule):
+        module = model
+    else:
+        raise DataError(f"model must be an lme4 formula string or a MixedModule, got {type(model).__name__}")
+    design = module.design
+    start = default_start(module.problem, G0, sigma2_0, response_variance=float(np.var(design.y)))
     fit = fit_fixed_point(
         module.problem, start, method=method, reml=REML, covariance=covariance, acceleration=acceleration,
         tol=tol, max_iter=max_iter, collapse_tol=collapse_tol, verbose=verbose,
+        residuals=lambda beta, b: design.y - design.offset_or_zero - design.X @ beta - design.z_times(b),
     )
     history = [
         MacKayIteration(

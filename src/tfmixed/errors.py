@@ -32,7 +32,7 @@ class SingularCovarianceError(TfmixedError, ValueError):
     """A covariance matrix given or produced is not positive (semi-)definite as required."""
 
 
-class NewLevelError(TfmixedError, ValueError):
+class NewLevelError(DataError):
     """``predict`` met grouping levels that were not in the training data and new levels are not allowed."""
 
 
@@ -54,3 +54,7 @@ class SingularFitWarning(TfmixedWarning):
 
 class CovarianceCollapseWarning(TfmixedWarning):
     """MacKay's full-covariance loop drove a random-effects covariance to singularity (correlation -> +-1)."""
+
+
+class MemoryLimitError(TfmixedError, MemoryError):
+    """A model's exact kernel would need more memory than the machine has; refused before allocating."""

@@ -45,6 +45,8 @@ class ParsedFormula:
     response: str
     fixed_rhs: str
     random: tuple[RandomTermSpec, ...] = field(default_factory=tuple)
+    #: expressions inside ``offset(...)`` terms of the fixed part (added to the linear predictor, no coefficient)
+    offsets: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def fixed(self) -> str:
@@ -159,6 +161,7 @@ def parse_formula(formula: str) -> ParsedFormula:
 
     random: list[RandomTermSpec] = []
     fixed_parts: list[str] = []
+    offsets: list[str] = []
     for part in _top_level_split(rhs, "+"):
         stripped = part.strip()
         if not stripped:
@@ -168,8 +171,14 @@ def parse_formula(formula: str) -> ParsedFormula:
             if len(_top_level_split(inner, "|")) > 1:
                 random.extend(_random_terms(inner, formula))
                 continue
+        if stripped.startswith("offset(") and _matching_paren(stripped, 6) == len(stripped) - 1:
+            inner = stripped[7:-1].strip()
+            if not inner:
+                raise FormulaError(f"offset() in {formula!r} needs an expression, e.g. offset(log(exposure))")
+            offsets.append(inner)
+            continue
         if "|" in stripped:
             raise FormulaError(f"random term {stripped!r} in {formula!r} must be enclosed in parentheses: (expr | group)")
         fixed_parts.append(stripped)
     fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
-    return ParsedFormula(response=response, fixed_rhs=fixed_rhs, random=tuple(random))
+    return ParsedFormula(response=response, fixed_rhs=fixed_rhs, random=tuple(random), offsets=tuple(offsets))

@@ -30,22 +30,24 @@ import pandas as pd
 
 from ._tf import tf
 from .errors import DataError, ShapeError, TfmixedError, TfmixedWarning
-from .kernels.pls import PLSProblem, TermLayout
+from .cross_products import CrossProducts
+from .kernels.pls import PLSProblem
+from .levels import encode_levels as _encode
+from .terms import RandomEffectsTerm
 
 
-def encode_levels(values, levels=None) -> tuple[np.ndarray, pd.Index]:
-    """Integer codes 0..L-1 for a categorical column (levels sorted unless given; unknown levels raise).
+def encode_levels(values, levels=None, *, unseen: str = "error") -> tuple[np.ndarray, pd.Index]:
+    """Integer codes 0..L-1 for a categorical column, with the same order as ``lmer`` (tfmixed.levels).
+
+    With ``levels`` (the training levels), unseen values raise (``unseen="error"``) or get the reserved code
+    L (``unseen="new"``): give the layer L + 1 levels and keep that row's effect at zero.
 
     >>> codes, levels = encode_levels(["b", "a", "b"])
     >>> codes.tolist(), levels.tolist()
     ([1, 0, 1], ['a', 'b'])
     """
-    values = pd.Series(values).astype(str)
-    levels = pd.Index(sorted(values.unique())) if levels is None else pd.Index([str(v) for v in levels])
-    codes = levels.get_indexer(values)
-    if np.any(codes < 0):
-        raise DataError(f"values {sorted(set(values[codes < 0]))[:5]} are not among the known levels")
-    return codes.astype(np.int32), levels
+    codes, labels = _encode(values, levels, unseen=unseen)
+    return codes.astype(np.int32), labels
 
 
 @keras.saving.register_keras_serializable(package="tfmixed")
@@ -362,7 +364,8 @@ class EmpiricalBayes(keras.callbacks.Callback):
         layouts, labels = [], []
         for label, layer, factor, c in groups:
             codes = np.asarray(self.inputs[factor]).reshape(-1).astype(np.int64)
-            layouts.append(TermLayout(codes, designs[label].astype(np.float64)[:, None], layer.factors[factor]))
+            layouts.append(RandomEffectsTerm(codes, designs[label].astype(np.float64)[:, None],
+                                             np.arange(layer.factors[factor]), name=label))
             labels.append(label)
         X = _independent_columns(features.astype(np.float64)) if features is not None else np.zeros((n, 0))
         self._fixed_rank = X.shape[1]
@@ -371,12 +374,12 @@ class EmpiricalBayes(keras.callbacks.Callback):
         factors = [np.array([[np.sqrt(tau2[labels[i]] / sigma2)]]) for i in order]
         try:
             # Omega^{-1}'s blocks do not depend on the response; the residuals keep the augmented system definite.
-            problem = PLSProblem(X, residual, ordered)
+            problem = PLSProblem(CrossProducts.from_rows(X, residual, ordered, shift=np.zeros(X.shape[1])))
             sums = problem.factorize(factors).inverse_block_sums(include_fixed=X.shape[1] > 0)
         except TfmixedError:
             warnings.warn("the last layer's features are collinear; gamma ignores the fixed-effects coupling",
                           TfmixedWarning, stacklevel=2)
-            problem = PLSProblem(np.zeros((n, 0)), residual, ordered)
+            problem = PLSProblem(CrossProducts.from_rows(np.zeros((n, 0)), residual, ordered))
             sums = problem.factorize(factors).inverse_block_sums(include_fixed=False)
         return {labels[i]: float(layouts[i].n_levels - B[0, 0]) for i, B in zip(order, sums)}
 

@@ -1,8 +1,10 @@
 """``lmer``: lme4's linear mixed models, from formula to fitted model.
 
-The pipeline is formula -> design (:func:`tfmixed.design.build_design`) -> penalised least squares problem
-(:class:`tfmixed.kernels.pls.PLSProblem`) -> estimator (:func:`tfmixed.estimators.profiled.fit_profiled`)
--> result (:class:`LmerFit`).
+The pipeline, one stage per module (lme4's lFormula -> mkLmerDevfun -> optimizeLmer -> mkMerMod):
+formula (:func:`tfmixed.formula.parse_formula`) -> design (:func:`tfmixed.design.build_design`) ->
+cross-products (:class:`tfmixed.cross_products.CrossProducts`) -> kernel (:class:`tfmixed.kernels.pls.PLSProblem`)
+-> objective (:class:`tfmixed.objective.LmmObjective`) -> estimator (:mod:`tfmixed.estimators`) -> result
+(:class:`tfmixed.results.LmerFit`).
 """
 
 from __future__ import annotations
@@ -13,28 +15,39 @@ from typing import Any
 import numpy as np
 
 from .design import Design, build_design
-from .errors import ConvergenceWarning, CovarianceCollapseWarning, DataError, ShapeError, SingularFitWarning
+from .errors import ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, ShapeError, SingularFitWarning
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
 from .estimators.profiled import fit_profiled
+from .kernels.options import KernelOptions
 from .kernels.pls import PLSProblem
+from .objective import LmmObjective
 from .results import LmerFit
+from .threads import blas_threads_for
+
+#: the options that only some methods use: method -> the options it accepts
+_METHOD_OPTIONS = {
+    "profiled": {"start"},
+    "em": {"G0", "sigma2_0", "acceleration", "tol"},
+    "evidence": {"G0", "sigma2_0", "acceleration", "tol"},
+    "mackay": {"G0", "sigma2_0", "acceleration", "tol", "covariance"},
+}
 
 
-def problem_from_design(design: Design) -> PLSProblem:
-    """The penalised least-squares problem (cross-products, patterns) of a design."""
+def problem_from_design(design: Design, options: KernelOptions | None = None) -> PLSProblem:
+    """The penalised least-squares problem (cross-products, chosen strategies) of a design."""
     if not design.terms:
-        from .errors import FormulaError
-
         raise FormulaError(
             f"formula {design.formula!r} has no random-effects term such as (1 | group); "
             "use tfmixed.LinearRegression for a fixed-effects-only model"
         )
-    return PLSProblem(design.X, design.y, [term.layout() for term in design.terms])
+    return PLSProblem(design.cross_products(), options)
 
 
-def default_start(problem: PLSProblem, G0=None, sigma2_0: float | None = None) -> VarianceState:
+def default_start(problem: PLSProblem, G0=None, sigma2_0: float | None = None, response_variance: float = 1.0) -> VarianceState:
     """Start of the fixed-point methods: sigma^2_0 = var(y) and G0_t = sigma^2_0 I unless given."""
-    sigma2 = float(np.var(problem.y)) if sigma2_0 is None else float(sigma2_0)
+    sigma2 = float(response_variance) if sigma2_0 is None else float(sigma2_0)
+    if not np.isfinite(sigma2) or sigma2 <= 0:
+        raise DataError(f"sigma2_0 must be a positive number, got {sigma2_0!r}")
     if G0 is None:
         G = [sigma2 * np.eye(k) for k in problem.dims]
     else:
@@ -45,67 +58,92 @@ def default_start(problem: PLSProblem, G0=None, sigma2_0: float | None = None) -
     return VarianceState(G, sigma2)
 
 
+def _check_method_options(method: str, given: dict[str, Any]) -> None:
+    if method not in _METHOD_OPTIONS:
+        raise DataError(f"method must be 'profiled' or one of {METHODS}, got {method!r}")
+    unused = sorted(name for name, value in given.items() if value is not None and name not in _METHOD_OPTIONS[method])
+    if unused:
+        raise DataError(f"option(s) {unused} do not apply to method={method!r} (it accepts {sorted(_METHOD_OPTIONS[method])})")
+
+
 def lmer(
     formula: str,
     data: Any,
     *,
     REML: bool = True,
+    weights=None,
+    offset=None,
     method: str = "profiled",
-    acceleration: str | None = None,
-    covariance: str | None = None,
     start: np.ndarray | None = None,
     G0=None,
     sigma2_0: float | None = None,
-    tol: float = 1e-10,
+    acceleration: str | None = None,
+    covariance: str | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
     missing: str = "raise",
     verbose: bool = True,
-    max_iter: int | None = None,
+    kernel_options: KernelOptions | None = None,
 ) -> LmerFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer`` does.
 
-    y = X beta + Z b + e, b ~ N(0, sigma^2 Lambda Lambda'), e ~ N(0, sigma^2 I).
+    y = X beta + Z b + o + e, b ~ N(0, sigma^2 Lambda Lambda'), e_i ~ N(0, sigma^2 / w_i).
 
-    ``method="profiled"`` (default) minimises the profiled deviance over the relative covariance factor
-    theta (Bates et al. 2015), from ``start`` (lme4's theta order; default identity factors).
-    The empirical-Bayes fixed points of :mod:`tfmixed.estimators.fixed_point` are also available:
-    ``"em"`` (converges to the same REML/ML estimates), ``"evidence"`` (MacKay's gamma updates; REML/ML of
-    the diagonal-covariance model) and ``"mackay"`` (the seed's quick-and-dirty loop; ``covariance`` =
-    "diagonal", the default, or "full"), started from ``G0`` (one matrix per term) and ``sigma2_0``
-    (default: var(y) and var(y) I, lme4's theta = 1), with ``acceleration="squarem"`` to extrapolate.
-    ``missing`` is 'raise' or 'drop' for rows with missing values; ``verbose`` prints progress of long fits.
+    ``weights`` (prior weights) and ``offset`` o are column names or arrays; ``offset(expr)`` in the formula
+    adds to o. ``method="profiled"`` (default) minimises the profiled deviance over the relative covariance
+    factor theta (Bates et al. 2015) from ``start`` (lme4's theta order). The empirical-Bayes fixed points of
+    :mod:`tfmixed.estimators.fixed_point`: ``"em"`` (converges to the same REML/ML estimates), ``"evidence"``
+    (MacKay's gamma updates; REML/ML of the diagonal-covariance model) and ``"mackay"`` (the seed's loop,
+    ``covariance`` "diagonal" or "full"), started from ``G0`` (one matrix per term) and ``sigma2_0`` (default
+    var(y) I and var(y)), stopping at relative change ``tol`` (1e-10), with ``acceleration="squarem"``.
+    An option that does not apply to the chosen method raises :class:`DataError`. ``missing`` is 'raise' or
+    'drop'; ``verbose`` prints progress of long fits.
 
     >>> from tfmixed import datasets
     >>> fit = lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"), verbose=False)
     >>> round(fit.deviance, 3), fit.fixef.round(3).tolist()
     (1743.628, [251.405, 10.467])
     """
-    design = build_design(formula, data, missing=missing)
-    problem = problem_from_design(design)
-    if method == "profiled":
-        optimum = fit_profiled(problem, reml=REML, theta0=start, max_iter=max_iter or 1000, verbose=verbose)
-        fit = LmerFit(design=design, problem=problem, optimum=optimum, reml=REML)
-    elif method in METHODS:
-        initial = default_start(problem, G0, sigma2_0)
-        optimum = fit_fixed_point(
-            problem, initial, method=method, reml=REML, acceleration=acceleration,
-            covariance=covariance or ("full" if method == "em" else "diagonal"),
-            tol=tol, max_iter=max_iter or 10_000, verbose=verbose,
-        )
-        fit = LmerFit(design=design, problem=problem, optimum=optimum, reml=REML, sigma2=optimum.state.sigma2,
-                      factor=optimum.state.factor(problem))
-        if optimum.status == "collapsed":
-            warnings.warn(
-                f"{method} collapsed at iteration {optimum.iterations - 1}: a covariance matrix became singular "
-                "(correlation -> 1); see docs/mackay.md", CovarianceCollapseWarning, stacklevel=2,
-            )
-    else:
-        raise DataError(f"method must be 'profiled' or one of {METHODS}, got {method!r}")
-    if not optimum.converged and getattr(optimum, "status", "") != "collapsed":
-        warnings.warn(f"lmer did not converge: {optimum.message}", ConvergenceWarning, stacklevel=2)
-    if fit.is_singular:
-        warnings.warn(
-            "boundary (singular) fit: a variance is 0 or a correlation is +-1; see LmerFit.is_singular",
-            SingularFitWarning,
-            stacklevel=2,
-        )
+    _check_method_options(method, {"start": start, "G0": G0, "sigma2_0": sigma2_0, "acceleration": acceleration,
+                                   "tol": tol, "covariance": covariance})
+    if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
+        raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
+    design = build_design(formula, data, missing=missing, weights=weights, offset=offset)
+    problem = problem_from_design(design, kernel_options)
+    objective = LmmObjective(problem, reml=REML)
+    with blas_threads_for(problem):
+        if method == "profiled":
+            optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
+        else:
+            optimum = _fit_fixed_point(design, problem, method, REML, G0, sigma2_0, acceleration, covariance,
+                                       tol, max_iter, verbose)
+        fit = LmerFit(design, objective, optimum)
+    _warn_about(fit, method)
     return fit
+
+
+def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, covariance, tol, max_iter, verbose):
+    initial = default_start(problem, G0, sigma2_0, response_variance=float(np.var(design.y)))
+
+    def residuals(beta, b):
+        return design.y - design.offset_or_zero - design.X @ beta - design.z_times(b)
+
+    return fit_fixed_point(
+        problem, initial, method=method, reml=reml, acceleration=acceleration,
+        covariance=covariance or ("full" if method == "em" else "diagonal"),
+        tol=1e-10 if tol is None else tol, max_iter=max_iter or 10_000, verbose=verbose, residuals=residuals,
+    )
+
+
+def _warn_about(fit: LmerFit, method: str) -> None:
+    optimum = fit.optimum
+    if optimum.status == "collapsed":
+        warnings.warn(
+            f"{method} collapsed at iteration {optimum.iterations - 1}: a covariance matrix became singular "
+            "(correlation -> 1); see docs/mackay.md", CovarianceCollapseWarning, stacklevel=3,
+        )
+    elif not optimum.converged:
+        warnings.warn(f"lmer did not converge: {optimum.message}", ConvergenceWarning, stacklevel=3)
+    if fit.is_singular:
+        warnings.warn("boundary (singular) fit: a variance is 0 or a correlation is +-1; see LmerFit.is_singular",
+                      SingularFitWarning, stacklevel=3)

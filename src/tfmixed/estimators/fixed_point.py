@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConvergenceWarning, DataError, SingularCovarianceError
-from ..inference import deviance_from_factor
 from ..kernels.covariance import covariance_factor, factors_to_theta
 from ..kernels.pls import PLSFactor, PLSProblem
 from ..progress import Progress
+from .result import EstimatorResult
 
 METHODS = ("mackay", "em", "evidence")
 
@@ -78,59 +78,50 @@ class FixedPointStep:
 
 
 @dataclass
-class FixedPointFit:
-    """Outcome of :func:`fit_fixed_point`."""
+class FixedPointFit(EstimatorResult):
+    """Outcome of :func:`fit_fixed_point`: the common estimator result plus the final (G, sigma^2) state."""
 
-    method: str
-    state: VarianceState
-    theta: np.ndarray
-    criterion: float
-    converged: bool
-    status: str
-    iterations: int
-    map_evaluations: int
-    seconds: float
-    history: list[FixedPointStep] = field(default_factory=list, repr=False)
-
-    @property
-    def n_evaluations(self) -> int:
-        return self.map_evaluations
-
-    @property
-    def message(self) -> str:
-        return f"{self.method}: {self.status} after {self.iterations} iterations ({self.map_evaluations} updates)"
+    state: VarianceState | None = field(default=None, repr=False)
 
 
 def criterion_at(problem: PLSProblem, state: VarianceState, reml: bool) -> float:
     """-2 log (restricted) likelihood at (G, sigma^2), not profiled."""
-    return deviance_from_factor(state.factor(problem), state.sigma2, reml)
+    return state.factor(problem).deviance_at_sigma(state.sigma2, reml)
 
 
 def _pieces(problem: PLSProblem, factor: PLSFactor):
-    beta, u = factor.solve()
+    """The weighted residual sum of squares (pwrss - ||u||^2: no pass over rows) and U, B per term."""
+    _, u = factor.solve()
     b = factor.u_to_b(u)
-    residual = problem.y - problem.X @ beta - problem.z_times(b)
     U, B, offset = [], [], 0
     for term in problem.terms:
         U.append(u[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
         B.append(b[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
         offset += term.q
-    return residual, U, B
+    return max(factor.pwrss - float(u @ u), 0.0), U, B
 
 
-def mackay_update(problem: PLSProblem, state: VarianceState, reml: bool, diagonal: bool = True) -> VarianceState:
-    """The seed's quick-and-dirty update: population variance of r, population covariance of the b_j."""
-    residual, _, B = _pieces(problem, state.factor(problem))
+def mackay_update(problem: PLSProblem, state: VarianceState, reml: bool, diagonal: bool = True,
+                  residuals=None) -> VarianceState:
+    """The seed's quick-and-dirty update: population variance of r, population covariance of the b_j.
+
+    ``residuals(beta, b)`` returns the residual vector (the population variance needs its mean too).
+    """
+    factor = state.factor(problem)
+    if residuals is None:
+        raise DataError("the mackay update needs the rows of the model (a residuals function)")
+    _, B = _pieces(problem, factor)[1:]
+    beta, u = factor.solve()
     G = [np.atleast_2d(np.cov(effects, rowvar=False, ddof=0)) for effects in B]
     if diagonal:
         G = [np.diag(np.diag(matrix)) for matrix in G]
-    return VarianceState(G, float(np.var(residual)))
+    return VarianceState(G, float(np.var(residuals(beta, factor.u_to_b(u)))))
 
 
 def em_update(problem: PLSProblem, state: VarianceState, reml: bool) -> VarianceState:
     """EM: G_t = mean_j(b_j b_j' + Cov(b_j|y)), sigma^2 = (||r||^2 + sigma^2 (dim P - tr_u Omega_P^{-1})) / n."""
     factor = state.factor(problem)
-    residual, U, _ = _pieces(problem, factor)
+    rss, U, _ = _pieces(problem, factor)
     sums = factor.inverse_block_sums(include_fixed=reml)
     sigma2 = state.sigma2
     G = []
@@ -138,14 +129,14 @@ def em_update(problem: PLSProblem, state: VarianceState, reml: bool) -> Variance
         G.append(T @ (Ut.T @ Ut + sigma2 * Bt) @ T.T / term.n_levels)
     dimension = problem.q + (problem.p if reml else 0)
     trace = sum(float(np.trace(Bt)) for Bt in sums)
-    new_sigma2 = (float(residual @ residual) + sigma2 * (dimension - trace)) / problem.n
+    new_sigma2 = (rss + sigma2 * (dimension - trace)) / problem.n
     return VarianceState(G, new_sigma2)
 
 
 def evidence_update(problem: PLSProblem, state: VarianceState, reml: bool) -> VarianceState:
     """MacKay's evidence update per variance component (diagonal G): tau^2 = ||b_c||^2 / gamma_c."""
     factor = state.factor(problem)
-    residual, _, B = _pieces(problem, factor)
+    rss, _, B = _pieces(problem, factor)
     sums = factor.inverse_block_sums(include_fixed=reml)
     G, gamma_total = [], 0.0
     for term, T, Bt, effects in zip(problem.terms, factor.factors, sums, B):
@@ -159,12 +150,13 @@ def evidence_update(problem: PLSProblem, state: VarianceState, reml: bool) -> Va
             variances = np.where(gamma > 0, np.sum(effects**2, axis=0) / np.where(gamma > 0, gamma, 1.0), 0.0)
         G.append(np.diag(variances))
     dof = problem.n - (problem.p if reml else 0) - gamma_total
-    return VarianceState(G, float(residual @ residual) / dof)
+    return VarianceState(G, rss / dof)
 
 
-def _update_function(method: str, covariance: str):
+def _update_function(method: str, covariance: str, residuals):
     if method == "mackay":
-        return lambda problem, state, reml: mackay_update(problem, state, reml, diagonal=covariance == "diagonal")
+        return lambda problem, state, reml: mackay_update(problem, state, reml, diagonal=covariance == "diagonal",
+                                                          residuals=residuals)
     if method == "em":
         return em_update
     if method == "evidence":
@@ -190,19 +182,23 @@ def fit_fixed_point(
     max_iter: int = 10_000,
     collapse_tol: float = 1e-9,
     verbose: bool = True,
+    residuals=None,
 ) -> FixedPointFit:
     """Iterate a variance update to its fixed point (relative change of every G_t entry and sigma^2 below ``tol``).
 
     ``covariance`` applies to ``mackay`` ("diagonal" keeps only variances, as the seed did); ``em`` always
     uses full G_t and ``evidence`` always diagonal G_t. ``acceleration="squarem"`` extrapolates two updates
     at a time. A G_t whose smallest eigenvalue drops below ``collapse_tol`` times its largest ends a
-    full-covariance MacKay run with status "collapsed" (the seed's "bombs").
+    full-covariance MacKay run with status "collapsed" (the seed's "bombs"). ``residuals(beta, b)`` gives the
+    residual vector, which only ``mackay`` needs.
     """
     if acceleration not in (None, "squarem"):
         raise DataError(f"acceleration must be None or 'squarem', got {acceleration!r}")
     if covariance not in ("diagonal", "full"):
         raise DataError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
-    update = _update_function(method, covariance)
+    if max_iter < 1:
+        raise DataError(f"max_iter must be a positive number of iterations, got {max_iter}")
+    update = _update_function(method, covariance, residuals)
     if method == "evidence":
         start = VarianceState([np.diag(np.diag(G)) for G in start.G], start.sigma2)
     if not _is_valid(start):
@@ -249,18 +245,21 @@ def fit_fixed_point(
     if status == "max_iter":
         warnings.warn(f"{method} did not converge in {max_iter} iterations", ConvergenceWarning, stacklevel=3)
     progress.finish(status)
-    theta = factors_to_theta(state.factor(problem).factors)
+    factor = state.factor(problem)
     return FixedPointFit(
         method=method,
-        state=state,
-        theta=theta,
+        theta=factors_to_theta(factor.factors),
         criterion=history[-1].criterion if history else criterion_at(problem, state, reml),
         converged=status == "converged",
         status=status,
-        iterations=len(history),
-        map_evaluations=evaluations,
+        message=f"{method}: {status} after {len(history)} iterations ({evaluations} updates)",
+        n_evaluations=evaluations,
         seconds=time.perf_counter() - started,
+        iterations=len(history),
+        sigma2=state.sigma2,
+        factor=factor,
         history=history,
+        state=state,
     )
 
 

@@ -1,174 +1,191 @@
 """Maximum likelihood and REML by minimising the profiled deviance over theta (lme4's approach).
 
-beta and sigma^2 are profiled out analytically (see :mod:`tfmixed.kernels.pls`), leaving a smooth function
-of the few covariance parameters theta, minimised with bounds (diagonals of T_t >= 0) by L-BFGS-B.
-A boundary optimum (a zero variance, as in Dyestuff2) is legal.
+beta and sigma^2 are profiled out analytically (:mod:`tfmixed.kernels.pls`), leaving a smooth function of the
+few covariance parameters theta, minimised with bounds (diagonals of T_t >= 0) by L-BFGS-B with the analytic
+gradient. A boundary optimum (a zero variance, as in Dyestuff2) is legal.
+
+Convergence is judged without lme4's false alarms and without its early stops on badly scaled models: the
+projected gradient is small, or else the Newton decrement g' H^{-1} g / 2 on the free parameters (the
+criterion decrease still available, in criterion units, whatever the scale of theta) is. When it is not, the
+search restarts in coordinates rescaled by the Hessian's diagonal and, failing that, runs scipy's COBYQA
+(Powell's derivative-free quadratic models with bounds, a maintained successor of BOBYQA).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
 
 from ..errors import TfmixedError
-from ..kernels.covariance import theta_lower_bounds, theta_start, theta_to_factors
-from ..kernels.pls import PLSProblem
+from ..objective import LmmObjective
 from ..progress import Progress
+from .result import EstimatorResult
+
+#: the criterion decrease below which an optimum is accepted (criterion units: deviance)
+NEWTON_DECREMENT_TOL = 1e-7
 
 
-@dataclass
-class ProfiledFit:
-    """Outcome of the theta optimisation."""
-
-    theta: np.ndarray
-    criterion: float
-    converged: bool
-    message: str
-    n_evaluations: int
-    seconds: float
-    history: list[tuple[np.ndarray, float]] = field(default_factory=list, repr=False)
+def _projected_gradient(theta, gradient, lower):
+    at_bound = np.isfinite(lower) & (theta <= lower + 1e-10)
+    return np.where(at_bound & (gradient >= 0), 0.0, gradient), at_bound
 
 
-def profiled_objective(problem: PLSProblem, reml: bool):
-    """theta -> profiled deviance (ML) or REML criterion; +inf where the factorisation fails."""
-
-    def objective(theta: np.ndarray) -> float:
-        try:
-            return problem.factorize(theta_to_factors(theta, problem.dims)).deviance(reml)
-        except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
-            return np.inf
-
-    return objective
-
-
-def _forward_difference(objective, theta: np.ndarray, value: float, lower: np.ndarray) -> np.ndarray:
-    """One-sided differences stepping away from the bounds (used only where T_t is singular)."""
-    gradient = np.empty_like(theta)
+def hessian_of_gradient(objective: LmmObjective, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """Symmetrised central differences of the analytic gradient (2 factorisations per theta)."""
+    columns = []
     for i in range(theta.size):
-        step = 1e-7 * max(1.0, abs(theta[i]))
-        shifted = theta.copy()
-        shifted[i] += step
-        gradient[i] = (objective(shifted) - value) / step
-    return gradient
+        h = step * max(1.0, abs(theta[i]))
+        plus, minus = theta.copy(), theta.copy()
+        plus[i] += h
+        minus[i] = max(minus[i] - h, objective.lower[i]) if np.isfinite(objective.lower[i]) else minus[i] - h
+        columns.append((objective.value_and_gradient(plus)[1] - objective.value_and_gradient(minus)[1]) / (plus[i] - minus[i]))
+    H = np.array(columns)
+    return (H + H.T) / 2
 
 
-def profiled_value_and_gradient(problem: PLSProblem, reml: bool, lower: np.ndarray):
-    """theta -> (criterion, gradient): analytic gradient, one-sided differences at singular factors."""
-    objective = profiled_objective(problem, reml)
-
-    def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        try:
-            factor = problem.factorize(theta_to_factors(theta, problem.dims))
-        except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
-            return np.inf, np.zeros_like(theta)
-        value = factor.deviance(reml)
-        gradient = factor.gradient(reml)
-        if gradient is None:
-            # The criterion is smooth in T even where T is singular: take the exact gradient a hair inside
-            # the feasible region, which costs one factorisation instead of one per theta.
-            inside = np.where(np.isfinite(lower), np.maximum(theta, lower + 2e-4 * max(1.0, float(np.max(np.abs(theta))))), theta)
-            nudged = problem.factorize(theta_to_factors(inside, problem.dims)).gradient(reml)
-            gradient = nudged if nudged is not None else _forward_difference(objective, theta, value, lower)
-        return value, gradient
-
-    return value_and_gradient
+def newton_decrement(objective: LmmObjective, theta: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """(g' H^{-1} g / 2 over the free parameters, H); inf when H is not positive definite there."""
+    _, gradient = objective.value_and_gradient(theta)
+    projected, at_bound = _projected_gradient(theta, gradient, objective.lower)
+    free = ~(at_bound & (gradient >= 0))
+    if not np.any(free):
+        return 0.0, None
+    H = hessian_of_gradient(objective, theta)
+    Hf = H[np.ix_(free, free)]
+    try:
+        chol = np.linalg.cholesky(Hf)
+    except np.linalg.LinAlgError:
+        return np.inf, H
+    step = np.linalg.solve(chol, projected[free])
+    return float(step @ step / 2), H
 
 
-def _clip_to_boundary(theta: np.ndarray, lower: np.ndarray, objective, best: float) -> tuple[np.ndarray, float]:
-    """Snap diagonal elements that ended within rounding of 0 onto the boundary when that is no worse.
+class _Search:
+    """Bookkeeping shared by the optimisers: every evaluation recorded, the best point kept."""
 
-    Finite-difference optimisers stop a hair inside a zero-variance boundary; lme4 reports exactly 0.
-    """
-    on_bound = np.isfinite(lower) & (theta - lower < 1e-4)
+    def __init__(self, objective: LmmObjective, progress: Progress):
+        self.objective, self.progress = objective, progress
+        self.history: list[tuple[np.ndarray, float]] = []
+        self.best_theta, self.best_value = None, np.inf
+
+    def record(self, theta, value):
+        if not self.history and not np.isfinite(value):
+            raise TfmixedError("the deviance is not finite at the starting theta")
+        self.history.append((theta.copy(), value))
+        if value < self.best_value:
+            self.best_theta, self.best_value = theta.copy(), value
+        self.progress.update(len(self.history), f"criterion {value:.6f}")
+
+    def lbfgsb(self, start, scale, max_iter):
+        lower = self.objective.lower
+
+        def fun(z):
+            theta = z * scale
+            value, gradient = self.objective.value_and_gradient(theta)
+            self.record(theta, value)
+            return value, gradient * scale
+
+        bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
+        result = minimize(fun, start / scale, method="L-BFGS-B", jac=True, bounds=bounds,
+                          options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8, "maxls": 50})
+        return np.asarray(result.x) * scale, str(result.message)
+
+    def cobyqa(self, start, scale, max_iter):
+        lower = self.objective.lower
+
+        def fun(z):
+            theta = z * scale
+            value = self.objective(theta)
+            self.record(theta, value)
+            return value if np.isfinite(value) else 1e300
+
+        bounds = [(lo / s if np.isfinite(lo) else -np.inf, np.inf) for lo, s in zip(lower, scale)]
+        result = minimize(fun, start / scale, method="COBYQA", bounds=bounds,
+                          options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10})
+        return np.asarray(result.x) * scale, f"COBYQA: {result.message}"
+
+
+def _boundary_probe(objective, theta, value):
+    """A theta left exactly on a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
+    saddle: probe from inside and return the better point."""
+    at_bound = np.isfinite(objective.lower) & (theta <= objective.lower + 1e-10)
+    if not np.any(at_bound):
+        return None
+    probe = theta.copy()
+    probe[at_bound] = objective.lower[at_bound] + 1e-3 * max(1.0, float(np.max(np.abs(theta))))
+    return probe if objective(probe) < value - 1e-8 * max(1.0, abs(value)) else None
+
+
+def _clip_to_boundary(objective, theta, value):
+    """Snap diagonal elements within rounding of 0 onto the boundary when that is no worse (lme4 reports 0)."""
+    on_bound = np.isfinite(objective.lower) & (theta - objective.lower < 1e-4)
     if not np.any(on_bound):
-        return theta, best
+        return theta, value
     snapped = theta.copy()
-    snapped[on_bound] = lower[on_bound]
-    value = objective(snapped)
-    if value <= best + 1e-10 * max(1.0, abs(best)):
-        return snapped, value
-    return theta, best
+    snapped[on_bound] = objective.lower[on_bound]
+    snapped_value = objective(snapped)
+    if snapped_value <= value + 1e-10 * max(1.0, abs(value)):
+        return snapped, snapped_value
+    return theta, value
 
 
-def fit_profiled(
-    problem: PLSProblem,
-    *,
-    reml: bool = True,
-    theta0: np.ndarray | None = None,
-    max_iter: int = 1000,
-    verbose: bool = False,
-) -> ProfiledFit:
+def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
+                 verbose: bool = False) -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
 
-    >>> from tfmixed import datasets
-    >>> from tfmixed.design import build_design
-    >>> from tfmixed.kernels.pls import TermLayout
+    >>> from tfmixed import datasets, build_design
+    >>> from tfmixed.kernels.pls import PLSProblem
     >>> d = build_design("Yield ~ 1 + (1 | Batch)", datasets.load("Dyestuff"))
-    >>> p = PLSProblem(d.X, d.y, [TermLayout(t.factor.codes, t.values, t.n_levels) for t in d.terms])
-    >>> round(float(fit_profiled(p).theta[0]), 4)
+    >>> round(float(fit_profiled(LmmObjective(PLSProblem(d.cross_products()))).theta[0]), 4)
     0.8483
     """
-    lower = theta_lower_bounds(problem.dims)
-    start = theta_start(problem.dims) if theta0 is None else np.asarray(theta0, dtype=np.float64)
-    objective = profiled_objective(problem, reml)
-    value_and_gradient = profiled_value_and_gradient(problem, reml, lower)
-    history: list[tuple[np.ndarray, float]] = []
-    progress = Progress("REML" if reml else "ML", verbose=verbose)
-    started = time.perf_counter()
-
-    def tracked(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = value_and_gradient(theta)
-        if not history and not np.isfinite(value):
-            raise TfmixedError("the deviance is not finite at the starting theta")
-        history.append((theta.copy(), value))
-        progress.update(len(history), f"criterion {value:.6f}")
-        return value, gradient
-
-    if start.shape != lower.shape:
-        raise TfmixedError(f"start must have {lower.size} theta values (lme4's order), got {start.size}")
-    if np.any(start < lower):
+    lower = objective.lower
+    theta = objective.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
+    if theta.shape != lower.shape:
+        raise TfmixedError(f"start must have {lower.size} theta values (lme4's order), got {theta.size}")
+    if np.any(theta < lower):
         raise TfmixedError("start has a negative relative standard deviation (a diagonal theta below 0)")
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    # ftol sits just above the criterion's rounding noise (~1e-12 relative). Two guards against a premature
-    # stop: a projected gradient still large relative to the criterion restarts L-BFGS-B, and a theta left
-    # exactly on a zero bound (where a scalar term's derivative is 0 by symmetry) is probed from inside.
-    theta, message, success, value = start, "", False, np.inf
-    for _ in range(4):
-        result = minimize(
-            tracked,
-            theta,
-            method="L-BFGS-B",
-            jac=True,
-            bounds=bounds,
-            options={"maxiter": max_iter, "ftol": 1e-11, "gtol": 1e-7, "maxls": 50},
-        )
-        theta, value, message = np.asarray(result.x, dtype=np.float64), float(result.fun), str(result.message)
-        success = bool(result.success) or "ABNORMAL" in message
-        gradient = np.asarray(result.jac, dtype=np.float64)
-        at_bound = np.isfinite(lower) & (theta <= lower + 1e-10)
-        free = ~(at_bound & (gradient >= 0))
-        if np.max(np.abs(gradient[free]), initial=0.0) > 1e-6 * max(1.0, abs(value)):
+    if max_iter < 1:
+        raise TfmixedError(f"max_iter must be a positive number of iterations, got {max_iter}")
+    progress = Progress("REML" if objective.reml else "ML", verbose=verbose)
+    started = time.perf_counter()
+    search = _Search(objective, progress)
+    scale = np.ones_like(theta)
+    message, stages = "", 0
+    for stage in ("lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
+        stages += 1
+        if stage == "cobyqa":
+            theta, message = search.cobyqa(search.best_theta, scale, max_iter)
+        else:
+            theta, message = search.lbfgsb(search.best_theta if search.history else theta, scale, max_iter)
+        theta = search.best_theta
+        probe = _boundary_probe(objective, theta, search.best_value)
+        if probe is not None:
+            search.record(probe, objective(probe))
             continue
-        probe = theta.copy()
-        probe[at_bound] = lower[at_bound] + 1e-3 * max(1.0, float(np.max(np.abs(theta))))
-        if np.any(at_bound) and objective(probe) < value - 1e-8 * max(1.0, abs(value)):
-            theta = probe
-            continue
-        break
+        _, gradient = objective.value_and_gradient(theta)
+        projected, _ = _projected_gradient(theta, gradient, lower)
+        if np.max(np.abs(projected), initial=0.0) <= 1e-6 * max(1.0, abs(search.best_value)):
+            converged = True
+            break
+        decrement, H = newton_decrement(objective, theta)
+        if decrement <= NEWTON_DECREMENT_TOL:
+            converged = True
+            break
+        if H is not None and stage in ("lbfgsb", "rescaled"):
+            diagonal = np.abs(np.diag(H))
+            scale = np.where(diagonal > 0, 1.0 / np.sqrt(np.maximum(diagonal, 1e-300)), 1.0)
+            scale = scale / np.max(scale)
     else:
-        success = False
-    theta, value = _clip_to_boundary(theta, lower, objective, value)
-    converged = success
-    progress.finish(f"{len(history)} evaluations, criterion {value:.6f}")
-    return ProfiledFit(
-        theta=theta,
-        criterion=value,
-        converged=converged,
-        message=message,
-        n_evaluations=len(history),
-        seconds=time.perf_counter() - started,
-        history=history,
+        converged = False
+        message = f"{message}; Newton decrement {decrement:.3g} after {stages} optimiser runs"
+    theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
+    progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
+    return EstimatorResult(
+        method="profiled", theta=theta, criterion=value, converged=converged,
+        status="converged" if converged else "not converged", message=message,
+        n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=stages,
+        history=search.history,
     )

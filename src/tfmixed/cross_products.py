@@ -1,0 +1,231 @@
+"""Cross-products of a linear mixed model's design: the sufficient statistics, as data.
+
+For prior weights w, an offset o and a response shift beta0, the working response is
+y~ = y - o - X beta0 and, with W = diag(w) and the terms ordered with the block-diagonal first term Z1 and
+the rest Zr, the model needs only
+
+    Z1'W Z1 (diagonal k1 x k1 blocks)   Zr'W Z1   [X y~]'W Z1   Zr'W Zr   [X y~]'W Zr   [X y~]'W [X y~]
+
+All are sums over rows, so the statistics of row chunks add up (``a + b``, ``sum(chunks)``) to those of
+the whole data. ``CrossProductPattern`` keeps the index structure of one set of rows so that new weights
+(PIRLS, every iteration) recompute the values without rebuilding patterns.
+
+The shift is what makes the criterion independent of where y sits: the penalised RSS is the same for
+y and y - X beta0 (beta is free), and with beta0 near the least-squares fit the cross-products no longer hold
+the y'y ~ n mean(y)^2 that cancels to ~ pwrss (at y + 1e8 the raw products lose every significant digit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.linalg as la
+import scipy.sparse as sp
+
+from .errors import DataError, ShapeError
+from .terms import RandomEffectsTerm
+
+
+@dataclass(frozen=True, eq=False)
+class CrossProducts:
+    """Weighted cross-products of [Z1 | Zr | X | y~] (see the module docstring); ``+`` sums row chunks.
+
+    ``dims`` lists (levels, columns) per term, first the block-diagonal term; ``n`` counts rows,
+    ``sum_log_weights`` is sum(log w) (lme4's likelihood term), ``shift`` is beta0 (y~ = y - o - X beta0).
+    """
+
+    dims: tuple[tuple[int, int], ...]
+    n: int
+    first_blocks: np.ndarray
+    rest_first: sp.csr_matrix
+    xy_first: np.ndarray
+    rest_rest: sp.csr_matrix
+    xy_rest: np.ndarray
+    xy_xy: np.ndarray
+    sum_log_weights: float = 0.0
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def p(self) -> int:
+        return self.xy_xy.shape[0] - 1
+
+    @property
+    def q_first(self) -> int:
+        return self.dims[0][0] * self.dims[0][1]
+
+    @property
+    def q_rest(self) -> int:
+        return sum(levels * cols for levels, cols in self.dims[1:])
+
+    @property
+    def q(self) -> int:
+        return self.q_first + self.q_rest
+
+    def __add__(self, other: "CrossProducts") -> "CrossProducts":
+        if not isinstance(other, CrossProducts):
+            return NotImplemented
+        if self.dims != other.dims or self.p != other.p:
+            raise ShapeError(f"cannot add cross-products of different structures: {self.dims}/{self.p} and {other.dims}/{other.p}")
+        if not np.array_equal(self.shift, other.shift):
+            raise ShapeError("cannot add cross-products computed with different response shifts")
+        return CrossProducts(
+            self.dims, self.n + other.n, self.first_blocks + other.first_blocks,
+            (self.rest_first + other.rest_first).tocsr(), self.xy_first + other.xy_first,
+            (self.rest_rest + other.rest_rest).tocsr(), self.xy_rest + other.xy_rest, self.xy_xy + other.xy_xy,
+            self.sum_log_weights + other.sum_log_weights, self.shift,
+        )
+
+    def __radd__(self, other):
+        # sum() starts from 0
+        return self if isinstance(other, int) and other == 0 else NotImplemented
+
+    def without_fixed(self) -> "CrossProducts":
+        """The same statistics with no fixed effects (X dropped, y~ kept)."""
+        keep = [self.p]
+        return replace(self, xy_first=self.xy_first[keep], xy_rest=self.xy_rest[keep],
+                       xy_xy=self.xy_xy[np.ix_(keep, keep)], shift=np.zeros(0))
+
+    @classmethod
+    def from_rows(cls, X, y, terms: list[RandomEffectsTerm], *, weights=None, offset=None, shift=None) -> "CrossProducts":
+        """Cross-products of one set (or chunk) of rows; ``terms[0]`` is eliminated block by block.
+
+        >>> import numpy as np
+        >>> from tfmixed.terms import RandomEffectsTerm
+        >>> term = RandomEffectsTerm.intercept(np.array([0, 0, 1, 1]), 2)
+        >>> X, y = np.ones((4, 1)), np.array([1.0, 2.0, 3.0, 5.0])
+        >>> whole = CrossProducts.from_rows(X, y, [term], shift=[0.0])
+        >>> parts = CrossProducts.from_rows(X[:1], y[:1], [term.rows(slice(0, 1))], shift=[0.0]) + \\
+        ...     CrossProducts.from_rows(X[1:], y[1:], [term.rows(slice(1, 4))], shift=[0.0])
+        >>> bool(np.array_equal(whole.xy_xy, parts.xy_xy)), whole.first_blocks.ravel().tolist()
+        (True, [2.0, 2.0])
+        """
+        return CrossProductPattern(terms).compute(X, y, weights=weights, offset=offset, shift=shift)
+
+
+def least_squares_shift(X, y, weights=None, offset=None) -> np.ndarray:
+    """beta0 = argmin ||W^(1/2) (y - o - X beta)||, refined once: the shift that centres the response.
+
+    >>> least_squares_shift(np.ones((3, 1)), np.array([1e8 + 1, 1e8 + 2, 1e8 + 3])).tolist()
+    [100000002.0]
+    """
+    X = np.asarray(X, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64) - (0.0 if offset is None else np.asarray(offset, dtype=np.float64))
+    if X.shape[1] == 0:
+        return np.zeros(0)
+    root = np.ones(X.shape[0]) if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64))
+    A = X * root[:, None]
+    beta = la.lstsq(A, target * root, check_finite=False)[0]
+    # one step of iterative refinement: the residual of a large-mean response is accurate only after it
+    beta += la.lstsq(A, (target - X @ beta) * root, check_finite=False)[0]
+    return beta
+
+
+class CrossProductPattern:
+    """Index structure of the cross-products of one set of rows: computed once, reused for new weights.
+
+    Pairs of nonzeros of Z (a row's column in Zr and its column in Z1, or two columns of Zr) are mapped once
+    to their position in the sparse products; ``compute`` then needs one ``bincount`` per product.
+    """
+
+    def __init__(self, terms: list[RandomEffectsTerm]):
+        if not terms:
+            raise ShapeError("cross-products need at least one random-effects term")
+        self.terms = list(terms)
+        self.n = terms[0].nobs
+        if any(term.nobs != self.n for term in terms):
+            raise ShapeError(f"random-effects terms have different numbers of rows: {[t.nobs for t in terms]}")
+        first, rest = terms[0], terms[1:]
+        self.dims = tuple((t.n_levels, t.n_cols) for t in terms)
+        self.q_first = first.q
+        self.rest_offsets = np.cumsum([0] + [t.q for t in rest])
+        self.q_rest = int(self.rest_offsets[-1])
+        self.first_columns = first.codes[:, None] * first.n_cols + np.arange(first.n_cols)[None, :]
+        self.rest_columns = [
+            (offset + t.codes[:, None] * t.n_cols + np.arange(t.n_cols)[None, :])
+            for offset, t in zip(self.rest_offsets[:-1], rest)
+        ]
+        self._rest_first = self._pairs(self.rest_columns, [self.first_columns], self.q_first, symmetric=False)
+        self._rest_rest = self._pairs(self.rest_columns, self.rest_columns, self.q_rest, symmetric=True)
+
+    def _pairs(self, left_columns, right_columns, width, symmetric):
+        """Unique (row, column) positions of the products of left and right Z columns, and each pair's slot."""
+        keys, slots = [], []
+        for i, left in enumerate(left_columns):
+            for j, right in enumerate(right_columns):
+                if symmetric and j < i:
+                    continue
+                for a in range(left.shape[1]):
+                    # within one term of a symmetric product, (a, b) and (b, a) are mirror images: form b >= a
+                    for b in range(a if symmetric and i == j else 0, right.shape[1]):
+                        keys.append(left[:, a].astype(np.int64) * width + right[:, b])
+                        slots.append((i, a, j, b))
+        if not keys:
+            return None
+        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        return unique, inverse.ravel(), slots
+
+    def _values(self, pairs, left_terms, right_terms, weights, shape, symmetric):
+        if pairs is None:
+            return sp.csr_matrix(shape)
+        unique, inverse, slots = pairs
+        products = np.concatenate([
+            weights * left_terms[i].values[:, a] * right_terms[j].values[:, b] for i, a, j, b in slots
+        ])
+        values = np.bincount(inverse, weights=products, minlength=unique.size)
+        rows, cols = np.divmod(unique, shape[1])
+        matrix = sp.coo_matrix((values, (rows, cols)), shape=shape)
+        if symmetric:
+            # only pairs with the left term first were formed: add the mirror image of the off-diagonal part
+            off = rows != cols
+            mirror = sp.coo_matrix((values[off], (cols[off], rows[off])), shape=shape)
+            matrix = matrix + mirror
+        return sp.csr_matrix(matrix)
+
+    def compute(self, X, y, *, weights=None, offset=None, shift=None) -> CrossProducts:
+        """The cross-products for these rows with prior ``weights`` (default 1), ``offset`` and ``shift``."""
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if X.ndim != 2 or X.shape[0] != self.n or y.shape[0] != self.n:
+            raise ShapeError(f"X {X.shape} and y {y.shape} must have the {self.n} rows of the terms")
+        w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+        if w.shape[0] != self.n:
+            raise ShapeError(f"weights has {w.shape[0]} values for {self.n} rows")
+        if np.any(~np.isfinite(w)) or np.any(w < 0):
+            raise DataError("weights must be finite and non-negative")
+        shift = least_squares_shift(X, y, w, offset) if shift is None else np.asarray(shift, dtype=np.float64)
+        if shift.shape != (X.shape[1],):
+            raise ShapeError(f"shift must have {X.shape[1]} values, got {shift.shape}")
+        working = y - (0.0 if offset is None else np.asarray(offset, dtype=np.float64).ravel()) - X @ shift
+        Xy = np.column_stack([X, working])
+        first, rest = self.terms[0], self.terms[1:]
+        k1, l1 = first.n_cols, first.n_levels
+        weighted_first = first.values * w[:, None]
+        first_blocks = np.empty((l1, k1, k1))
+        for a in range(k1):
+            for b in range(a, k1):
+                block = np.bincount(first.codes, weighted_first[:, a] * first.values[:, b], minlength=l1)
+                first_blocks[:, a, b] = first_blocks[:, b, a] = block
+        xy_first = np.empty((Xy.shape[1], self.q_first))
+        for b in range(k1):
+            for c in range(Xy.shape[1]):
+                xy_first[c, b::k1] = np.bincount(first.codes, weighted_first[:, b] * Xy[:, c], minlength=l1)
+        xy_rest = np.zeros((Xy.shape[1], self.q_rest))
+        for term, columns in zip(rest, self.rest_columns):
+            weighted = term.values * w[:, None]
+            for a in range(term.n_cols):
+                for c in range(Xy.shape[1]):
+                    xy_rest[c] += np.bincount(columns[:, a], weighted[:, a] * Xy[:, c], minlength=self.q_rest)
+        positive = w[w > 0]
+        return CrossProducts(
+            dims=self.dims,
+            n=int(np.count_nonzero(w)),
+            first_blocks=first_blocks,
+            rest_first=self._values(self._rest_first, rest, [first], w, (self.q_rest, self.q_first), False),
+            xy_first=xy_first,
+            rest_rest=self._values(self._rest_rest, rest, rest, w, (self.q_rest, self.q_rest), True),
+            xy_rest=xy_rest,
+            xy_xy=(Xy * w[:, None]).T @ Xy,
+            sum_log_weights=float(np.sum(np.log(positive))),
+            shift=shift,
+        )

@@ -1,0 +1,32 @@
+"""The one result protocol of every estimator (profiled, EM, evidence, MacKay)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EstimatorResult:
+    """Where an estimator stopped and how it got there.
+
+    ``sigma2`` is None for the profiled estimator (sigma^2 is profiled out: r^2 / dof at theta) and the
+    estimator's own value for the fixed-point methods. ``iterations`` counts outer iterations where the
+    method has them (fixed points, optimiser restarts), ``n_evaluations`` criterion evaluations or updates.
+    ``history`` holds (theta, criterion) pairs (profiled) or the fixed-point steps.
+    """
+
+    method: str
+    theta: np.ndarray
+    criterion: float
+    converged: bool
+    status: str
+    message: str
+    n_evaluations: int
+    seconds: float
+    iterations: int | None = None
+    sigma2: float | None = None
+    factor: Any = field(default=None, repr=False)
+    history: list = field(default_factory=list, repr=False)

@@ -1,0 +1,165 @@
+"""Strategies for the coupling C = [Lambda_rest' Zr' ; X' ; y~'] W Z1 between the first term and the rest.
+
+Eliminating the block-diagonal first term needs three products with C, and there are three ways to form
+them, chosen by the problem's structure (``choose_coupling``) with the limits of
+:class:`tfmixed.kernels.options.KernelOptions`:
+
+* ``DenseCoupling``: C held dense; every product is one BLAS call (small designs).
+* ``PatternCoupling``: the products of pairs of C's nonzeros that share a level are precomputed once
+  (MixedModels.jl's approach), so C W C' is one sparse mat-vec per evaluation (large sparse designs).
+* ``SparseCoupling``: scipy sparse products (when the pattern would not fit in memory).
+
+Interface: ``downdate(W)`` = C W C' (dense, symmetric) for block-diagonal W, ``block_sums(M)`` =
+C_j' M C_j per level, ``transpose_times(z)`` = C' z per level, ``times_block_diagonal(B)`` = C blockdiag(B).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def block_diagonal_matrix(blocks: np.ndarray) -> sp.bsr_matrix:
+    """Sparse block-diagonal matrix from an (L, k, k) array of blocks."""
+    count, k, _ = blocks.shape
+    return sp.bsr_matrix((blocks, np.arange(count), np.arange(count + 1)), shape=(count * k, count * k))
+
+
+class DenseCoupling:
+    """C as a dense (rows, L, k) array."""
+
+    name = "dense"
+
+    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int):
+        self.C3 = C.toarray().reshape(C.shape[0], n_levels, k)
+        self.shape = C.shape
+
+    def downdate(self, weights: np.ndarray) -> np.ndarray:
+        if weights.shape[1] == 1:
+            C2 = self.C3[:, :, 0]
+            return (C2 * weights[:, 0, 0]) @ C2.T
+        return np.tensordot(np.einsum("sla,lab->slb", self.C3, weights), self.C3, axes=([1, 2], [1, 2]))
+
+    def block_sums(self, M: np.ndarray) -> np.ndarray:
+        C2 = self.C3.reshape(self.C3.shape[0], -1)
+        MC = (M @ C2).reshape(self.C3.shape)
+        return np.einsum("sla,slb->lab", self.C3, MC)
+
+    def transpose_times(self, z: np.ndarray) -> np.ndarray:
+        return np.tensordot(z, self.C3, axes=(0, 0))
+
+    def times_block_diagonal(self, blocks: np.ndarray) -> np.ndarray:
+        return np.einsum("sla,lab->slb", self.C3, blocks).reshape(self.shape[0], -1)
+
+
+class SparseCoupling:
+    """C as a scipy CSR matrix; products by scipy (no precomputation)."""
+
+    name = "sparse"
+
+    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int):
+        self.C, self.n_levels, self.k = C, n_levels, k
+
+    def downdate(self, weights: np.ndarray) -> np.ndarray:
+        return (self.C @ block_diagonal_matrix(weights) @ self.C.T).toarray()
+
+    def block_sums(self, M: np.ndarray) -> np.ndarray:
+        k = self.k
+        sums = np.zeros((self.n_levels, k, k))
+        MC = (self.C.T @ M).T
+        for a in range(k):
+            for b in range(k):
+                sums[:, a, b] = np.asarray(self.C[:, a::k].multiply(MC[:, b::k]).sum(axis=0)).ravel()
+        return sums
+
+    def transpose_times(self, z: np.ndarray) -> np.ndarray:
+        return (self.C.T @ z).reshape(self.n_levels, -1)
+
+    def times_block_diagonal(self, blocks: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))
+
+
+class PatternCoupling(SparseCoupling):
+    """The fixed sparsity pattern of C W C' for block-diagonal W (one k x k block per level).
+
+    Pairs of nonzeros of C (row r >= row c) that share a level j contribute C[r, ja] W_j[a, b] C[c, jb] to
+    entry (r, c). ``QT`` holds those products, one row per flattened weight (j, a, b) and one column per
+    flattened dense position r * s + c, so each evaluation is a single sparse mat-vec.
+    """
+
+    name = "pattern"
+
+    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int, QT: sp.csr_matrix):
+        super().__init__(C, n_levels, k)
+        self.QT, self.size = QT, C.shape[0]
+        rows, cols = np.divmod(QT.indices, self.size)
+        strict = rows != cols
+        # block sums read the strictly-lower and diagonal positions apart (k > 1 needs the strict part's
+        # transpose); for k = 1 one matrix with the strictly-lower entries doubled does it
+        if k == 1:
+            self.sums_matrix = sp.csr_matrix((np.where(strict, 2.0, 1.0) * QT.data, QT.indices, QT.indptr), shape=QT.shape)
+        else:
+            self.strict_matrix = sp.csr_matrix((np.where(strict, QT.data, 0.0), QT.indices, QT.indptr), shape=QT.shape)
+            self.diagonal_matrix = sp.csr_matrix((np.where(strict, 0.0, QT.data), QT.indices, QT.indptr), shape=QT.shape)
+
+    @staticmethod
+    def pair_count(C: sp.csc_matrix, k: int) -> int:
+        per_level = np.diff(C.indptr[::k]).astype(np.int64)
+        return int(np.sum(per_level**2))
+
+    @classmethod
+    def build(cls, C: sp.csr_matrix, n_levels: int, k: int) -> "PatternCoupling":
+        Ccsc = sp.csc_matrix(C)
+        Ccsc.sort_indices()
+        level_ptr = Ccsc.indptr[::k]
+        per_level = np.diff(level_ptr).astype(np.int64)
+        entry_level = np.repeat(np.arange(n_levels), per_level)
+        row_of = Ccsc.indices.astype(np.int64)
+        # For k = 1 rows are sorted within a level's column, so the pairs with row >= row are those with
+        # position >= position: generate only those.
+        if k == 1:
+            repeats = np.arange(Ccsc.nnz) - level_ptr[:-1][entry_level] + 1
+        else:
+            repeats = per_level[entry_level]
+        first = np.repeat(np.arange(Ccsc.nnz), repeats)
+        offsets = np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        second = level_ptr[:-1][entry_level[first]] + offsets
+        if k == 1:
+            weight_index = entry_level[first]
+        else:
+            keep = row_of[first] >= row_of[second]
+            first, second = first[keep], second[keep]
+            column_in_level = np.repeat(np.arange(Ccsc.shape[1]) % k, np.diff(Ccsc.indptr))
+            weight_index = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
+        size = Ccsc.shape[0]
+        QT = sp.csr_matrix(
+            (Ccsc.data[first] * Ccsc.data[second], (weight_index, row_of[first] * size + row_of[second])),
+            shape=(n_levels * k * k, size * size),
+        )
+        return cls(C, n_levels, k, QT)
+
+    def downdate(self, weights: np.ndarray) -> np.ndarray:
+        lower = (self.QT.T @ weights.reshape(-1)).reshape(self.size, self.size)
+        full = lower + lower.T
+        full[np.diag_indices(self.size)] -= np.diag(lower)
+        return full
+
+    def block_sums(self, M: np.ndarray) -> np.ndarray:
+        """Reads only M's lower triangle (M symmetric)."""
+        flat = np.ascontiguousarray(M).reshape(-1)
+        shape = (self.n_levels, self.k, self.k)
+        if self.k == 1:
+            return (self.sums_matrix @ flat).reshape(shape)
+        lower = (self.strict_matrix @ flat).reshape(shape)
+        return lower + lower.transpose(0, 2, 1) + (self.diagonal_matrix @ flat).reshape(shape)
+
+    reads_lower_triangle_only = True
+
+
+def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options):
+    """Dense when C is small, the precomputed pattern when it fits ``options.pattern_pairs``, else sparse."""
+    if C.shape[0] * C.shape[1] <= options.dense_coupling_entries:
+        return DenseCoupling(C, n_levels, k)
+    if PatternCoupling.pair_count(sp.csc_matrix(C), k) <= options.pattern_pairs:
+        return PatternCoupling.build(C, n_levels, k)
+    return SparseCoupling(C, n_levels, k)

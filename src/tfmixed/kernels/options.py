@@ -1,0 +1,33 @@
+"""Size limits that choose the kernel's strategies: parameters, never module globals."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def physical_memory_bytes() -> int:
+    """Installed memory (POSIX sysconf), or 8 GiB where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Limits used when the kernel chooses how to eliminate the block-diagonal first term.
+
+    ``dense_coupling_entries``: up to this many entries of the coupling C (rest x q1), C is held dense
+    and its products are BLAS calls. ``pattern_pairs``: up to this many pairs of C's nonzeros sharing a level,
+    the product C W C' is precomputed as a sparse pattern. ``memory_bytes``: the dense Schur block (held
+    about 3 times while factoring and inverting) must fit in it, else the model is refused up front.
+    """
+
+    dense_coupling_entries: int = 250_000
+    pattern_pairs: int = 40_000_000
+    memory_bytes: int | None = None
+
+    @property
+    def memory_limit(self) -> int:
+        return int(0.8 * physical_memory_bytes()) if self.memory_bytes is None else int(self.memory_bytes)

@@ -1,0 +1,86 @@
+"""The model objective: theta -> profiled REML criterion or ML deviance, and its gradient.
+
+The analogue of lme4's ``mkLmerDevfun``: it wraps one :class:`~tfmixed.kernels.pls.PLSProblem` and knows
+nothing of optimisers or results. Estimators (:mod:`tfmixed.estimators`) call it; results read the factor
+at the optimum from it. The last factorisation is cached, since optimisers ask for the same theta twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TfmixedError
+from .kernels.covariance import theta_lower_bounds, theta_start, theta_to_factors
+from .kernels.pls import PLSFactor, PLSProblem
+
+
+class LmmObjective:
+    """The profiled criterion of a linear mixed model, as a function of lme4's theta.
+
+    >>> from tfmixed import datasets, build_design
+    >>> from tfmixed.kernels.pls import PLSProblem
+    >>> design = build_design("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
+    >>> objective = LmmObjective(PLSProblem(design.cross_products()), reml=True)
+    >>> round(objective(objective.start), 2)
+    1773.68
+    """
+
+    def __init__(self, problem: PLSProblem, reml: bool = True):
+        self.problem, self.reml = problem, bool(reml)
+        self.dims = problem.dims
+        self.lower = theta_lower_bounds(self.dims)
+        self.start = theta_start(self.dims)
+        self._cache: tuple[bytes, PLSFactor] | None = None
+
+    @property
+    def n_theta(self) -> int:
+        return self.lower.size
+
+    def factor(self, theta: np.ndarray) -> PLSFactor:
+        """The blocked Cholesky factor at theta (raises TfmixedError where Omega is not positive definite)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        key = theta.tobytes()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.problem.factorize(theta_to_factors(theta, self.dims)))
+        return self._cache[1]
+
+    def __call__(self, theta: np.ndarray) -> float:
+        """The criterion; +inf where the factorisation fails (outside the feasible region)."""
+        try:
+            value = self.factor(theta).deviance(self.reml)
+        except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
+            return np.inf
+        return value if np.isfinite(value) else np.inf
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Criterion and its analytic gradient; at a singular vector-valued factor, the gradient is taken a
+        hair inside the feasible region (the criterion is smooth there), else by one-sided differences."""
+        theta = np.asarray(theta, dtype=np.float64)
+        value = self(theta)
+        if not np.isfinite(value):
+            return np.inf, np.zeros_like(theta)
+        gradient = self.factor(theta).gradient(self.reml)
+        if gradient is None:
+            scale = 2e-4 * max(1.0, float(np.max(np.abs(theta))))
+            inside = np.where(np.isfinite(self.lower), np.maximum(theta, self.lower + scale), theta)
+            try:
+                gradient = self.factor(inside).gradient(self.reml)
+            except TfmixedError:
+                gradient = None
+            if gradient is None:
+                gradient = self._forward_difference(theta, value)
+        return value, gradient
+
+    def _forward_difference(self, theta: np.ndarray, value: float) -> np.ndarray:
+        gradient = np.empty_like(theta)
+        for i in range(theta.size):
+            step = 1e-7 * max(1.0, abs(theta[i]))
+            shifted = theta.copy()
+            shifted[i] += step
+            gradient[i] = (self(shifted) - value) / step
+        return gradient
+
+    def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
+        """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within ``tol`` of 0."""
+        bounded = np.isfinite(self.lower)
+        return bool(np.any(np.asarray(theta)[bounded] - self.lower[bounded] < tol))

@@ -1,0 +1,23 @@
+"""Result objects of fitted mixed models, one file per job: estimates, likelihood, inference, printing,
+prediction, history and plots."""
+
+from __future__ import annotations
+
+from .estimates import Estimates
+from .inference import Inference
+from .likelihood import Likelihood
+from .plots import History
+from .prediction import Prediction
+from .printing import Printing
+
+
+class LmerFit(Estimates, Likelihood, Inference, Prediction, History, Printing):
+    """A fitted linear mixed model (the analogue of lme4's ``merMod``).
+
+    Attributes follow lme4's accessors: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``,
+    ``sigma``, ``varcorr``, ``ranef``, ``ranef_condvar``, ``fitted``, ``residuals``, ``loglik``,
+    ``deviance``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``, ``converged``.
+    """
+
+
+__all__ = ["LmerFit"]

@@ -1,0 +1,160 @@
+"""Point estimates of a fitted linear mixed model: fixed effects, variance components, conditional modes."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from ..design import Design, frames_by_factor
+from ..objective import LmmObjective
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """lme4's names for repeated grouping factors: g, g.1, g.2, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        out.append(name if count == 0 else f"{name}.{count}")
+        seen[name] = count + 1
+    return out
+
+
+class Estimates:
+    """The estimates of a fit: built from the design, the objective and an estimator's result."""
+
+    def __init__(self, design: Design, objective: LmmObjective, optimum):
+        self.design, self.objective, self.optimum = design, objective, optimum
+        self.reml = objective.reml
+        self.problem = objective.problem
+        # a fixed-point fit hands over the factorisation its last state already holds
+        self._factor = optimum.factor if optimum.factor is not None else objective.factor(optimum.theta)
+        self.factors = self._factor.factors
+        # fixed-point methods estimate sigma^2 themselves; the profiled method takes it from the optimum
+        self._sigma2 = self._factor.sigma2(self.reml) if optimum.sigma2 is None else float(optimum.sigma2)
+        self._beta, self._u = self._factor.solve()
+        self._b = self._factor.u_to_b(self._u)
+
+    @property
+    def formula(self) -> str:
+        return self.design.formula
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Relative covariance factor parameters in lme4's order (lower triangles, column-major)."""
+        return self.optimum.theta.copy()
+
+    @property
+    def converged(self) -> bool:
+        return self.optimum.converged
+
+    @property
+    def method(self) -> str:
+        """The estimator: "profiled" (lme4's), "em", "evidence" or "mackay"."""
+        return self.optimum.method
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard deviation (for unit prior weight)."""
+        return float(np.sqrt(self._sigma2))
+
+    @property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates beta."""
+        return pd.Series(self._beta, index=self.design.fixed_names, name="Estimate")
+
+    @cached_property
+    def vcov_beta(self) -> pd.DataFrame:
+        """Covariance matrix of the fixed-effects estimates, sigma^2 (R_X'R_X)^{-1}."""
+        names = self.design.fixed_names
+        return pd.DataFrame(self._sigma2 * self._factor.vcov_beta_unscaled(), index=names, columns=names)
+
+    @property
+    def fixef_se(self) -> pd.Series:
+        """Standard errors of the fixed effects."""
+        return pd.Series(np.sqrt(np.diag(self.vcov_beta.to_numpy())), index=self.design.fixed_names, name="Std. Error")
+
+    def covariance_matrices(self) -> list[np.ndarray]:
+        """Per random-effects term, the covariance matrix G_t = sigma^2 T_t T_t'."""
+        return [self._sigma2 * T @ T.T for T in self.factors]
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components in the layout of lme4's ``as.data.frame(VarCorr(fit))``."""
+        rows = []
+        names = unique_names([term.name for term in self.design.terms])
+        for name, term, G in zip(names, self.design.terms, self.covariance_matrices()):
+            sd = np.sqrt(np.diag(G))
+            for i, column in enumerate(term.columns):
+                rows.append((name, column, None, G[i, i], sd[i]))
+            for j in range(term.n_cols):
+                for i in range(j + 1, term.n_cols):
+                    corr = G[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
+                    rows.append((name, term.columns[j], term.columns[i], G[i, j], corr))
+        rows.append(("Residual", None, None, self._sigma2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    @property
+    def b(self) -> np.ndarray:
+        """Conditional modes of all random effects, in Z's column order."""
+        return self._b.copy()
+
+    def _per_term(self, vector: np.ndarray) -> list[np.ndarray]:
+        return [vector[s].reshape(t.n_levels, t.n_cols) for t, s in zip(self.design.terms, self.design.term_slices)]
+
+    @cached_property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes E(b | y) per grouping factor, one row per level, one column per term column."""
+        return frames_by_factor(self.design.terms, self._per_term(self._b))
+
+    @cached_property
+    def _condvar_blocks(self) -> list[np.ndarray]:
+        blocks = self._factor.inverse_diagonal_blocks()
+        return [self._sigma2 * T[None] @ B @ T.T[None] for T, B in zip(self.factors, blocks)]
+
+    @property
+    def ranef_condvar(self) -> dict[str, list[np.ndarray]]:
+        """Conditional covariances Var(b_j | y) (lme4's ``condVar``), per factor one (levels, k, k) array per term."""
+        out: dict[str, list[np.ndarray]] = {}
+        for term, block in zip(self.design.terms, self._condvar_blocks):
+            out.setdefault(term.name, []).append(block)
+        return out
+
+    def ranef_frame(self) -> pd.DataFrame:
+        """Conditional modes and SDs in the long layout of lme4's ``as.data.frame(ranef(fit, condVar=TRUE))``
+        (level labels as strings, as R prints them)."""
+        pieces = []
+        for term, modes, block in zip(self.design.terms, self._per_term(self._b), self._condvar_blocks):
+            sds = np.sqrt(np.diagonal(block, axis1=1, axis2=2))
+            labels = np.asarray(term.levels.astype(str))
+            for i, column in enumerate(term.columns):
+                pieces.append(pd.DataFrame(
+                    {"grpvar": term.name, "term": column, "grp": labels, "condval": modes[:, i], "condsd": sds[:, i]}
+                ))
+        return pd.concat(pieces, ignore_index=True)
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        """Fitted values X beta + Z b + offset."""
+        return self.design.X @ self._beta + self.design.z_times(self._b) + self.design.offset_or_zero
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """Response residuals y - fitted."""
+        return self.design.y - self.fitted
+
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Number of levels of each grouping factor."""
+        return {term.name: term.n_levels for term in self.design.terms}
+
+    @property
+    def is_singular(self) -> bool:
+        """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within 1e-4 of 0."""
+        return self.objective.is_singular(self.theta)

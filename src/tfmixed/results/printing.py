@@ -1,0 +1,77 @@
+"""Printing a fit: lme4-style summary, convergence report, repr."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Printing:
+    """Mixed into :class:`~tfmixed.results.LmerFit`."""
+
+    def report(self) -> str:
+        """Convergence report: estimator, status, iterations or evaluations, time and criterion."""
+        optimum = self.optimum
+        profiled = self.method == "profiled"
+        count = f"{optimum.iterations} {'optimiser runs' if profiled else 'iterations'}, " if optimum.iterations else ""
+        return (
+            f"{self.method} ({'REML' if self.reml else 'ML'}): {optimum.status}; {count}{optimum.n_evaluations} "
+            f"{'criterion evaluations' if profiled else 'updates'}, {optimum.seconds:.3f} s; "
+            f"criterion {self.deviance:.6f}; {optimum.message}"
+        )
+
+    def summary(self, satterthwaite: bool = True) -> str:
+        """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals)."""
+        lines = [
+            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
+            f"Formula: {self.formula}",
+        ]
+        if self.design.weights is not None:
+            lines.append("Weights: prior weights (residual variance sigma^2 / w)")
+        if self.design.offset is not None:
+            lines.append("Offset: " + (", ".join(self.design.parsed.offsets) or "offset= argument"))
+        lines.append("")
+        if self.reml:
+            lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
+        else:
+            lines.append(f"{'AIC':>9}{'BIC':>9}{'logLik':>9}{'deviance':>9}{'df.resid':>9}")
+            lines.append(
+                f"{self.aic:9.1f}{self.bic:9.1f}{self.loglik:9.1f}{self.deviance:9.1f}{self.nobs - self.n_params:9d}"
+            )
+        scaled = self.residuals / self.sigma
+        quantiles = np.quantile(scaled, [0, 0.25, 0.5, 0.75, 1])
+        lines += ["", "Scaled residuals: "]
+        lines.append("".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
+        lines.append("".join(f"{q:9.4f}" for q in quantiles))
+        lines += ["", "Random effects:", self._random_effects_table()]
+        groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
+        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        lines += ["", "Fixed effects:"]
+        table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
+        lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
+        if self.is_singular:
+            lines += ["", "boundary (singular) fit: see LmerFit.is_singular"]
+        if not self.converged:
+            lines += ["", f"optimizer did not converge: {self.optimum.message}"]
+        return "\n".join(lines)
+
+    def _random_effects_table(self) -> str:
+        rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+        for term, G in zip(self.design.terms, self.covariance_matrices()):
+            sd = np.sqrt(np.diag(G))
+            for i, column in enumerate(term.columns):
+                corr = [
+                    f"{G[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else "NaN" for j in range(i)
+                ]
+                rows.append((term.name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr)))
+        rows.append(("Residual", "", f"{self.sigma**2:.4g}", f"{self.sigma:.4g}", ""))
+        widths = [max(len(row[c]) for row in rows) for c in range(5)]
+        return "\n".join(
+            " " + "  ".join(cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c]) for c, cell in enumerate(row)).rstrip()
+            for row in rows
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LmerFit({self.formula!r}, {'REML' if self.reml else 'ML'}, method={self.method!r}, deviance={self.deviance:.4f}, "
+            f"nobs={self.nobs}, converged={self.converged})"
+        )
