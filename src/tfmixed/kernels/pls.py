@@ -110,22 +110,37 @@ class PLSProblem:
         return out
 
     def rest_diagonal(self, factors: list[np.ndarray]) -> np.ndarray:
-        """The diagonal of blockdiag(Lambda_rest, I) when every remaining term is scalar."""
+        """The diagonal of blockdiag(Lambda_rest, I) for the scalar terms (1 on vector-valued terms' rows)."""
         scale = np.ones(self.E.shape[0])
         offset = 0
         for term, T in zip(self.rest, factors[1:]):
-            scale[offset : offset + term.q] = T[0, 0]
+            if term.n_cols == 1:
+                scale[offset : offset + term.q] = T[0, 0]
             offset += term.q
         return scale
 
     def scale_both(self, M: np.ndarray, factors: list[np.ndarray], transpose: bool = True) -> np.ndarray:
-        """Lambda' M Lambda (or Lambda M Lambda') for a symmetric M over [rest | X | y~]."""
+        """Lambda' M Lambda (or Lambda M Lambda') for a symmetric M over [rest | X | y~].
+
+        Scalar terms scale rows and columns by one pass over M; only the (few) rows and columns of
+        vector-valued terms are transformed by their T_t.
+        """
         if not self.rest:
             return M
+        d = self.rest_diagonal(factors)
+        out = M * d[:, None] * d[None, :]
         if self._scalar_rest:
-            d = self.rest_diagonal(factors)
-            return M * d[:, None] * d[None, :]
-        return self.scale_rows(self.scale_rows(M, factors, transpose).T, factors, transpose)
+            return out
+        spec = "ba,lbc->lac" if transpose else "ab,lbc->lac"
+        offset = 0
+        for term, T in zip(self.rest, factors[1:]):
+            if term.n_cols > 1:
+                rows = slice(offset, offset + term.q)
+                shape = (term.n_levels, term.n_cols, -1)
+                out[rows] = np.einsum(spec, T, out[rows].reshape(shape)).reshape(term.q, -1)
+                out[:, rows] = np.einsum(spec, T, np.ascontiguousarray(out[:, rows].T).reshape(shape)).reshape(term.q, -1).T
+            offset += term.q
+        return out
 
     def factorize(self, factors: list[np.ndarray]) -> "PLSFactor":
         """Factor Omega for relative covariance factors T_t (one k_t x k_t matrix per term).

@@ -15,7 +15,7 @@ class Inference:
 
     @cached_property
     def satterthwaite_df(self) -> pd.Series:
-        """Satterthwaite denominator degrees of freedom of each fixed effect (lmerTest); about 4 factorisations
+        """Satterthwaite denominator degrees of freedom of each fixed effect (lmerTest); 2 factorisations
         per theta."""
         df = satterthwaite_df(self.objective, self.optimum.theta, self.sigma)
         return pd.Series(df, index=self.design.fixed_names, name="df")
