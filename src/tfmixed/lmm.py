@@ -118,8 +118,24 @@ def lmer(
             optimum = _fit_fixed_point(design, problem, method, REML, G0, sigma2_0, acceleration, covariance,
                                        tol, max_iter, verbose)
         fit = LmerFit(design, objective, optimum)
+    _flag_degenerate(fit)
     _warn_about(fit, method)
     return fit
+
+
+def _flag_degenerate(fit: LmerFit) -> None:
+    """A residual variance of ~0 means the response is (nearly) a function of the random effects: the
+    likelihood is unbounded (sigma -> 0, theta -> infinity) and no variance estimate is meaningful."""
+    spread = float(np.var(fit.design.y - fit.design.offset_or_zero))
+    if fit.sigma**2 > 1e-10 * spread or fit.method != "profiled":
+        return
+    optimum = fit.optimum
+    optimum.converged, optimum.status = False, "degenerate"
+    optimum.message = (
+        f"the residual variance is estimated as {fit.sigma**2:.3g} (response variance {spread:.3g}): the response is "
+        "(nearly) constant within the levels of the grouping factors, the likelihood has no maximum and the "
+        "variance components are meaningless; remove the grouping factor or model the group means directly"
+    )
 
 
 def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, covariance, tol, max_iter, verbose):

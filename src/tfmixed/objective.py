@@ -61,7 +61,7 @@ class LmmObjective:
             return np.inf, np.zeros_like(theta)
         gradient = self.factor(theta).gradient(self.reml)
         if gradient is None:
-            scale = 2e-4 * max(1.0, float(np.max(np.abs(theta))))
+            scale = 1e-7 * max(1.0, float(np.max(np.abs(theta))))
             inside = np.where(np.isfinite(self.lower), np.maximum(theta, self.lower + scale), theta)
             try:
                 gradient = self.factor(inside).gradient(self.reml)

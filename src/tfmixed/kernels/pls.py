@@ -270,13 +270,14 @@ class PLSFactor:
         scale = max(1.0, max(float(np.max(np.abs(T))) for T in self.factors))
         return [float(np.min(np.abs(np.diag(T)))) < singular_tol * scale for T in self.factors]
 
-    def gradient_parts(self, reml: bool, singular_tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray] | None:
+    def gradient_parts(self, reml: bool, singular_tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray] | None:
         """(d log-determinants / d theta, d r^2 / d theta), or None where they cannot be formed exactly.
 
         d log|Omega_P| / dT_ab = 2 [(L I - sum_j B_j) T^{-1}]_ba and d r^2 / dT_ab = -2 [T^{-T} U'U]_ab,
         with B_j the diagonal blocks of Omega_P^{-1} and U the L x k spherical random effects of the term.
         A scalar term at T = 0 has derivative exactly 0 (the criterion is even in its theta); a vector-valued
-        term with a (near-)singular T returns None.
+        term whose T is singular to ``singular_tol`` (relative) returns None. The T^{-1} formula loses only
+        ~eps / sigma_min(T) relative, so a small diagonal of a badly scaled covariate is no reason to refuse it.
         """
         singular = self._singular_terms(singular_tol)
         for T, is_singular in zip(self.factors, singular):
@@ -298,7 +299,7 @@ class PLSFactor:
             offset += term.q
         return np.concatenate(logdet_parts), np.concatenate(r2_parts)
 
-    def gradient(self, reml: bool, singular_tol: float = 1e-4) -> np.ndarray | None:
+    def gradient(self, reml: bool, singular_tol: float = 1e-9) -> np.ndarray | None:
         """Gradient of the profiled criterion in theta: d log-dets + dof (d r^2) / r^2; None as gradient_parts."""
         parts = self.gradient_parts(reml, singular_tol)
         if parts is None:
