@@ -1,17 +1,21 @@
-"""Benchmark tfmixed.lmer against lme4 (run in the same invocation when Rscript + lme4 are installed).
+"""Benchmark tfmixed.lmer against lme4, run side by side in the same invocation (Rscript + lme4 required for
+the ratio).
 
-(a) sleepstudy, Reaction ~ 1 + Days + (1 + Days | Subject): median time per fit in a warm process.
-(b) an InstEval-shaped crossed design: 73,421 rows, random intercepts for 2,972 x 1,128 crossed levels
-    plus a 28-level factor, one two-level fixed effect (tfmixed.datasets.simulate_crossed).
+Models (issue 8's set): sleepstudy, egsingle_nested_slope, star_crossed_slope (lme4's references, data in
+tests/reference/set2/data) and the real InstEval (tfmixed.datasets). For each: the median wall time of a
+REML fit in a warm process (lme4's ``lmer`` with its default optimiser; tfmixed's ``lmer`` with one BLAS
+thread for small dense blocks, as it chooses itself), both REML criteria, and tfmixed's time for the
+Satterthwaite df of ``summary()``. Writes the markdown table to stdout and, with --write, into
+benchmarks/RESULTS.md between the markers. Usage:
 
-Prints each time, the ratio lme4 / tfmixed, and the REML criteria. Usage:
-    python benchmarks/bench_lmer.py [--repeats 30] [--skip-large]
+    python benchmarks/bench_lmer.py [--repeats 5] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shutil
 import statistics
 import subprocess
@@ -19,13 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 import tfmixed as tm
+
+HERE = Path(__file__).resolve().parent
+SET2 = HERE.parent / "tests" / "reference" / "set2" / "data"
+MARK_BEGIN, MARK_END = "<!-- bench_lmer:begin -->", "<!-- bench_lmer:end -->"
 
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
 args <- commandArgs(trailingOnly = TRUE)
-d <- read.csv(args[1], stringsAsFactors = TRUE)
-for (g in strsplit(args[4], ",")[[1]]) d[[g]] <- factor(d[[g]])
+d <- read.csv(args[1], stringsAsFactors = FALSE, colClasses = "character")
+factors <- strsplit(args[4], ",")[[1]]
+for (column in names(d)) if (!(column %in% factors)) d[[column]] <- as.numeric(d[[column]])
+for (g in factors) d[[g]] <- factor(d[[g]])
 f <- as.formula(args[2]); reps <- as.integer(args[3])
 m <- lmer(f, d)  # warm-up, as for tfmixed
 times <- numeric(reps)
@@ -34,61 +46,81 @@ cat(sprintf('{"median": %.6f, "criterion": %.10f}\n', median(times), REMLcrit(m)
 """
 
 
+def models() -> list[tuple[str, pd.DataFrame, str, list[str], int]]:
+    """(label, data, formula, factor columns, repeat divisor) per benchmark model."""
+    egsingle = pd.read_csv(SET2 / "egsingle.csv", dtype={c: str for c in ("schoolid", "childid")})
+    star = pd.read_csv(SET2 / "star.csv", dtype={c: str for c in ("cltype", "sch", "id", "tch")},
+                       keep_default_na=False, na_values=["NA"]).dropna(subset=["math", "yrs"])
+    return [
+        ("sleepstudy", tm.datasets.load("sleepstudy"), "Reaction ~ Days + (Days | Subject)", ["Subject"], 1),
+        ("egsingle_nested_slope", egsingle, "math ~ year + (year | schoolid) + (1 | childid)", ["schoolid", "childid"], 1),
+        ("star_crossed_slope", star, "math ~ yrs + cltype + (yrs | sch) + (1 | id) + (1 | tch)", ["cltype", "sch", "id", "tch"], 3),
+        ("InstEval", tm.datasets.load("InstEval"), "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)",
+         ["s", "d", "dept", "service", "studage", "lectage"], 3),
+    ]
+
+
 def lme4_available() -> bool:
     if shutil.which("Rscript") is None:
         return False
-    probe = subprocess.run(["Rscript", "-e", "suppressMessages(library(lme4))"], capture_output=True)
-    return probe.returncode == 0
+    return subprocess.run(["Rscript", "-e", "suppressMessages(library(lme4))"], capture_output=True).returncode == 0
 
 
-def run_lme4(frame, formula: str, repeats: int, grouping: list[str]) -> dict:
+def run_lme4(frame: pd.DataFrame, formula: str, repeats: int, factors: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         csv, script = Path(folder) / "data.csv", Path(folder) / "fit.R"
         frame.to_csv(csv, index=False)
         script.write_text(R_SCRIPT)
-        out = subprocess.run(
-            ["Rscript", str(script), str(csv), formula, str(repeats), ",".join(grouping)],
-            capture_output=True, text=True, check=True,
-        )
+        out = subprocess.run(["Rscript", str(script), str(csv), formula, str(repeats), ",".join(factors)],
+                             capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_tfmixed(frame, formula: str, repeats: int) -> dict:
+def run_tfmixed(frame: pd.DataFrame, formula: str, repeats: int) -> dict:
     fit = tm.lmer(formula, frame, verbose=False)  # warm-up
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fit = tm.lmer(formula, frame, verbose=False)
         times.append(time.perf_counter() - started)
-    return {"median": statistics.median(times), "criterion": fit.deviance, "evaluations": fit.optimum.n_evaluations}
-
-
-def compare(label: str, frame, formula: str, repeats: int, grouping: list[str], with_lme4: bool) -> None:
-    ours = run_tfmixed(frame, formula, repeats)
-    print(f"\n{label}: {formula}  (n = {len(frame)}, median of {repeats})")
-    print(f"  tfmixed  {ours['median'] * 1000:10.1f} ms   REML criterion {ours['criterion']:.8f}  ({ours['evaluations']} evaluations)")
-    if not with_lme4:
-        print("  lme4     not installed (apt-get install -y r-cran-lme4): no ratio")
-        return
-    theirs = run_lme4(frame, formula, repeats, grouping)
-    relative = abs(ours["criterion"] - theirs["criterion"]) / abs(theirs["criterion"])
-    print(f"  lme4     {theirs['median'] * 1000:10.1f} ms   REML criterion {theirs['criterion']:.8f}")
-    print(f"  speed-up lme4 / tfmixed = {theirs['median'] / ours['median']:.2f}x; criterion relative difference {relative:.2e}")
+    started = time.perf_counter()
+    fit.satterthwaite_df
+    return {"median": statistics.median(times), "criterion": fit.deviance, "evaluations": fit.optimum.n_evaluations,
+            "df_seconds": time.perf_counter() - started}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30, help="timed fits of sleepstudy per engine")
-    parser.add_argument("--large-repeats", type=int, default=1, help="timed fits of the InstEval-shaped design")
-    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fits per engine (large models: a third)")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args()
     with_lme4 = lme4_available()
-    compare("sleepstudy", tm.datasets.load("sleepstudy"), "Reaction ~ 1 + Days + (1 + Days | Subject)",
-            args.repeats, ["Subject"], with_lme4)
-    if not args.skip_large:
-        frame = tm.datasets.simulate_crossed()
-        compare("InstEval-shaped crossed design", frame, "y ~ service + (1 | g1) + (1 | g2) + (1 | g3)",
-                args.large_repeats, ["g1", "g2", "g3"], with_lme4)
+    rows = ["| model | n | tfmixed fit | evaluations | lme4 fit | lme4 / tfmixed | REML criterion difference | tfmixed Satterthwaite df |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, frame, formula, factors, divisor in models():
+        repeats = max(1, args.repeats // divisor)
+        ours = run_tfmixed(frame, formula, repeats)
+        theirs = run_lme4(frame, formula, repeats, factors) if with_lme4 else None
+        ratio = f"{theirs['median'] / ours['median']:.1f}x" if theirs else "n/a"
+        difference = f"{ours['criterion'] - theirs['criterion']:+.2e}" if theirs else "n/a"
+        lme4_time = f"{theirs['median']:.3f} s" if theirs else "not installed"
+        rows.append(f"| {label} | {len(frame):,} | {ours['median']:.3f} s | {ours['evaluations']} | {lme4_time} | {ratio} "
+                    f"| {difference} | {ours['df_seconds']:.3f} s |")
+        print(rows[-1], flush=True)
+    table = "\n".join(rows)
+    footer = (f"\nMedian of {args.repeats} fits ({max(1, args.repeats // 3)} for star and InstEval), warm process, "
+              f"{platform.machine()} with {__import__('os').cpu_count()} cores; criterion difference = tfmixed - lme4 "
+              "(negative: tfmixed found a lower REML criterion).")
+    print("\n" + table + footer)
+    if args.write:
+        results = HERE / "RESULTS.md"
+        text = results.read_text()
+        block = f"{MARK_BEGIN}\n{table}\n{footer}\n{MARK_END}"
+        if MARK_BEGIN in text:
+            text = text[: text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
+        else:
+            text += "\n\n" + block + "\n"
+        results.write_text(text)
 
 
 if __name__ == "__main__":

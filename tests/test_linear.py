@@ -101,3 +101,23 @@ def test_invalid_options(iris):
         LinearRegression(3).fit(X, y, penalty="elastic")
     with pytest.raises(DataError):
         LinearRegression.from_formula("Sepal.Length ~ Sepal.Width + (1 | Species)", datasets.load("iris"))
+
+
+def test_weights_and_offset_match_r_lm():
+    """R 4.2.2: lm(Sepal.Length ~ Sepal.Width + Petal.Length + offset(o), iris, weights = w),
+    w = 1 + ((row - 1) %% 4) / 2, o = 0.1 Petal.Width."""
+    iris = datasets.load("iris")
+    iris["w"] = 1 + (np.arange(150) % 4) / 2
+    iris["o"] = 0.1 * iris["Petal.Width"]
+    model = LinearRegression.from_formula("Sepal.Length ~ Sepal.Width + Petal.Length + offset(o)", iris, weights="w").fit()
+    np.testing.assert_allclose(model.coef, [2.14345903787462, 0.62928072192914, 0.443519167310045], rtol=1e-10)
+    np.testing.assert_allclose(model.se, [0.25935017344051, 0.0723985326979138, 0.0177083768363972], rtol=1e-10)
+    assert model.sigma == pytest.approx(0.447696693263411, rel=1e-10)
+    # the same through arrays, and the offset carried into predictions
+    X = np.column_stack([np.ones(150), iris["Sepal.Width"], iris["Petal.Length"]])
+    again = LinearRegression(3).fit(X, iris["Sepal.Length"], weights=iris["w"], offset=iris["o"])
+    np.testing.assert_allclose(again.coef, model.coef, rtol=1e-12)
+    expected = X[:2] @ model.coef.to_numpy() + iris["o"].to_numpy()[:2]
+    np.testing.assert_allclose(again.predict(X[:2], offset=iris["o"][:2]).numpy()[:, 0], expected, rtol=1e-12)
+    with pytest.raises(DataError, match="weights"):
+        LinearRegression(3).fit(X, iris["Sepal.Length"], weights=-np.ones(150))

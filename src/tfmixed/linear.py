@@ -1,6 +1,7 @@
 """The seed's ``IrisReg``, generalised: multiple regression in matrix notation as a ``tf.Module``.
 
-y = X beta + e, e ~ N(0, sigma^2 I). ``fit`` solves exactly (QR least squares, closed-form ridge,
+y = X beta + o + e, e_i ~ N(0, sigma^2 / w_i) (prior weights w, offset o: R's ``lm(weights=, offset=)``).
+``fit`` solves exactly (QR least squares, closed-form ridge,
 coordinate-descent lasso) or trains with ``tf.GradientTape`` and any Keras optimizer, as the seed did.
 """
 
@@ -41,25 +42,42 @@ class LinearRegression(tf.Module):
         self.beta = tf.Variable(start, dtype=DTYPE, name="beta")
         self.feature_names = feature_names or [f"x{i}" for i in range(n_features)]
         self._X = self._y = None
+        self._weights = self._offset = None
         self.result_: dict | None = None
         self.history: list[float] = []
 
     @classmethod
-    def from_formula(cls, formula: str, data, **kwargs) -> "LinearRegression":
-        """Build X and y from a formulaic formula (``"y ~ x1 + x2"``) and keep them for :meth:`fit`."""
+    def from_formula(cls, formula: str, data, *, weights=None, offset=None, missing: str = "raise",
+                     **kwargs) -> "LinearRegression":
+        """Build X, y, prior ``weights`` and ``offset`` (column names or arrays; ``offset(expr)`` in the formula
+        too) from a formula such as ``"y ~ x1 + x2"`` and keep them for :meth:`fit`."""
         from .design import build_design
 
-        design = build_design(formula, data)
+        design = build_design(formula, data, weights=weights, offset=offset, missing=missing)
         if design.terms:
             raise DataError("LinearRegression takes fixed effects only; use tfmixed.lmer for (x | g) terms")
         model = cls(design.n_fixed, feature_names=design.fixed_names, **kwargs)
         model._X, model._y = design.X, design.y.reshape(-1, 1)
+        model._weights, model._offset = design.weights, design.offset
         return model
 
-    def predict(self, X) -> tf.Tensor:
-        """X beta as an (n, 1) tensor."""
+    def predict(self, X, offset=None) -> tf.Tensor:
+        """X beta (+ offset) as an (n, 1) tensor."""
         X = tf.constant(as_matrix(X), dtype=DTYPE) if not isinstance(X, tf.Tensor) else X
-        return tf.matmul(X, self.beta)
+        prediction = tf.matmul(X, self.beta)
+        if offset is not None:
+            prediction += tf.constant(as_response(offset, int(X.shape[0]), "offset"), dtype=DTYPE)
+        return prediction
+
+    def _weighting(self, n: int, weights, offset, from_formula: bool):
+        """sqrt(w) and o as columns; arguments override what from_formula stored."""
+        weights = self._weights if weights is None and from_formula else weights
+        offset = self._offset if offset is None and from_formula else offset
+        w = np.ones((n, 1)) if weights is None else as_response(weights, n, "weights")
+        if np.any(w < 0) or not np.any(w > 0):
+            raise DataError("weights must be non-negative with at least one positive value")
+        o = np.zeros((n, 1)) if offset is None else as_response(offset, n, "offset")
+        return np.sqrt(w), o
 
     def _data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         if X is None and y is None:
@@ -85,14 +103,21 @@ class LinearRegression(tf.Module):
         alpha: float = 0.0,
         optimizer=None,
         epochs: int = 1000,
+        weights=None,
+        offset=None,
         verbose: bool = True,
     ) -> "LinearRegression":
         """Estimate beta; ``method="exact"`` (default) or ``"gradient"`` (GradientTape + Keras optimizer).
 
         ``penalty`` is None, ``"ridge"`` or ``"lasso"`` with strength ``alpha`` (see the class docstring).
+        ``weights`` (prior weights) and ``offset`` make it R's ``lm(weights=, offset=)``: every fit runs on
+        sqrt(w) X and sqrt(w) (y - o), which is weighted least squares.
         The seed's training is ``fit(method="gradient", optimizer=tf.keras.optimizers.SGD(0.01, momentum=0.98))``.
         """
+        from_formula = X is None and y is None
         X, y = self._data(X, y)
+        root, o = self._weighting(X.shape[0], weights, offset, from_formula)
+        X, y = X * root, (y - o) * root
         if penalty not in (None, "ridge", "lasso"):
             raise DataError(f"penalty must be None, 'ridge' or 'lasso', got {penalty!r}")
         if alpha < 0:
@@ -104,7 +129,7 @@ class LinearRegression(tf.Module):
             self._train(X, y, penalty, alpha, optimizer, epochs, verbose)
         else:
             raise DataError(f"method must be 'exact' or 'gradient', got {method!r}")
-        self._summarise(X, y, penalised=penalty is not None and alpha > 0)
+        self._summarise(X, y, penalised=penalty is not None and alpha > 0, root=root[:, 0])
         return self
 
     def _exact(self, X: np.ndarray, y: np.ndarray, penalty: str | None, alpha: float) -> np.ndarray:
@@ -168,12 +193,17 @@ class LinearRegression(tf.Module):
         if not np.isfinite(self.history[-1]):
             warnings.warn("gradient training diverged (loss is not finite); lower the learning rate", ConvergenceWarning, stacklevel=3)
 
-    def _summarise(self, X: np.ndarray, y: np.ndarray, penalised: bool) -> None:
-        n, p = X.shape
+    def _summarise(self, X: np.ndarray, y: np.ndarray, penalised: bool, root: np.ndarray) -> None:
+        """X and y are the weighted ones (sqrt(w) X, sqrt(w)(y - o)); zero weights do not count as rows."""
+        n, p = int(np.count_nonzero(root)), X.shape[1]
         beta = self.beta.numpy()
         residuals = (y - X @ beta)[:, 0]
         rss = float(residuals @ residuals)
-        tss = float(np.sum((y[:, 0] - y.mean()) ** 2))
+        # R's weighted R^2: total sum of squares about the weighted mean of y - o
+        w = root**2
+        unweighted = np.divide(y[:, 0], root, out=np.zeros_like(root), where=root > 0)
+        mean = float(np.sum(w * unweighted) / np.sum(w))
+        tss = float(np.sum(w * (unweighted - mean) ** 2))
         sigma = np.sqrt(rss / (n - p)) if n > p else np.nan
         if penalised:
             se = np.full(p, np.nan)
@@ -211,7 +241,8 @@ class LinearRegression(tf.Module):
 
     @property
     def r2(self) -> float:
-        """Coefficient of determination 1 - RSS / TSS."""
+        """Coefficient of determination 1 - RSS / TSS, weighted, of y - o: what X explains (R 4.2's summary.lm
+        counts an offset as explained variance too)."""
         return float(self._result("r2"))
 
     def summary(self) -> pd.DataFrame:
