@@ -6,6 +6,7 @@ import pytest
 from conftest import LME4_CASES, load_reference, as_array, load_data
 
 from tfmixed.kernels.options import KernelOptions
+import tfmixed as tm
 from tfmixed import build_design
 from tfmixed.kernels.covariance import covariance_factor, theta_to_factors, factors_to_theta
 from tfmixed.lmm import problem_from_design
@@ -35,9 +36,9 @@ def dense_reference(design, factors, reml):
 
 #: the three coupling strategies, forced through the kernel's options
 STRATEGY_OPTIONS = {
-    "dense": KernelOptions(),
-    "pattern": KernelOptions(dense_coupling_entries=0),
-    "sparse": KernelOptions(dense_coupling_entries=0, pattern_pairs=0),
+    "dense": KernelOptions(coupling="dense"),
+    "pattern": KernelOptions(coupling="pattern"),
+    "sparse": KernelOptions(coupling="sparse"),
 }
 
 
@@ -161,7 +162,6 @@ def test_vector_terms_outside_the_first_block(formula, small_path):
 
 
 def test_em_and_profiled_agree_on_vector_terms_outside_the_first_block():
-    import tfmixed as tm
 
     data = synthetic_design(2)
     formula = "y ~ x + (1 | g) + (1 + x | h)"
@@ -169,3 +169,20 @@ def test_em_and_profiled_agree_on_vector_terms_outside_the_first_block():
     em = tm.lmer(formula, data, method="em", acceleration="squarem", verbose=False)
     assert em.deviance == pytest.approx(profiled.deviance, rel=1e-8)
     np.testing.assert_allclose(em.varcorr["vcov"], profiled.varcorr["vcov"], rtol=1e-4, atol=1e-6)
+
+
+def test_the_cheapest_coupling_is_chosen_by_structure():
+    """Small C: dense. A large sparse C whose levels pair few rows: the pattern. Many rows per level of a
+    crossed design with few levels: dense BLAS beats both sparse strategies."""
+    from tfmixed.kernels.coupling import choose_coupling
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    small = sp.random(20, 30, density=0.2, format="csr", random_state=1)
+    assert choose_coupling(small, 30, 1, KernelOptions()).name == "dense"
+    sparse_rows = sp.csr_matrix((np.ones(40_000), (rng.integers(0, 3000, 40_000), rng.integers(0, 20_000, 40_000))), shape=(3000, 20_000))
+    assert choose_coupling(sparse_rows, 20_000, 1, KernelOptions()).name == "pattern"
+    crowded = sp.csr_matrix(rng.random((800, 600)) < 0.6, dtype=float)
+    assert choose_coupling(crowded, 600, 1, KernelOptions()).name == "dense"
+    with pytest.raises(tm.DataError):
+        KernelOptions(coupling="cholmod")

@@ -164,6 +164,11 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options):
     (~0.3 G/s); sparse products, the same pairs at scipy's ~0.03 G/s. Forced by ``options``: C with at most
     ``dense_coupling_entries`` entries is always dense; more than ``pattern_pairs`` pairs never use the pattern.
     """
+    strategies = {"dense": DenseCoupling, "sparse": SparseCoupling}
+    if options.coupling == "pattern":
+        return PatternCoupling.build(C, n_levels, k)
+    if options.coupling is not None:
+        return strategies[options.coupling](C, n_levels, k)
     rows, columns = C.shape
     dense_bytes = 8 * rows * columns
     pairs = PatternCoupling.pair_count(sp.csc_matrix(C), k)
@@ -176,8 +181,6 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options):
         costs["pattern"] = pairs / 0.3e9
     costs["sparse"] = pairs / 0.03e9
     choice = min(costs, key=costs.get)
-    if choice == "dense":
-        return DenseCoupling(C, n_levels, k)
     if choice == "pattern":
         return PatternCoupling.build(C, n_levels, k)
-    return SparseCoupling(C, n_levels, k)
+    return strategies[choice](C, n_levels, k)

@@ -22,11 +22,20 @@ class KernelOptions:
     and its products are BLAS calls. ``pattern_pairs``: up to this many pairs of C's nonzeros sharing a level,
     the product C W C' is precomputed as a sparse pattern. ``memory_bytes``: the dense Schur block (held
     about 3 times while factoring and inverting) must fit in it, else the model is refused up front.
+    ``coupling`` forces a strategy (for tests and experiments); by default the cheapest is chosen.
     """
 
     dense_coupling_entries: int = 250_000
     pattern_pairs: int = 40_000_000
     memory_bytes: int | None = None
+    #: force a coupling strategy ("dense", "pattern" or "sparse") instead of choosing the cheapest
+    coupling: str | None = None
+
+    def __post_init__(self):
+        if self.coupling not in (None, "dense", "pattern", "sparse"):
+            from ..errors import DataError
+
+            raise DataError(f"coupling must be None, 'dense', 'pattern' or 'sparse', got {self.coupling!r}")
 
     @property
     def memory_limit(self) -> int:
