@@ -23,7 +23,11 @@ CASES = [
     "sleepstudy_weights_reml", "sleepstudy_weights_ml", "sleepstudy_offset_formula", "sleepstudy_offset_arg",
     "Penicillin_offset_arg", "Gcsemv_factor_slope", "Sitka_illscaled", "Spruce_illscaled_ml",
     "egsingle_nested_slope", "egsingle_slopes_both_ml", "star_crossed_slope",
+    # R's formula syntax: I() with ^, poly(), "- 1" after a random term, interaction naming, factor()
+    "sleepstudy_I_Days2", "sleepstudy_poly2", "sleepstudy_poly2_ml", "sleepstudy_minus1", "bdf_3way_naming",
+    "Milk_factor_numeric",
 ]
+SYNTAX_CASES = CASES[-6:]
 
 
 def reference_and_data(name):
@@ -129,3 +133,19 @@ def test_weights_change_the_likelihood_as_lme4_does():
     assert "Weights" in fit.summary()
     with pytest.raises(tm.DataError, match="non-negative"):
         tm.lmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), weights=-np.ones(180), verbose=False)
+
+
+@pytest.mark.parametrize("name", SYNTAX_CASES)
+def test_r_formula_syntax_gives_lme4s_names_matrix_and_predictions(name):
+    ref, _, fit = fitted(name)
+    assert fit.design.fixed_names == list(named(ref["fixef"]).index)
+    np.testing.assert_allclose(fit.design.X[: len(ref["model_matrix_head"])], ref["model_matrix_head"], rtol=1e-10, atol=1e-12)
+    _, data = reference_and_data(name)
+    np.testing.assert_allclose(fit.predict(data.iloc[:25]), fit.fitted[:25], rtol=1e-10)
+
+
+def test_i_with_a_power_is_not_xor():
+    """formulaic reads ^ as XOR; in R's I() it is a power (Days^2, not Days XOR 2)."""
+    _, _, fit = fitted("sleepstudy_I_Days2")
+    days = fit.design.X[:, 1]
+    np.testing.assert_array_equal(fit.design.X[:, 2], days**2)

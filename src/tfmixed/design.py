@@ -25,19 +25,36 @@ from formulaic.errors import FormulaicError
 
 from .cross_products import CrossProducts
 from .errors import DataError, FormulaError, RankDeficientError, ShapeError, TfmixedWarning
-from .formula import ParsedFormula, parse_formula
+from .formula import ParsedFormula, parse_formula, translate_r_syntax
 from .levels import combine_levels, encode_levels
 from .terms import RandomEffectsTerm
 
 _TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
+_POLY = re.compile(r"^(poly\(.*\))\[(\d+)\]$")
 MISSING_POLICIES = ("raise", "drop")
 
 
-def _lme4_name(column: str) -> str:
-    """lme4's coefficient names: "(Intercept)", and treatment contrasts f[T.b] as fb (also inside a:b)."""
+def _lme4_name(column: str, renames: dict[str, str] | None = None) -> str:
+    """lme4's coefficient names: "(Intercept)", treatment contrasts f[T.b] as fb (also inside a:b), poly(x, 2)1,
+    and R's spelling of translated terms (``renames``: formulaic's name -> R's)."""
     if column == "Intercept":
         return "(Intercept)"
-    return ":".join(_TREATMENT.sub(r"\1\2", part).strip("`") for part in column.split(":"))
+    for formulaic_name, r_name in (renames or {}).items():
+        column = column.replace(formulaic_name, r_name)
+    parts = [_POLY.sub(r"\1\2", _TREATMENT.sub(r"\1\2", part)).strip("`") for part in _split_interaction(column)]
+    return ":".join(parts)
+
+
+def _split_interaction(column: str) -> list[str]:
+    """Split a column name at the ':' of interactions, not at those inside brackets or parentheses."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(column):
+        depth += char in "([" 
+        depth -= char in ")]"
+        if char == ":" and depth == 0:
+            parts.append(column[start:index])
+            start = index + 1
+    return parts + [column[start:]]
 
 
 @dataclass
@@ -188,9 +205,14 @@ def check_rank(X: np.ndarray, names: list[str]) -> None:
 
 
 def evaluate(formula: str, data: pd.DataFrame):
-    """formulaic's model matrices of ``formula`` on ``data``, with its errors as :class:`FormulaError`."""
+    """formulaic's model matrices of ``formula`` (R syntax translated) on ``data``, errors as :class:`FormulaError`.
+
+    Returns the matrices and the map from formulaic's column names to R's.
+    """
+    response, _, rhs = formula.rpartition("~")
+    translated, renames = translate_r_syntax(rhs, response)
     try:
-        return model_matrix(quote_columns(formula, data.columns), data, na_action="ignore")
+        return model_matrix(quote_columns(f"{response}~{translated}", data.columns), data, na_action="ignore"), renames
     except FormulaicError as error:
         unknown = re.search(r"`([^`]+)` is not present", str(error))
         if unknown:
@@ -234,7 +256,7 @@ def offset_values(parsed: ParsedFormula, frame: pd.DataFrame) -> np.ndarray | No
     """The sum of the formula's ``offset(expr)`` terms on ``frame``, or None."""
     total = None
     for expr in parsed.offsets:
-        values = np.asarray(evaluate(f"~ 0 + I({expr})", frame), dtype=np.float64).ravel()
+        values = np.asarray(evaluate(f"~ 0 + I({expr})", frame)[0], dtype=np.float64).ravel()
         if not np.all(np.isfinite(values)):
             raise DataError(f"offset({expr}) has non-finite values")
         total = values if total is None else total + values
@@ -254,12 +276,13 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
             )
         key = spec.expr.replace(" ", "")
         if key not in evaluated:
-            evaluated[key] = evaluate(spec.expr, frame)
-        expr_matrix = evaluated[key]
+            matrix, renames = evaluate(f"~ {spec.expr}", frame)
+            evaluated[key] = (getattr(matrix, "rhs", matrix), renames)
+        expr_matrix, renames = evaluated[key]
         values = np.asarray(expr_matrix, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] == 0:
             raise FormulaError(f"random term ({spec.expr} | {spec.name}) has no columns")
-        columns = [_lme4_name(c) for c in expr_matrix.columns]
+        columns = [_lme4_name(c, renames) for c in expr_matrix.columns]
         pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
         for piece in pieces:
             terms.append(RandomEffectsTerm(
@@ -294,9 +317,9 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     if len(frame) == 0:
         raise DataError("data has no rows")
 
-    matrices = evaluate(parsed.fixed, frame)
+    matrices, renames = evaluate(parsed.fixed, frame)
     # Random terms often repeat the fixed right-hand side ((1 + Days | Subject) beside 1 + Days): reuse it.
-    evaluated = {parsed.fixed_rhs.replace(" ", ""): matrices.rhs}
+    evaluated = {parsed.fixed_rhs.replace(" ", ""): (matrices.rhs, renames)}
     lhs = matrices.lhs
     if lhs.shape[1] != 1:
         raise DataError(f"response {parsed.response!r} must be one numeric column, got columns {list(lhs.columns)}")
@@ -309,7 +332,7 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     X = np.asarray(matrices.rhs, dtype=np.float64)
     if not np.all(np.isfinite(X)):
         raise DataError("the fixed-effects model matrix has non-finite values (check for inf in the covariates)")
-    fixed_names = [_lme4_name(c) for c in matrices.rhs.columns]
+    fixed_names = [_lme4_name(c, renames) for c in matrices.rhs.columns]
     check_rank(X, fixed_names)
 
     prior = row_vector(weights, frame, "weights")

@@ -82,6 +82,33 @@ def _top_level_split(text: str, separator: str) -> list[str]:
     return parts
 
 
+def _signed_terms(text: str) -> list[tuple[str, str]]:
+    """Top-level terms of a sum with their signs: "a + (x | g) - 1" -> [("+", "a"), ("+", "(x | g)"), ("-", "1")]."""
+    terms, depth, start, sign = [], 0, 0, "+"
+    for index, char in enumerate(text):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth < 0:
+                raise FormulaError(f"unbalanced ')' in formula part {text!r}")
+        elif depth == 0 and char in "+-" and not _is_exponent_sign(text, index):
+            terms.append((sign, text[start:index]))
+            sign, start = char, index + 1
+    if depth != 0:
+        raise FormulaError(f"unbalanced '(' in formula part {text!r}")
+    terms.append((sign, text[start:]))
+    # a leading sign leaves an empty first term ("-1 + x"), which is no term
+    if not terms[0][1].strip() and len(terms) > 1:
+        terms = terms[1:]
+    return terms
+
+
+def _is_exponent_sign(text: str, index: int) -> bool:
+    """The sign of a number's exponent (1e-5) is not a formula operator."""
+    return index >= 2 and text[index - 1] in "eE" and text[index - 2].isdigit()
+
+
 def _matching_paren(text: str, open_index: int) -> int:
     depth = 0
     for index in range(open_index, len(text)):
@@ -162,23 +189,87 @@ def parse_formula(formula: str) -> ParsedFormula:
     random: list[RandomTermSpec] = []
     fixed_parts: list[str] = []
     offsets: list[str] = []
-    for part in _top_level_split(rhs, "+"):
+    for sign, part in _signed_terms(rhs):
         stripped = part.strip()
         if not stripped:
-            raise FormulaError(f"formula {formula!r} has an empty term (a '+' with nothing beside it)")
-        if stripped.startswith("(") and _matching_paren(stripped, 0) == len(stripped) - 1:
-            inner = stripped[1:-1]
-            if len(_top_level_split(inner, "|")) > 1:
-                random.extend(_random_terms(inner, formula))
-                continue
+            raise FormulaError(f"formula {formula!r} has an empty term (a '+' or '-' with nothing beside it)")
+        inner = _strip_outer_parens(stripped)
+        if stripped.startswith("(") and len(_top_level_split(inner, "|")) > 1:
+            if sign == "-":
+                raise FormulaError(f"formula {formula!r} subtracts a random term {stripped!r}; only '+' adds them")
+            random.extend(_random_terms(inner, formula))
+            continue
         if stripped.startswith("offset(") and _matching_paren(stripped, 6) == len(stripped) - 1:
             inner = stripped[7:-1].strip()
-            if not inner:
-                raise FormulaError(f"offset() in {formula!r} needs an expression, e.g. offset(log(exposure))")
+            if not inner or sign == "-":
+                raise FormulaError(f"offset() in {formula!r} needs an expression added with '+', e.g. offset(log(exposure))")
             offsets.append(inner)
             continue
         if "|" in stripped:
             raise FormulaError(f"random term {stripped!r} in {formula!r} must be enclosed in parentheses: (expr | group)")
-        fixed_parts.append(stripped)
-    fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
+        fixed_parts.append(stripped if sign == "+" else f"- {stripped}")
+    fixed_rhs = " + ".join(fixed_parts).replace("+ - ", "- ") if fixed_parts else "1"
+    if fixed_rhs.startswith("- "):
+        fixed_rhs = "1 " + fixed_rhs  # R: "y ~ -1 + x" is "y ~ 1 - 1 + x"
     return ParsedFormula(response=response, fixed_rhs=fixed_rhs, random=tuple(random), offsets=tuple(offsets))
+
+
+_IDENTIFIER = r"(?:`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*)"
+
+
+def _deparse_r(expression: str) -> str:
+    """R's printed form of an arithmetic expression: spaces around + - * / and comparisons, none around ^."""
+    text = re.sub(r"\s+", "", expression)
+    # the sign of a number's exponent (1e-5) is no operator: hide it while spacing the operators
+    text = re.sub(r"(\d[eE])([+-])(?=\d)", lambda m: m.group(1) + ("\x01" if m.group(2) == "+" else "\x02"), text)
+    text = re.sub(r"(?<=[\w.)\]])([+\-*/]|==|!=|<=|>=|<|>)(?=[\w.(`])", r" \1 ", text)
+    return text.replace("\x01", "+").replace("\x02", "-")
+
+
+def _interactions_in_appearance_order(rhs: str, order: dict[str, int]) -> str:
+    """R names an interaction's variables in order of their first appearance in the formula (a:b, not b:a)."""
+    pattern = re.compile(rf"(?<![\w.`(]){_IDENTIFIER}(?::{_IDENTIFIER})+(?![\w.`(])")
+
+    def reorder(match: re.Match) -> str:
+        names = match.group(0).split(":")
+        return ":".join(sorted(names, key=lambda name: order.get(name.strip("`"), len(order))))
+
+    return pattern.sub(reorder, rhs)
+
+
+def translate_r_syntax(rhs: str, response: str = "") -> tuple[str, dict[str, str]]:
+    """R's formula functions as formulaic evaluates them, and formulaic's column names -> lme4's.
+
+    ``I(x^2)`` is a power in R (formulaic reads ``^`` as XOR), ``factor(x)`` is formulaic's ``C(x)``;
+    interactions list their variables in order of first appearance. The returned map renames formulaic's
+    names of those terms to R's (``I(Days ** 2)`` -> ``I(Days^2)``, ``C(Time)`` -> ``factor(Time)``).
+
+    >>> translate_r_syntax("Days + I(Days^2) + factor(Time)")
+    ('Days + I(Days ** 2) + C(Time)', {'I(Days ** 2)': 'I(Days^2)', 'C(Time)': 'factor(Time)'})
+    """
+    renames: dict[str, str] = {}
+    out, index = [], 0
+    for match in re.finditer(r"(?<![\w.])(I|factor)\(", rhs):
+        if match.start() < index:
+            continue
+        close = _matching_paren(rhs, match.end() - 1)
+        inner = rhs[match.end() : close]
+        if match.group(1) == "I":
+            python = f"I({_deparse_python(inner)})"
+            renames[python] = f"I({_deparse_r(inner)})"
+        else:
+            python = f"C({inner.strip()})"
+            renames[python] = f"factor({inner.strip()})"
+        out.append(rhs[index : match.start()] + python)
+        index = close + 1
+    text = "".join(out) + rhs[index:]
+    names = re.findall(_IDENTIFIER, f"{response} {rhs}")
+    order: dict[str, int] = {}
+    for name in names:
+        order.setdefault(name.strip("`"), len(order))
+    return _interactions_in_appearance_order(text, order), renames
+
+
+def _deparse_python(expression: str) -> str:
+    """An R arithmetic expression as Python: ^ is **, in formulaic's spacing."""
+    return _deparse_r(expression.replace("**", "^")).replace("^", " ** ")
