@@ -1,9 +1,16 @@
-"""The dense block of the blocked Cholesky: the Schur complement of the remaining columns.
+"""The dense strategy for the remaining columns: their Schur complement factored by LAPACK.
 
 After the block-diagonal first term is eliminated, the columns [Lambda_rest' Zr | X | y~] form
-S = Lambda' (E - C W C') Lambda + I_rest, factored S = L L' by LAPACK. Its parts: log-determinants of
-the random-effects and fixed-effects diagonal, the penalised RSS (the last pivot squared), triangular solves
-and the inverse of a leading block (``dpotri``) for the selected-inverse sums.
+S = Lambda' (E - C W C') Lambda + I_rest, factored S = L L'. The interface every rest strategy offers
+(see also :mod:`tfmixed.kernels.bordered_block`):
+
+* ``logdet_rest()``, ``logdet_fixed()``: 2 sum log L_ii over the random-effects and fixed-effects pivots;
+* ``last_pivot()``: sqrt of the penalised RSS; ``fixed_block()``: the p x p factor R_X';
+* ``back_substitute()``: x with L[:-1, :-1]' x = L[-1, :-1] (the solution of the mixed model equations);
+* ``solve_rest(rhs)``: L_rr^{-1} rhs on the random-effects rows;
+* ``inverse_sums(problem, factors, include_fixed)``: the first term's per-level C_j' Lambda S_P^{-1} Lambda C_j
+  and each remaining term's summed diagonal blocks of S_P^{-1} (P: the random-effects columns, plus X for REML);
+* ``rest_inverse_blocks(terms)``: diagonal blocks of S_rr^{-1} per remaining term (conditional variances).
 """
 
 from __future__ import annotations
@@ -14,26 +21,44 @@ import scipy.linalg as la
 from ..errors import TfmixedError
 
 
+def cholesky_or_raise(S: np.ndarray) -> np.ndarray:
+    try:
+        return la.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
+    except la.LinAlgError:
+        raise TfmixedError(
+            "the penalised least-squares system is not positive definite; "
+            "the fixed-effects model matrix may be rank deficient given the random effects"
+        ) from None
+
+
 class DenseFactor:
-    """S = L L' for a dense symmetric positive definite S (overwritten)."""
+    """S = L L' for the dense Schur complement S over [rest | X | y~] (S is overwritten)."""
 
-    def __init__(self, S: np.ndarray):
-        try:
-            self.L = la.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
-        except la.LinAlgError:
-            raise TfmixedError(
-                "the penalised least-squares system is not positive definite; "
-                "the fixed-effects model matrix may be rank deficient given the random effects"
-            ) from None
+    name = "dense"
 
-    def logdet(self, start: int, stop: int) -> float:
-        """log of the determinant of the [start, stop) diagonal block's contribution, 2 sum log L_ii."""
-        return float(2.0 * np.sum(np.log(np.diag(self.L)[start:stop])))
+    def __init__(self, S: np.ndarray, q_rest: int, p: int):
+        self.L, self.q_rest, self.p = cholesky_or_raise(S), q_rest, p
 
-    def solve_lower(self, rhs: np.ndarray, size: int, transpose: bool = False) -> np.ndarray:
-        """L[:size, :size]^{-1} rhs (or its transpose's inverse)."""
-        return la.solve_triangular(self.L[:size, :size], rhs, lower=True, trans="T" if transpose else "N",
-                                   check_finite=False)
+    def logdet_rest(self) -> float:
+        return float(2.0 * np.sum(np.log(np.diag(self.L)[: self.q_rest])))
+
+    def logdet_fixed(self) -> float:
+        return float(2.0 * np.sum(np.log(np.diag(self.L)[self.q_rest : self.q_rest + self.p])))
+
+    def last_pivot(self) -> float:
+        return float(self.L[-1, -1])
+
+    def fixed_block(self) -> np.ndarray:
+        qr, p = self.q_rest, self.p
+        return self.L[qr : qr + p, qr : qr + p]
+
+    def back_substitute(self) -> np.ndarray:
+        size = self.L.shape[0] - 1
+        return la.solve_triangular(self.L[:size, :size], self.L[-1, :size], lower=True, trans="T", check_finite=False)
+
+    def solve_rest(self, rhs: np.ndarray) -> np.ndarray:
+        qr = self.q_rest
+        return la.solve_triangular(self.L[:qr, :qr], rhs, lower=True, check_finite=False)
 
     def leading_inverse(self, size: int, full: bool = True) -> np.ndarray:
         """(L L')[:size, :size]^{-1} padded with zeros to S's shape; only the lower triangle when not ``full``."""
@@ -47,3 +72,25 @@ class DenseFactor:
             if full:
                 block += np.tril(lower, -1).T
         return inverse
+
+    def inverse_sums(self, problem, factors, include_fixed: bool):
+        size = self.q_rest + (self.p if include_fixed else 0)
+        lower_only = getattr(problem.coupling, "reads_lower_triangle_only", False) and problem.scalar_rest
+        S_inv = self.leading_inverse(size, full=not lower_only)
+        H = problem.coupling.block_sums(problem.scale_both(S_inv, factors, transpose=False))
+        sums, offset = [], 0
+        for term in problem.rest:
+            # with lower_only every remaining term is scalar: its block sums read only the diagonal
+            block = S_inv[offset : offset + term.q, offset : offset + term.q]
+            sums.append(np.einsum("iaib->ab", block.reshape(term.n_levels, term.n_cols, term.n_levels, term.n_cols)))
+            offset += term.q
+        return H, sums
+
+    def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
+        rest_inv = self.solve_rest(np.eye(self.q_rest))
+        blocks, offset = [], 0
+        for term in terms:
+            columns = rest_inv[:, offset : offset + term.q].reshape(self.q_rest, term.n_levels, term.n_cols)
+            blocks.append(np.einsum("rla,rlb->lab", columns, columns))
+            offset += term.q
+        return blocks

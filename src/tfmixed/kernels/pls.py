@@ -77,7 +77,7 @@ class PLSProblem:
         C.sort_indices()
         self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
         self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
-        self._scalar_rest = all(term.n_cols == 1 for term in self.rest)
+        self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
 
     def _check_memory(self) -> None:
         size = self.q_rest + self.p + 1
@@ -129,7 +129,7 @@ class PLSProblem:
             return M
         d = self.rest_diagonal(factors)
         out = M * d[:, None] * d[None, :]
-        if self._scalar_rest:
+        if self.scalar_rest:
             return out
         spec = "ba,lbc->lac" if transpose else "ab,lbc->lac"
         offset = 0
@@ -151,7 +151,7 @@ class PLSProblem:
         first = self.first_block.factor(factors[0])
         S = self.scale_both(self.E - self.coupling.downdate(first.downdate_weights), factors)
         S[np.arange(self.q_rest), np.arange(self.q_rest)] += 1.0
-        return PLSFactor(self, factors, first, DenseFactor(S))
+        return PLSFactor(self, factors, first, DenseFactor(S, self.q_rest, self.p))
 
 
 @dataclass
@@ -166,18 +166,17 @@ class PLSFactor:
     @property
     def logdet_L(self) -> float:
         """log |Lambda'Z'WZ Lambda + I| (= log|L_theta|^2)."""
-        return self.first.logdet + self.rest.logdet(0, self.problem.q_rest)
+        return self.first.logdet + self.rest.logdet_rest()
 
     @property
     def logdet_RX(self) -> float:
         """log |R_X|^2, the REML correction."""
-        qr = self.problem.q_rest
-        return self.rest.logdet(qr, qr + self.problem.p)
+        return self.rest.logdet_fixed()
 
     @property
     def pwrss(self) -> float:
         """Penalised weighted residual sum of squares r^2(theta) = ||y - X beta - Z b||_W^2 + ||u||^2."""
-        return float(self.rest.L[-1, -1] ** 2)
+        return self.rest.last_pivot() ** 2
 
     def dof(self, reml: bool) -> int:
         return self.problem.n - self.problem.p if reml else self.problem.n
@@ -201,9 +200,8 @@ class PLSFactor:
 
     def vcov_beta_unscaled(self) -> np.ndarray:
         """(R_X' R_X)^{-1}; multiply by sigma^2 for the covariance of the fixed-effects estimates."""
-        qr, p = self.problem.q_rest, self.problem.p
-        LX = self.rest.L[qr : qr + p, qr : qr + p]
-        LX_inv = np.linalg.solve(LX, np.eye(p)) if p else np.zeros((0, 0))
+        p = self.problem.p
+        LX_inv = np.linalg.solve(self.rest.fixed_block(), np.eye(p)) if p else np.zeros((0, 0))
         return LX_inv.T @ LX_inv
 
     def _L21_transpose_times(self, z: np.ndarray) -> np.ndarray:
@@ -217,9 +215,8 @@ class PLSFactor:
     def _solution(self) -> tuple[np.ndarray, np.ndarray]:
         problem = self.problem
         qr = problem.q_rest
-        L = self.rest.L
-        x2 = self.rest.solve_lower(L[-1, :-1], L.shape[0] - 1, transpose=True)
-        z = np.zeros(L.shape[0])
+        x2 = self.rest.back_substitute()
+        z = np.zeros(x2.size + 1)
         z[-1] = 1.0
         z[:-1] = -x2
         x1 = self.first.solve_upper(self._L21_transpose_times(z)).reshape(-1)
@@ -252,19 +249,10 @@ class PLSFactor:
         determinant (``include_fixed=True``); uses Omega^{-1}_11 = A11^{-1} + V'V with V = L22^{-1} L21 L11^{-1}.
         """
         problem = self.problem
-        size = problem.q_rest + (problem.p if include_fixed else 0)
-        lower_only = getattr(problem.coupling, "reads_lower_triangle_only", False) and problem._scalar_rest
-        S_inv = self.rest.leading_inverse(size, full=not lower_only)
-        H = problem.coupling.block_sums(problem.scale_both(S_inv, self.factors, transpose=False))
+        H, rest_sums = self.rest.inverse_sums(problem, self.factors, include_fixed)
         A_inv = self.first.A_inv
         V = self.factors[0][None, :, :] @ A_inv
-        sums, offset = [np.sum(A_inv + V.transpose(0, 2, 1) @ H @ V, axis=0)], 0
-        for term in problem.rest:
-            # with lower_only every remaining term is scalar: its block sums read only the diagonal
-            block = S_inv[offset : offset + term.q, offset : offset + term.q]
-            sums.append(np.einsum("iaib->ab", block.reshape(term.n_levels, term.n_cols, term.n_levels, term.n_cols)))
-            offset += term.q
-        return sums
+        return [np.sum(A_inv + V.transpose(0, 2, 1) @ H @ V, axis=0), *rest_sums]
 
     def _singular_terms(self, singular_tol: float) -> list[bool]:
         scale = max(1.0, max(float(np.max(np.abs(T))) for T in self.factors))
@@ -325,13 +313,7 @@ class PLSFactor:
             stop = min(l1, start + per_chunk)
             piece = coupled[:, start * k1 : stop * k1]
             piece = problem.scale_rows(piece.toarray() if sp.issparse(piece) else piece, self.factors, transpose=True)
-            V = self.rest.solve_lower(piece, qr).reshape(qr, stop - start, k1)
+            V = self.rest.solve_rest(piece).reshape(qr, stop - start, k1)
             first[start:stop] += np.einsum("rla,rlb->lab", V, V)
-        rest_inv = self.rest.solve_lower(np.eye(qr), qr)
-        offset = 0
-        for term in problem.rest:
-            columns = rest_inv[:, offset : offset + term.q].reshape(qr, term.n_levels, term.n_cols)
-            blocks.append(np.einsum("rla,rlb->lab", columns, columns))
-            offset += term.q
-        return blocks
+        return blocks + self.rest.rest_inverse_blocks(problem.rest)
 
