@@ -186,3 +186,59 @@ def test_the_cheapest_coupling_is_chosen_by_structure():
     assert choose_coupling(crowded, 600, 1, KernelOptions()).name == "dense"
     with pytest.raises(tm.DataError):
         KernelOptions(coupling="cholmod")
+
+
+def nested_design(seed=3):
+    """Students within classes within schools; schools have 1..7 classes, so the remaining columns (class,
+    school) split into components of different sizes."""
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(40), 30)
+    klass = school * 10 + rng.integers(0, 1 + school % 7, school.size)
+    student = klass * 100 + rng.integers(0, 4, school.size)
+    x = rng.normal(size=school.size)
+    y = x + rng.normal(size=40)[school] + rng.normal(size=400)[klass - school * 10 + school * 10 % 400] + rng.normal(size=school.size)
+    return pd.DataFrame({"y": y, "x": x, "school": school, "klass": klass, "student": student})
+
+
+@pytest.mark.parametrize("formula, component_sizes", [
+    ("y ~ x + (1 | student) + (1 | klass) + (1 + x | school)", 7),  # school (2 columns) + its 1..7 classes
+    ("y ~ x + (1 + x | klass) + (1 | school)", 1),
+])
+def test_bordered_strategy_matches_dense_algebra(formula, component_sizes):
+    design = build_design(formula, nested_design())
+    problem = problem_from_design(design, KernelOptions(rest="bordered"))
+    assert problem.rest_strategy == "bordered"
+    assert len({size for size, _ in problem.bordered.layout.groups}) == component_sizes
+    dense = problem_from_design(design, KernelOptions(rest="dense"))
+    assert dense.rest_strategy == "dense"
+    rng = np.random.default_rng(1)
+    theta = np.concatenate([factors_to_theta([np.tril(rng.uniform(0.2, 1.0, (k, k)))]) for k in problem.dims])
+    factors = theta_to_factors(theta, problem.dims)
+    factor = problem.factorize(factors)
+    for reml in (True, False):
+        dev, beta, b, A_inv = dense_reference(design, factors, reml)
+        assert factor.deviance(reml) == pytest.approx(dev, rel=1e-10)
+        np.testing.assert_allclose(factor.gradient(reml), dense.factorize(factors).gradient(reml), rtol=1e-8, atol=1e-8)
+        for blocks, reference in zip(factor.inverse_block_sums(reml), dense.factorize(factors).inverse_block_sums(reml)):
+            np.testing.assert_allclose(blocks, reference, rtol=1e-9, atol=1e-12)
+    beta_k, u_k = factor.solve()
+    np.testing.assert_allclose(beta_k, beta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(factor.u_to_b(u_k), b, rtol=1e-7, atol=1e-9)
+    for term, s, block in zip(design.terms, design.term_slices, factor.inverse_diagonal_blocks()):
+        k = term.n_cols
+        expected = np.stack([A_inv[s, s][i * k : (i + 1) * k, i * k : (i + 1) * k] for i in range(term.n_levels)])
+        np.testing.assert_allclose(block, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_nested_design_chooses_the_bordered_strategy_and_fits_like_dense():
+    """No block without fill-in is factored dense: classes within schools leave the school block diagonal."""
+    rng = np.random.default_rng(5)
+    klass = rng.integers(0, 3000, 30_000)
+    data = pd.DataFrame({"klass": klass, "school": klass // 10, "x": rng.normal(size=30_000)})
+    data["y"] = data.x + rng.normal(size=3000)[klass] * 0.5 + rng.normal(size=300)[klass // 10] + rng.normal(size=30_000)
+    fit = tm.lmer("y ~ x + (1 | klass) + (1 | school)", data, verbose=False)
+    assert fit.problem.rest_strategy == "bordered" and fit.problem.bordered.layout.largest == 1
+    dense = tm.lmer("y ~ x + (1 | klass) + (1 | school)", data, verbose=False, kernel_options=KernelOptions(rest="dense"))
+    assert fit.deviance == pytest.approx(dense.deviance, rel=1e-10)
+    np.testing.assert_allclose(fit.varcorr["vcov"], dense.varcorr["vcov"], rtol=1e-6)
+    np.testing.assert_allclose(fit.satterthwaite_df, dense.satterthwaite_df, rtol=1e-6)

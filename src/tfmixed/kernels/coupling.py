@@ -10,7 +10,8 @@ them, chosen by the problem's structure (``choose_coupling``) with the limits of
 * ``SparseCoupling``: scipy sparse products (when the pattern would not fit in memory).
 
 Interface: ``downdate(W)`` = C W C' (dense, symmetric) for block-diagonal W, ``block_sums(M)`` =
-C_j' M C_j per level, ``transpose_times(z)`` = C' z per level, ``times_block_diagonal(B)`` = C blockdiag(B).
+C_j' M C_j per level (``sparse_block_sums`` for a sparse M), ``transpose_times(z)`` = C' z per level,
+``times_block_diagonal(B)`` = C blockdiag(B).
 """
 
 from __future__ import annotations
@@ -25,14 +26,29 @@ def block_diagonal_matrix(blocks: np.ndarray) -> sp.bsr_matrix:
     return sp.bsr_matrix((blocks, np.arange(count), np.arange(count + 1)), shape=(count * k, count * k))
 
 
+def sparse_block_sums(C: sp.csr_matrix, M: sp.spmatrix, n_levels: int, k: int) -> np.ndarray:
+    """C_j' M C_j per level j for a sparse symmetric M (the block-diagonal part of a structured inverse)."""
+    MC = sp.csc_matrix(M @ C)
+    Cc = sp.csc_matrix(C)
+    sums = np.zeros((n_levels, k, k))
+    for a in range(k):
+        for b in range(k):
+            sums[:, a, b] = np.asarray(Cc[:, a::k].multiply(MC[:, b::k]).sum(axis=0)).ravel()
+    return sums
+
+
 class DenseCoupling:
     """C as a dense (rows, L, k) array."""
 
     name = "dense"
 
     def __init__(self, C: sp.csr_matrix, n_levels: int, k: int):
+        self.C, self.n_levels, self.k = C, n_levels, k
         self.C3 = C.toarray().reshape(C.shape[0], n_levels, k)
         self.shape = C.shape
+
+    def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
+        return sparse_block_sums(self.C, M, self.n_levels, self.k)
 
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         if weights.shape[1] == 1:
@@ -74,6 +90,9 @@ class SparseCoupling:
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
         return (self.C.T @ z).reshape(self.n_levels, -1)
+
+    def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
+        return sparse_block_sums(self.C, M, self.n_levels, self.k)
 
     def times_block_diagonal(self, blocks: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))

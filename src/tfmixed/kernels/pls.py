@@ -32,7 +32,8 @@ import scipy.sparse as sp
 from ..cross_products import CrossProducts
 from ..errors import MemoryLimitError, TfmixedError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
-from .coupling import choose_coupling
+from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
+from .coupling import PatternCoupling, choose_coupling
 from .covariance import lower_indices
 from .dense_block import DenseFactor
 from .options import KernelOptions
@@ -71,13 +72,36 @@ class PLSProblem:
         self.dims = [term.n_cols for term in self.terms]
         self.n, self.p = cp.n, cp.p
         self.q_rest = cp.q_rest
-        self._check_memory()
         self.first_block = BlockDiagonalBlock(cp.first_blocks)
         C = sp.vstack([cp.rest_first, sp.csr_matrix(cp.xy_first)], format="csr")
         C.sort_indices()
-        self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
-        self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
         self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
+        self.bordered = self._bordered_structure(cp)
+        if self.bordered is None:
+            self._check_memory()
+            self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
+        self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
+
+    @property
+    def rest_strategy(self) -> str:
+        """"bordered" (components of the remaining columns factored apart) or "dense"."""
+        return "dense" if self.bordered is None else "bordered"
+
+    def _bordered_structure(self, cp: CrossProducts) -> BorderedStructure | None:
+        """The bordered strategy where the remaining columns split into small components (no fill-in)."""
+        options = self.options
+        if options.rest == "dense" or not self.rest:
+            return None
+        if options.rest is None:
+            if self.q_rest < options.bordered_min_columns:
+                return None
+            pairs = PatternCoupling.pair_count(sp.csc_matrix(cp.rest_first), self.first.n_cols)
+            if pairs > options.pattern_pairs:
+                return None
+        layout = ComponentLayout(component_pattern(cp.rest_rest, cp.rest_first))
+        if options.rest is None and layout.largest > options.bordered_max_block:
+            return None
+        return BorderedStructure(cp, layout, self.rest, self.first.n_cols)
 
     def _check_memory(self) -> None:
         size = self.q_rest + self.p + 1
@@ -111,7 +135,7 @@ class PLSProblem:
 
     def rest_diagonal(self, factors: list[np.ndarray]) -> np.ndarray:
         """The diagonal of blockdiag(Lambda_rest, I) for the scalar terms (1 on vector-valued terms' rows)."""
-        scale = np.ones(self.E.shape[0])
+        scale = np.ones(self.q_rest + self.p + 1)
         offset = 0
         for term, T in zip(self.rest, factors[1:]):
             if term.n_cols == 1:
@@ -149,6 +173,8 @@ class PLSProblem:
         """
         factors = [np.asarray(T, dtype=np.float64) for T in factors]
         first = self.first_block.factor(factors[0])
+        if self.bordered is not None:
+            return PLSFactor(self, factors, first, BorderedFactor(self.bordered, self, factors, first.downdate_weights))
         S = self.scale_both(self.E - self.coupling.downdate(first.downdate_weights), factors)
         S[np.arange(self.q_rest), np.arange(self.q_rest)] += 1.0
         return PLSFactor(self, factors, first, DenseFactor(S, self.q_rest, self.p))
@@ -232,7 +258,7 @@ class PLSFactor:
         problem = self.problem
         q1 = problem.first.q
         first = (u[:q1].reshape(problem.first.n_levels, -1) @ self.factors[0].T).ravel()
-        rest = np.zeros(problem.E.shape[0])
+        rest = np.zeros(problem.q_rest + problem.p + 1)
         rest[: problem.q_rest] = u[q1:]
         rest = problem.scale_rows(rest[:, None], self.factors, transpose=False)[: problem.q_rest, 0]
         return np.concatenate([first, rest])
@@ -308,7 +334,7 @@ class PLSFactor:
             return blocks
         per_level = self.factors[0][None, :, :] @ self.first.A_inv
         coupled = problem.coupling.times_block_diagonal(per_level)[:qr]
-        per_chunk = max(1, chunk_columns // k1)
+        per_chunk = max(1, min(chunk_columns, 20_000_000 // max(qr, 1)) // k1)
         for start in range(0, l1, per_chunk):
             stop = min(l1, start + per_chunk)
             piece = coupled[:, start * k1 : stop * k1]

@@ -1,0 +1,259 @@
+"""The bordered block-diagonal strategy for the remaining columns, when they do not fill in.
+
+After the first term is eliminated, the random-effects columns of the remaining terms couple only where rows
+share levels. In nested designs (classes within schools, children within schools) their block
+S_rr = Lambda'(Zr'W Zr - Zr'W Z1 A^{-1} Z1'W Zr)Lambda + I splits into many small connected components
+(1 x 1 for 10,000 schools whose classes are the first term). Factoring it densely wastes O(q^3) time and
+O(q^2) memory on zeros; here each component is factored on its own (batched Cholesky per component size) and
+the X, y~ columns form a dense border:
+
+    S = [S_rr  S_rb]   L = [L_rr       0  ]   L_br = S_br L_rr^{-T},  L_bb L_bb' = S_bb - L_br L_br'
+        [S_br  S_bb]       [L_br   L_bb  ]
+
+The block values come from a precomputed pattern (pairs of Zr'W Z1's nonzeros that share a first-term level,
+mapped straight to positions inside the component blocks), so nothing of size q_rest^2 is ever formed. The
+inverse the gradient needs is block-diagonal plus a rank-p border term, applied through the coupling's sparse
+products. Same interface as :class:`~tfmixed.kernels.dense_block.DenseFactor`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as la
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from ..errors import TfmixedError
+from .dense_block import cholesky_or_raise
+
+
+class ComponentLayout:
+    """The remaining columns grouped into the connected components of their sparsity graph, by size.
+
+    Every component's s x s block is stored at a flat offset: group g (components of size s) holds an
+    (n_g, s, s) array; ``position(rows, cols)`` maps same-component entries to flat indices.
+    """
+
+    def __init__(self, pattern: sp.spmatrix):
+        self.q = pattern.shape[0]
+        count, self.labels = connected_components(pattern, directed=False)
+        sizes = np.bincount(self.labels, minlength=count)
+        order = np.argsort(self.labels, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.local = np.empty(self.q, dtype=np.int64)
+        self.local[order] = np.arange(self.q) - np.repeat(starts[:-1], sizes)
+        self.group_of = np.empty(count, dtype=np.int64)
+        self.slot_of = np.empty(count, dtype=np.int64)
+        self.groups: list[tuple[int, np.ndarray]] = []
+        self.offsets, flat = [], 0
+        for g, size in enumerate(np.unique(sizes)):
+            components = np.flatnonzero(sizes == size)
+            self.group_of[components], self.slot_of[components] = g, np.arange(components.size)
+            self.groups.append((int(size), order[starts[components][:, None] + np.arange(size)[None, :]]))
+            self.offsets.append(flat)
+            flat += components.size * size * size
+        self.size_of = np.array([size for size, _ in self.groups])
+        self.n_entries = flat
+        self.largest = int(sizes.max()) if count else 0
+
+    def position(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Flat indices of entries (rows[i], cols[i]), which must lie in the same component."""
+        component = self.labels[rows]
+        group = self.group_of[component]
+        size = self.size_of[group]
+        return np.asarray(self.offsets)[group] + (self.slot_of[component] * size + self.local[rows]) * size + self.local[cols]
+
+    def blocks(self, flat: np.ndarray) -> list[np.ndarray]:
+        """The flat values as one (n_g, s, s) array per group (views)."""
+        return [flat[offset : offset + idx.size * size].reshape(idx.shape[0], size, size)
+                for offset, (size, idx) in zip(self.offsets, self.groups)]
+
+    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column of every flat entry."""
+        rows, cols = np.empty(self.n_entries, dtype=np.int64), np.empty(self.n_entries, dtype=np.int64)
+        for offset, (size, idx) in zip(self.offsets, self.groups):
+            span = slice(offset, offset + idx.size * size)
+            rows[span] = np.repeat(idx, size, axis=1).ravel()
+            cols[span] = np.tile(idx, (1, size)).ravel()
+        return rows, cols
+
+
+def component_pattern(rest_rest: sp.spmatrix, rest_first: sp.spmatrix) -> sp.csr_matrix:
+    """Where S_rr can be nonzero: Zr'W Zr and the fill-in Zr'W Z1 (.) Z1'W Zr of eliminating the first term."""
+    structure = abs(sp.csr_matrix(rest_first))
+    structure.data[:] = 1.0
+    fill = structure @ structure.T
+    own = abs(sp.csr_matrix(rest_rest))
+    return sp.csr_matrix(fill + own + sp.identity(rest_rest.shape[0]))
+
+
+class BorderedStructure:
+    """What the bordered factorisation precomputes from the cross-products: layout, block pattern, border."""
+
+    def __init__(self, cross_products, layout: ComponentLayout, rest_terms, k1: int):
+        cp = cross_products
+        self.layout, self.k1 = layout, k1
+        self.rest_terms = rest_terms
+        rows, cols = layout.coordinates()
+        self.entry_rows, self.entry_cols = rows, cols
+        coo = sp.coo_matrix(cp.rest_rest)
+        self.E_flat = np.zeros(layout.n_entries)
+        np.add.at(self.E_flat, layout.position(coo.row, coo.col), coo.data)
+        self.diagonal = layout.position(np.arange(layout.q), np.arange(layout.q))
+        self.Q = self._downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1)
+        self.C_rest = sp.csr_matrix(cp.rest_first)
+        self.C_border = cp.xy_first
+        self.E_border, self.E_corner = cp.xy_rest, cp.xy_xy
+        self.lambda_positions = self._lambda_positions()
+
+    def _downdate_pattern(self, C: sp.csc_matrix, n_levels: int, k: int) -> sp.csr_matrix:
+        """Q with Q @ W.ravel() = the values of C W C' at the block positions (all ordered pairs)."""
+        C.sort_indices()
+        level_ptr = C.indptr[::k]
+        per_level = np.diff(level_ptr).astype(np.int64)
+        entry_level = np.repeat(np.arange(n_levels), per_level)
+        first = np.repeat(np.arange(C.nnz), per_level[entry_level])
+        offsets = np.arange(first.size) - np.repeat(np.cumsum(per_level[entry_level]) - per_level[entry_level],
+                                                    per_level[entry_level])
+        second = level_ptr[:-1][entry_level[first]] + offsets
+        column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
+        weight = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
+        positions = self.layout.position(C.indices[first].astype(np.int64), C.indices[second].astype(np.int64))
+        return sp.csr_matrix((C.data[first] * C.data[second], (positions, weight)),
+                             shape=(self.layout.n_entries, n_levels * k * k))
+
+    def _lambda_positions(self) -> list[list[tuple[int, int, np.ndarray]]]:
+        """Per remaining term, (a, b, flat positions over levels) of Lambda's entries T[a, b]."""
+        out, offset = [], 0
+        for term in self.rest_terms:
+            base = offset + np.arange(term.n_levels) * term.n_cols
+            out.append([(a, b, self.layout.position(base + a, base + b))
+                        for a in range(term.n_cols) for b in range(term.n_cols)])
+            offset += term.q
+        return out
+
+    def lambda_flat(self, factors: list[np.ndarray]) -> np.ndarray:
+        flat = np.zeros(self.layout.n_entries)
+        for positions, T in zip(self.lambda_positions, factors[1:]):
+            for a, b, where in positions:
+                flat[where] = T[a, b]
+        return flat
+
+
+class BorderedFactor:
+    """L L' = S for the bordered block-diagonal S (see the module docstring)."""
+
+    name = "bordered"
+
+    def __init__(self, structure: BorderedStructure, problem, factors, weights: np.ndarray):
+        self.structure, self.problem = structure, problem
+        self.q_rest, self.p = problem.q_rest, problem.p
+        layout = structure.layout
+        values = structure.E_flat - structure.Q @ weights.reshape(-1)
+        self.lambda_blocks = layout.blocks(structure.lambda_flat(factors))
+        self.L, self.L_inv = [], []
+        for B, Lam in zip(layout.blocks(values), self.lambda_blocks):
+            A = Lam.transpose(0, 2, 1) @ B @ Lam + np.eye(B.shape[1])[None]
+            try:
+                L = np.linalg.cholesky(A)
+            except np.linalg.LinAlgError:
+                raise TfmixedError("the penalised least-squares system is not positive definite") from None
+            self.L.append(L)
+            self.L_inv.append(np.linalg.inv(L))
+        k1 = structure.k1
+        border = structure.C_border
+        CbW = np.einsum("cla,lab->clb", border.reshape(border.shape[0], -1, k1), weights).reshape(border.shape)
+        S_border = structure.E_border - (structure.C_rest @ CbW.T).T
+        S_border = problem.scale_rows(np.ascontiguousarray(S_border.T), factors, transpose=True).T
+        self.L_border = self.solve_rest(S_border.T, transpose_result=True)
+        corner = structure.E_corner - CbW @ border.T - self.L_border @ self.L_border.T
+        self.L_corner = cholesky_or_raise(corner)
+
+    def _per_group(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [rows[idx] for _, idx in self.structure.layout.groups]
+
+    def _scatter(self, pieces: list[np.ndarray], width: int) -> np.ndarray:
+        out = np.empty((self.q_rest, width))
+        for (_, idx), piece in zip(self.structure.layout.groups, pieces):
+            out[idx.ravel()] = piece.reshape(-1, width)
+        return out
+
+    def solve_rest(self, rhs: np.ndarray, transpose_result: bool = False) -> np.ndarray:
+        """L_rr^{-1} rhs for a (q_rest, m) rhs, component by component."""
+        rhs = rhs.reshape(self.q_rest, -1)
+        pieces = [np.einsum("nij,njm->nim", L_inv, part) for L_inv, part in zip(self.L_inv, self._per_group(rhs))]
+        out = self._scatter(pieces, rhs.shape[1])
+        return out.T if transpose_result else out
+
+    def _solve_rest_transposed(self, rhs: np.ndarray) -> np.ndarray:
+        """L_rr^{-T} rhs for a (q_rest, m) rhs."""
+        pieces = [np.einsum("nji,njm->nim", L_inv, part) for L_inv, part in zip(self.L_inv, self._per_group(rhs))]
+        return self._scatter(pieces, rhs.shape[1])
+
+    def logdet_rest(self) -> float:
+        return float(sum(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))) for L in self.L))
+
+    def logdet_fixed(self) -> float:
+        return float(2.0 * np.sum(np.log(np.diag(self.L_corner)[: self.p])))
+
+    def last_pivot(self) -> float:
+        return float(self.L_corner[-1, -1])
+
+    def fixed_block(self) -> np.ndarray:
+        return self.L_corner[: self.p, : self.p]
+
+    def back_substitute(self) -> np.ndarray:
+        p = self.p
+        fixed = la.solve_triangular(self.L_corner[:p, :p], self.L_corner[-1, :p], lower=True, trans="T",
+                                    check_finite=False)
+        rhs = self.L_border[-1] - self.L_border[:p].T @ fixed
+        return np.concatenate([self._solve_rest_transposed(rhs[:, None])[:, 0], fixed])
+
+    def _inverse_flat(self) -> np.ndarray:
+        """S_rr^{-1} at the block positions."""
+        return np.concatenate([(L_inv.transpose(0, 2, 1) @ L_inv).reshape(-1) for L_inv in self.L_inv])
+
+    def _border_term(self, include_fixed: bool) -> np.ndarray | None:
+        """U with S_P^{-1} = blockdiag(S_rr^{-1}, 0) + U U' (REML: P includes X), rows [rest | X]."""
+        if not include_fixed or self.p == 0:
+            return None
+        p = self.p
+        G = self._solve_rest_transposed(self.L_border[:p].T)  # S_rr^{-1} S_rb for the X columns
+        V = np.vstack([G, -np.eye(p)])
+        return la.solve_triangular(self.L_corner[:p, :p], V.T, lower=True, check_finite=False).T
+
+    def inverse_sums(self, problem, factors, include_fixed: bool):
+        structure = self.structure
+        inverse = self._inverse_flat()
+        scaled = np.concatenate([(Lam @ block @ Lam.transpose(0, 2, 1)).reshape(-1) for Lam, block in
+                                 zip(self.lambda_blocks, structure.layout.blocks(inverse))])
+        size = problem.coupling.C.shape[0]
+        D = sp.csr_matrix((scaled, (structure.entry_rows, structure.entry_cols)), shape=(size, size))
+        H = problem.coupling.sparse_block_sums(D)
+        U = self._border_term(include_fixed)
+        if U is not None:
+            rows = np.zeros((size, U.shape[1]))
+            rows[: self.q_rest] = problem.scale_rows(U[: self.q_rest], factors, transpose=False)
+            rows[self.q_rest : self.q_rest + self.p] = U[self.q_rest :]
+            projected = np.stack([problem.coupling.transpose_times(rows[:, c]) for c in range(U.shape[1])], axis=-1)
+            H = H + np.einsum("lac,lbc->lab", projected, projected)
+        sums = [block.sum(axis=0) for block in self._term_blocks(inverse)]
+        if U is not None:
+            offset = 0
+            for index, term in enumerate(problem.rest):
+                part = U[offset : offset + term.q].reshape(term.n_levels, term.n_cols, -1)
+                sums[index] = sums[index] + np.einsum("lac,lbc->ab", part, part)
+                offset += term.q
+        return H, sums
+
+    def _term_blocks(self, inverse: np.ndarray) -> list[np.ndarray]:
+        blocks = []
+        for term, positions in zip(self.problem.rest, self.structure.lambda_positions):
+            block = np.empty((term.n_levels, term.n_cols, term.n_cols))
+            for a, b, where in positions:
+                block[:, a, b] = inverse[where]
+            blocks.append(block)
+        return blocks
+
+    def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
+        return self._term_blocks(self._inverse_flat())
