@@ -78,9 +78,15 @@ def test_grouping_factor_with_a_level_per_observation():
 
 
 def test_rank_deficient_fixed_effects():
+    """lme4 drops the later aliased column with a message; rank_deficient="raise" refuses instead."""
+    from tfmixed import RankDeficiencyWarning
+
     data = datasets.load("sleepstudy").assign(Days2=lambda d: 2 * d.Days)
-    with pytest.raises(RankDeficientError, match="Days2|Days"):
-        build_design("Reaction ~ Days + Days2 + (1 | Subject)", data)
+    with pytest.raises(RankDeficientError, match="Days2"):
+        build_design("Reaction ~ Days + Days2 + (1 | Subject)", data, rank_deficient="raise")
+    with pytest.warns(RankDeficiencyWarning, match="dropping 1 column"):
+        design = build_design("Reaction ~ Days + Days2 + (1 | Subject)", data)
+    assert design.fixed_names == ["(Intercept)", "Days"] and design.dropped_fixed == ["Days2"]
 
 
 def test_data_must_be_a_frame():

@@ -24,7 +24,7 @@ from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
 from .cross_products import CrossProducts
-from .errors import DataError, FormulaError, RankDeficientError, ShapeError, TfmixedWarning
+from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, ShapeError, TfmixedWarning
 from .formula import ParsedFormula, parse_formula, translate_r_syntax
 from .levels import combine_levels, encode_levels
 from .terms import RandomEffectsTerm
@@ -32,6 +32,7 @@ from .terms import RandomEffectsTerm
 _TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
 _POLY = re.compile(r"^(poly\(.*\))\[(\d+)\]$")
 MISSING_POLICIES = ("raise", "drop")
+RANK_POLICIES = ("drop", "raise")
 
 
 def _lme4_name(column: str, renames: dict[str, str] | None = None) -> str:
@@ -76,6 +77,10 @@ class Design:
     offset: np.ndarray | None = None
     fixed_spec: Any = field(repr=False, default=None)
     row_index: pd.Index | None = field(repr=False, default=None)
+    #: positions of the kept columns among formulaic's (aliased columns dropped), None when all are kept
+    kept_columns: np.ndarray | None = field(repr=False, default=None)
+    #: lme4 names of the fixed-effect columns dropped as linear combinations of the others
+    dropped_fixed: list[str] = field(default_factory=list)
 
     @property
     def nobs(self) -> int:
@@ -116,12 +121,17 @@ class Design:
 
 
 def frames_by_factor(terms: list[RandomEffectsTerm], per_term: list[np.ndarray]) -> dict[str, pd.DataFrame]:
-    """lme4's ``ranef`` layout: one DataFrame per grouping factor (levels x columns of all its terms)."""
+    """lme4's ``ranef`` layout: one DataFrame per grouping factor (levels x columns of all its terms); a term
+    that repeats a column of the same factor, as in ``(1 | g) + (1 | g)``, gets its own frame ``g.1``."""
     frames: dict[str, pd.DataFrame] = {}
     for term, values in zip(terms, per_term):
         frame = pd.DataFrame(values, index=term.levels, columns=list(term.columns))
+        key, copy = term.name, 0
+        while key in frames and frames[key].columns.intersection(frame.columns).size:
+            copy += 1
+            key = f"{term.name}.{copy}"
         frame.index.name = term.name
-        frames[term.name] = frames[term.name].join(frame) if term.name in frames else frame
+        frames[key] = frames[key].join(frame) if key in frames else frame
     return frames
 
 
@@ -179,29 +189,55 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extr
         keep = ~data[used].isna().any(axis=1)
         warnings.warn(f"dropped {int((~keep).sum())} row(s) with missing values in {detail}", TfmixedWarning, stacklevel=4)
         data = data.loc[keep]
+    # categories that no (remaining) row uses would give all-zero columns: R's model frames drop them too
+    categorical = [name for name in used if isinstance(data[name].dtype, pd.CategoricalDtype)]
+    if categorical:
+        data = data.assign(**{name: data[name].cat.remove_unused_categories() for name in categorical})
     return data
 
 
-def check_rank(X: np.ndarray, names: list[str]) -> None:
-    """Raise :class:`RankDeficientError` naming the columns of X that are linear combinations of others."""
-    if X.shape[1] == 0:
-        return
-    if X.shape[0] < X.shape[1]:
-        raise RankDeficientError(f"X has {X.shape[1]} columns but only {X.shape[0]} rows")
-    from scipy.linalg import qr
+def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns that are linear combinations of earlier ones, in order (R's dqrdc2 rule: later columns go).
 
-    # scale-free: unit-norm columns, so a covariate measured in 1e12 units is not mistaken for a collinear one
+    Scale-free: columns are normalised first, so a covariate in units of 1e12 is not mistaken for a collinear
+    one. Each column is projected on the span of the columns kept before it.
+    """
     norms = np.linalg.norm(X, axis=0)
-    _, r, perm = qr(X / np.where(norms > 0, norms, 1.0), mode="economic", pivoting=True)
-    diag = np.abs(np.diag(r))
-    tol = diag[0] * max(X.shape) * np.finfo(float).eps if diag.size else 0.0
-    rank = int(np.sum(diag > tol))
-    if rank < X.shape[1]:
-        dropped = [names[i] for i in perm[rank:]]
+    unit = X / np.where(norms > 0, norms, 1.0)
+    kept, dropped = np.zeros((X.shape[0], 0)), []
+    for j in range(X.shape[1]):
+        column = unit[:, j]
+        residual = column - kept @ (kept.T @ column) if kept.shape[1] else column
+        residual -= kept @ (kept.T @ residual) if kept.shape[1] else 0.0  # re-orthogonalise once
+        size = np.linalg.norm(residual)
+        if norms[j] == 0 or size < tol:
+            dropped.append(j)
+        else:
+            kept = np.column_stack([kept, residual / size])
+    return dropped
+
+
+def check_rank(X: np.ndarray, names: list[str], policy: str = "raise") -> list[int]:
+    """The columns of X to drop as aliased (``policy="drop"``, with a :class:`RankDeficiencyWarning` as lme4's
+    message) or a :class:`RankDeficientError` naming them (``"raise"``)."""
+    if policy not in RANK_POLICIES:
+        raise DataError(f"rank_deficient must be one of {RANK_POLICIES}, got {policy!r}")
+    if X.shape[1] == 0:
+        return []
+    if X.shape[0] < X.shape[1] and policy == "raise":
+        raise RankDeficientError(f"X has {X.shape[1]} columns but only {X.shape[0]} rows")
+    dropped = aliased_columns(X)
+    if not dropped:
+        return []
+    labels = [names[i] for i in dropped]
+    if policy == "raise":
         raise RankDeficientError(
-            f"the fixed-effects model matrix is rank deficient (rank {rank} < {X.shape[1]} columns); "
-            f"column(s) {dropped} are linear combinations of the others; remove them from the formula"
+            f"the fixed-effects model matrix is rank deficient (rank {X.shape[1] - len(dropped)} < {X.shape[1]} "
+            f"columns); column(s) {labels} are linear combinations of the others; remove them from the formula"
         )
+    warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s) / "
+                  f"coefficient(s): {labels}", RankDeficiencyWarning, stacklevel=4)
+    return dropped
 
 
 def evaluate(formula: str, data: pd.DataFrame):
@@ -240,6 +276,18 @@ def row_vector(value, frame: pd.DataFrame, what: str) -> np.ndarray | None:
     if not np.all(np.isfinite(array)):
         raise DataError(f"{what} has non-finite values")
     return array
+
+
+#: beyond this magnitude sums of squares over many rows overflow float64 (1.8e308)
+LARGEST_VALUE = 1e150
+
+
+def _check_magnitude(y: np.ndarray, X: np.ndarray, response: str) -> None:
+    for values, what in ((y, f"response {response!r}"), (X, "the fixed-effects model matrix")):
+        largest = float(np.max(np.abs(values))) if values.size else 0.0
+        if largest > LARGEST_VALUE:
+            raise DataError(f"{what} has values too large to square and sum in float64 (|value| up to {largest:.3g}); "
+                            "rescale it (the fit does not depend on the units)")
 
 
 def _as_column(value, frame: pd.DataFrame, what: str):
@@ -285,6 +333,12 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
         columns = [_lme4_name(c, renames) for c in expr_matrix.columns]
         pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
         for piece in pieces:
+            if len(levels) * len(piece) >= len(frame):
+                raise DataError(
+                    f"number of observations ({len(frame)}) <= number of random effects ({len(levels) * len(piece)}) "
+                    f"for term ({spec.expr} | {spec.name}); the random-effects parameters and the residual variance "
+                    "are probably unidentifiable (lme4's check.nobs.vs.nRE)"
+                )
             terms.append(RandomEffectsTerm(
                 codes, values[:, piece], levels, name=spec.name, columns=tuple(columns[i] for i in piece),
                 spec=spec, expr_spec=(expr_matrix.model_spec, piece),
@@ -294,20 +348,26 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
 
 
 def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise", weights=None,
-                 offset=None) -> Design:
+                 offset=None, rank_deficient: str = "drop") -> Design:
     """Build X, y, the random-effects terms, prior weights and offset for an lme4 ``formula`` on ``data``.
 
     ``weights`` and ``offset`` are column names or arrays (lme4's ``weights =`` and ``offset =``); offsets
     in the formula (``offset(log(exposure))``) add to ``offset``. Validates what a user can get wrong: unknown
     columns, missing values, a non-numeric response, grouping factors with a single level or as many levels
-    as observations, negative weights, rank-deficient X.
+    as observations, negative weights. Columns of X that are linear combinations of earlier ones are dropped
+    with a :class:`RankDeficiencyWarning` (lme4's default; ``rank_deficient="raise"`` raises instead).
 
     >>> from tfmixed import datasets
     >>> d = build_design("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets.load("Penicillin"))
     >>> [(t.name, t.n_levels) for t in d.terms]
     [('plate', 24), ('sample', 6)]
     """
-    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    if isinstance(formula, ParsedFormula):
+        parsed = formula
+    elif isinstance(formula, str):
+        parsed = parse_formula(formula)
+    else:
+        raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}")
     frame = as_frame(data)
     # arrays travel as hidden columns so that rows dropped for missing values drop their weights too
     weights, frame = _as_column(weights, frame, "weights")
@@ -332,8 +392,15 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     X = np.asarray(matrices.rhs, dtype=np.float64)
     if not np.all(np.isfinite(X)):
         raise DataError("the fixed-effects model matrix has non-finite values (check for inf in the covariates)")
+    _check_magnitude(y, X, parsed.response)
     fixed_names = [_lme4_name(c, renames) for c in matrices.rhs.columns]
-    check_rank(X, fixed_names)
+    dropped = check_rank(X, fixed_names, rank_deficient)
+    kept = np.array([j for j in range(X.shape[1]) if j not in set(dropped)], dtype=np.int64) if dropped else None
+    if kept is not None:
+        X, dropped_names = X[:, kept], [fixed_names[j] for j in dropped]
+        fixed_names = [fixed_names[j] for j in kept]
+    else:
+        dropped_names = []
 
     prior = row_vector(weights, frame, "weights")
     if prior is not None and (np.any(prior < 0) or not np.any(prior > 0)):
@@ -354,4 +421,6 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
         offset=total_offset,
         fixed_spec=matrices.rhs.model_spec,
         row_index=frame.index,
+        kept_columns=kept,
+        dropped_fixed=dropped_names,
     )

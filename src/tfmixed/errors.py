@@ -52,6 +52,10 @@ class SingularFitWarning(TfmixedWarning):
     """The estimated random-effects covariance is singular (a variance is 0 or a correlation is +-1)."""
 
 
+class RankDeficiencyWarning(TfmixedWarning):
+    """The fixed-effects model matrix was rank deficient; the aliased columns were dropped (lme4's default)."""
+
+
 class CovarianceCollapseWarning(TfmixedWarning):
     """MacKay's full-covariance loop drove a random-effects covariance to singularity (correlation -> +-1)."""
 

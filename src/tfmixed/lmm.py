@@ -82,6 +82,7 @@ def lmer(
     tol: float | None = None,
     max_iter: int | None = None,
     missing: str = "raise",
+    rank_deficient: str = "drop",
     verbose: bool = True,
     kernel_options: KernelOptions | None = None,
 ) -> LmerFit:
@@ -97,7 +98,9 @@ def lmer(
     ``covariance`` "diagonal" or "full"), started from ``G0`` (one matrix per term) and ``sigma2_0`` (default
     var(y) I and var(y)), stopping at relative change ``tol`` (1e-10), with ``acceleration="squarem"``.
     An option that does not apply to the chosen method raises :class:`DataError`. ``missing`` is 'raise' or
-    'drop'; ``verbose`` prints progress of long fits.
+    'drop'; ``rank_deficient="drop"`` (lme4's default) drops fixed-effect columns that are linear combinations
+    of earlier ones with a :class:`RankDeficiencyWarning` (``fit.design.dropped_fixed`` names them), "raise"
+    raises; ``verbose`` prints progress of long fits.
 
     >>> from tfmixed import datasets
     >>> fit = lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"), verbose=False)
@@ -108,7 +111,7 @@ def lmer(
                                    "tol": tol, "covariance": covariance})
     if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
         raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
-    design = build_design(formula, data, missing=missing, weights=weights, offset=offset)
+    design = build_design(formula, data, missing=missing, weights=weights, offset=offset, rank_deficient=rank_deficient)
     problem = problem_from_design(design, kernel_options)
     objective = LmmObjective(problem, reml=REML)
     with blas_threads_for(problem):

@@ -72,7 +72,7 @@ class _Search:
 
     def record(self, theta, value):
         if not self.history and not np.isfinite(value):
-            raise TfmixedError("the deviance is not finite at the starting theta")
+            raise TfmixedError(f"the deviance is not finite at the starting theta: {start_diagnosis(self.objective, theta)}")
         self.history.append((theta.copy(), value))
         if value < self.best_value:
             self.best_theta, self.best_value = theta.copy(), value
@@ -105,6 +105,26 @@ class _Search:
         result = minimize(fun, start / scale, method="COBYQA", bounds=bounds,
                           options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10})
         return np.asarray(result.x) * scale, f"COBYQA: {result.message}"
+
+
+def start_diagnosis(objective: LmmObjective, theta: np.ndarray) -> str:
+    """Why the criterion cannot be evaluated at theta, in the user's terms."""
+    cp = objective.problem.cross_products
+    scale = float(np.max(np.abs(cp.xy_xy))) if cp.xy_xy.size else 0.0
+    if not np.isfinite(scale):
+        return "the cross-products overflow: the response or a covariate has values too large (near 1e150 or more); rescale them"
+    exact_fit = ("the fixed effects reproduce the response exactly (residual sum of squares 0): the response is "
+                 "constant, or the response (or a copy of it) is among the covariates")
+    fitted = float(cp.shift @ cp.xy_xy[:-1, :-1] @ cp.shift) if cp.p else 0.0
+    if cp.xy_xy[-1, -1] <= 1e-20 * max(fitted, np.finfo(float).tiny):
+        return exact_fit
+    try:
+        factor = objective.factor(theta)
+    except TfmixedError as error:
+        return str(error)
+    if factor.pwrss == 0:
+        return exact_fit
+    return f"penalised residual sum of squares {factor.pwrss!r}, log-determinant {factor.logdet_L!r}"
 
 
 def _boundary_probe(objective, theta, value):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import numpy as np
+import pandas as pd
 from formulaic.errors import FormulaicError
 
 from ..design import as_frame, grouping_codes, offset_values
@@ -46,16 +49,27 @@ class Prediction:
             rows = self._level_rows(frame, term, allow_new_levels)
             spec, piece = term.expr_spec
             values = np.asarray(spec.get_model_matrix(frame), dtype=np.float64)[:, piece]
+            if not np.all(np.isfinite(values)):
+                raise DataError(f"newdata gives non-finite covariates (NaN or inf) for the random term of {term.name!r}")
             effects = self._b[s].reshape(term.n_levels, term.n_cols)
             known = rows < term.n_levels
             prediction[known] += np.sum(values[known] * effects[rows[known]], axis=1)
         return prediction
 
     def _fixed_prediction(self, frame) -> np.ndarray:
+        spec = self.design.fixed_spec
+        self._check_new_categories(frame, spec)
         try:
-            X = np.asarray(self.design.fixed_spec.get_model_matrix(frame, na_action="raise"), dtype=np.float64)
+            X = np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=np.float64)
         except (FormulaicError, ValueError, KeyError) as error:
+            if "null" in str(error).lower() or "nan" in str(error).lower():
+                raise DataError(f"newdata has missing values in a column the fixed effects use: {error}") from None
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {error}") from None
+        if self.design.kept_columns is not None:
+            X = X[:, self.design.kept_columns]
+        if not np.all(np.isfinite(X)):
+            rows = np.flatnonzero(~np.all(np.isfinite(X), axis=1))[:5].tolist()
+            raise DataError(f"newdata gives non-finite fixed-effect covariates (NaN or inf) in row(s) {rows}")
         prediction = X @ self._beta
         if self.design.offset is not None:
             formula_offset = offset_values(self.design.parsed, frame)
@@ -64,6 +78,25 @@ class Prediction:
                                 "formula as offset(column) to predict on new data")
             prediction += formula_offset
         return prediction
+
+    @staticmethod
+    def _check_new_categories(frame, spec) -> None:
+        """A fixed-effect factor level not seen in training has no coefficient: refuse it (formulaic would code
+        it as the reference level, silently)."""
+        for expression, (kind, state) in spec.encoder_state.items():
+            if getattr(kind, "value", kind) != "categorical":
+                continue
+            match = re.fullmatch(r"(?:C\()?`?([^`(),]+)`?\)?", expression)
+            column = match.group(1) if match else None
+            if column not in frame.columns:
+                continue
+            known = pd.Index(state["categories"])
+            values = frame[column]
+            codes = known.get_indexer(values.astype(known.dtype) if known.dtype != object else values)
+            unseen = values[(codes < 0) & values.notna().to_numpy()]
+            if len(unseen):
+                raise DataError(f"newdata has level(s) {list(pd.unique(unseen))[:5]} of the fixed-effect factor "
+                                f"{column!r} that training did not have (levels {list(known)[:10]})")
 
     def _level_rows(self, frame, term, allow_new_levels: bool) -> np.ndarray:
         """Each row's level index in the training levels (n_levels for an unseen level)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .estimates import unique_names
+
 
 class Printing:
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
@@ -56,13 +58,14 @@ class Printing:
 
     def _random_effects_table(self) -> str:
         rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
-        for term, G in zip(self.design.terms, self.covariance_matrices()):
+        names = unique_names([term.name for term in self.design.terms])
+        for name, term, G in zip(names, self.design.terms, self.covariance_matrices()):
             sd = np.sqrt(np.diag(G))
             for i, column in enumerate(term.columns):
                 corr = [
                     f"{G[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else "NaN" for j in range(i)
                 ]
-                rows.append((term.name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr)))
+                rows.append((name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr)))
         rows.append(("Residual", "", f"{self.sigma**2:.4g}", f"{self.sigma:.4g}", ""))
         widths = [max(len(row[c]) for row in rows) for c in range(5)]
         return "\n".join(

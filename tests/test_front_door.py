@@ -1,0 +1,107 @@
+"""Regression tests for front-door defects (issue 9): each ends in a tfmixed error, a documented warning or the
+right number."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tfmixed as tm
+
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return tm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def sleep_fit(sleep):
+    return tm.lmer(SLEEP, sleep, verbose=False)
+
+
+def test_rank_deficient_fit_drops_the_aliased_column_and_predicts(sleep):
+    data = sleep.assign(D2=sleep.Days * 2)
+    with pytest.warns(tm.RankDeficiencyWarning, match="D2"):
+        fit = tm.lmer("Reaction ~ Days + D2 + (1 | Subject)", data, verbose=False)
+    reference = tm.lmer("Reaction ~ Days + (1 | Subject)", sleep, verbose=False)
+    np.testing.assert_allclose(fit.fixef, reference.fixef, rtol=1e-10)
+    np.testing.assert_allclose(fit.predict(data.iloc[:5]), reference.fitted[:5], rtol=1e-10)
+
+
+def test_an_unused_category_does_not_make_the_model_rank_deficient(sleep):
+    data = sleep.assign(f=pd.Categorical(np.where(sleep.Days > 4, "a", "b"), categories=["a", "b", "c"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tm.RankDeficiencyWarning)
+        fit = tm.lmer("Reaction ~ f + (1 | Subject)", data, verbose=False)
+    assert fit.fixef.index.tolist() == ["(Intercept)", "fb"]
+
+
+def test_as_many_random_effects_as_observations_raises_as_lme4(sleep):
+    with pytest.raises(tm.DataError, match="number of observations"):
+        tm.lmer(SLEEP, sleep[sleep.Days < 2], verbose=False)
+
+
+@pytest.mark.parametrize("formula", [None, 5, ["y ~ x"]])
+def test_a_formula_that_is_not_a_string_raises(sleep, formula):
+    with pytest.raises(tm.FormulaError, match="string"):
+        tm.lmer(formula, sleep, verbose=False)
+
+
+@pytest.mark.parametrize("days", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_covariates(sleep_fit, days):
+    with pytest.raises(tm.DataError):
+        sleep_fit.predict(pd.DataFrame({"Days": [days], "Subject": ["308"]}))
+
+
+def test_predict_refuses_an_unseen_level_of_a_fixed_factor(sleep):
+    fit = tm.lmer("Reaction ~ g + (1 | Subject)", sleep.assign(g=np.where(sleep.Days > 4, "hi", "lo")), verbose=False)
+    with pytest.raises(tm.DataError, match="'zz'"):
+        fit.predict(pd.DataFrame({"g": ["zz"], "Subject": ["308"]}))
+    assert fit.predict(pd.DataFrame({"g": ["lo"], "Subject": ["308"]}))[0] == pytest.approx(fit.fitted[0])
+
+
+def test_grouping_levels_match_by_value_across_dtypes():
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"g": np.repeat(np.arange(1, 11), 6), "x": rng.normal(size=60)})
+    data["y"] = data.x + rng.normal(size=10)[data.g - 1] + rng.normal(size=60)
+    fit = tm.lmer("y ~ x + (1 | g)", data, verbose=False)
+    as_int = fit.predict(pd.DataFrame({"g": [3], "x": [0.5]}))
+    as_float = fit.predict(pd.DataFrame({"g": [3.0], "x": [0.5]}), allow_new_levels=True)
+    assert as_int[0] == pytest.approx(as_float[0], rel=1e-14)
+    assert as_int[0] != pytest.approx(fit.predict(pd.DataFrame({"g": [3], "x": [0.5]}), re_form="fixed")[0])
+
+
+@pytest.mark.parametrize("response", [1.0, 0.0])
+def test_a_constant_response_says_why_it_cannot_be_fitted(sleep, response):
+    with pytest.raises(tm.TfmixedError, match="constant"):
+        tm.lmer("Reaction ~ Days + (1 | Subject)", sleep.assign(Reaction=response), verbose=False)
+
+
+def test_huge_values_say_why(sleep):
+    with pytest.raises(tm.TfmixedError, match="too large"):
+        tm.lmer("Reaction ~ Days + (1 | Subject)", sleep.assign(Reaction=sleep.Reaction * 1e200), verbose=False)
+
+
+def test_the_response_among_the_covariates_says_why(sleep):
+    with pytest.raises(tm.TfmixedError, match="among the covariates"):
+        tm.lmer("Reaction ~ Days + R2 + (1 | Subject)", sleep.assign(R2=sleep.Reaction), verbose=False)
+
+
+def test_the_same_random_term_twice_is_named_as_lme4(sleep):
+    fit = tm.lmer("Reaction ~ Days + (1 | Subject) + (1 | Subject)", sleep, verbose=False)
+    assert fit.varcorr["grp"].tolist() == ["Subject", "Subject.1", "Residual"]
+    assert set(fit.ranef) == {"Subject", "Subject.1"}
+    assert "Subject.1" in fit.summary()
+
+
+def test_missing_policy_is_validated_without_missing_values(sleep):
+    with pytest.raises(tm.DataError, match="missing"):
+        tm.lmer(SLEEP, sleep, missing="bogus", verbose=False)
+
+
+def test_mackay_refuses_a_model_that_is_neither_formula_nor_module(sleep):
+    with pytest.raises(tm.DataError, match="MixedModule"):
+        tm.mackay(5, sleep)
