@@ -105,3 +105,45 @@ def test_missing_policy_is_validated_without_missing_values(sleep):
 def test_mackay_refuses_a_model_that_is_neither_formula_nor_module(sleep):
     with pytest.raises(tm.DataError, match="MixedModule"):
         tm.mackay(5, sleep)
+
+
+@pytest.mark.parametrize("ids, message", [([-1], "0..2"), ([3], "0..2"), ([1.5], "integer"), (["a"], "integer")])
+def test_random_effects_ids_are_checked_where_they_enter(ids, message):
+    from tfmixed.keras import RandomEffects
+
+    layer = RandomEffects({"c": 3})
+    with pytest.raises(tm.DataError, match=message):
+        layer({"c": np.array(ids)})
+    assert layer({"c": np.array([0.0, 2.0])}).shape == (2, 1)  # integral floats are codes
+
+
+def test_empirical_bayes_refuses_nan_targets_and_out_of_range_ids():
+    import keras
+
+    from tfmixed.keras import EmpiricalBayes, RandomEffects
+
+    codes = keras.Input((), name="c", dtype="int32")
+    model = keras.Model({"c": codes}, RandomEffects({"c": 3})({"c": codes}))
+    model.compile(optimizer="sgd", loss="mse")
+    x = {"c": np.array([0, 1, 2, 1])}
+    with pytest.raises(tm.DataError, match="NaN"):
+        model.fit(x, np.array([1.0, np.nan, 0.0, 1.0]), epochs=1, verbose=0,
+                  callbacks=[EmpiricalBayes(x, np.array([1.0, np.nan, 0.0, 1.0]))])
+    bad = {"c": np.array([0, 1, 5, 1])}
+    with pytest.raises(tm.DataError, match="0..2"):
+        model.fit(x, np.ones(4), epochs=1, verbose=0, callbacks=[EmpiricalBayes(bad, np.ones(4))])
+
+
+def test_tm_keras_is_a_lazy_submodule():
+    assert tm.keras.RandomEffects.__name__ == "RandomEffects"
+
+
+@pytest.mark.parametrize("code", ["import tfmixed.keras", "import tfmixed as tm; tm.MixedModule; tm.LinearRegression"])
+def test_no_tensorflow_log_lines_on_import(code):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

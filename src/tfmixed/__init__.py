@@ -37,6 +37,10 @@ _LAZY = {"LinearRegression": "linear", "MixedModule": "module", "mackay": "empir
 
 
 def __getattr__(name: str):
+    if name == "keras":  # a lazy submodule: tm.keras works without "import tfmixed.keras"
+        from importlib import import_module
+
+        return import_module(".keras", __name__)
     if name in _LAZY:
         from importlib import import_module
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 
-from ._tf import tf
+from ._tf import keras, tf
 from .errors import DataError, ShapeError, TfmixedError, TfmixedWarning
 from .cross_products import CrossProducts
 from .kernels.pls import PLSProblem
@@ -48,6 +47,42 @@ def encode_levels(values, levels=None, *, unseen: str = "error") -> tuple[np.nda
     """
     codes, labels = _encode(values, levels, unseen=unseen)
     return codes.astype(np.int32), labels
+
+
+def check_codes(name: str, values, n_levels: int) -> np.ndarray:
+    """Integer codes 0..n_levels-1 of a factor, or a :class:`DataError` naming what is wrong with them.
+
+    >>> check_codes("customer", np.array([0, 2]), 3).tolist()
+    [0, 2]
+    """
+    array = np.asarray(values).reshape(-1)
+    if array.dtype.kind in "USO":
+        raise DataError(f"ids of factor {name!r} must be integer codes, got strings ({array[:3].tolist()}); "
+                        "encode them with tfmixed.keras.encode_levels")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or np.any(array != np.floor(array)):
+            raise DataError(f"ids of factor {name!r} must be integer codes, got non-integer values")
+    elif array.dtype.kind not in "iub":
+        raise DataError(f"ids of factor {name!r} must be integer codes, got dtype {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() >= n_levels):
+        bad = array[(array < 0) | (array >= n_levels)][:5].tolist()
+        raise DataError(f"ids of factor {name!r} must lie in 0..{n_levels - 1}, got {bad}; a level unseen in "
+                        "training needs a reserved code (encode_levels(..., unseen='new') and one more level)")
+    return array.astype(np.int64)
+
+
+def _graph_codes(name: str, values, n_levels: int):
+    """Codes inside a traced graph: dtype checked at trace time, range and integrality by assertions."""
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and getattr(dtype, "name", str(dtype)) in ("string", "str"):
+        raise DataError(f"ids of factor {name!r} must be integer codes, got a string input; encode them first")
+    values = tf.convert_to_tensor(values)
+    if values.dtype.is_floating:
+        tf.debugging.assert_equal(values, tf.floor(values), message=f"tfmixed RandomEffects: ids of factor {name!r} must be integers")
+    codes = tf.cast(values, tf.int32)
+    tf.debugging.assert_non_negative(codes, message=f"tfmixed RandomEffects: ids of factor {name!r} must be >= 0")
+    tf.debugging.assert_less(codes, n_levels, message=f"tfmixed RandomEffects: ids of factor {name!r} must be < {n_levels}")
+    return codes
 
 
 @keras.saving.register_keras_serializable(package="tfmixed")
@@ -103,8 +138,15 @@ class RandomEffects(keras.layers.Layer):
         if not isinstance(inputs, dict):
             raise ShapeError("RandomEffects must be called on a dict of inputs (factor codes and slope covariates)")
         total = None
-        for name in self.factors:
-            codes = keras.ops.reshape(keras.ops.cast(inputs[name], "int32"), (-1,))
+        for name, levels in self.factors.items():
+            if name not in inputs:
+                raise ShapeError(f"RandomEffects needs the input {name!r}; got {sorted(inputs)}")
+            raw = inputs[name]
+            if isinstance(raw, np.ndarray) or (hasattr(raw, "numpy") and tf.executing_eagerly()):
+                codes = keras.ops.convert_to_tensor(check_codes(name, np.asarray(raw), levels).astype(np.int32))
+            else:
+                codes = _graph_codes(name, raw, levels)
+            codes = keras.ops.reshape(codes, (-1,))
             rows = keras.ops.take(self.tables[name], codes, axis=0)
             design = [keras.ops.ones_like(rows[:, :1])]
             design += [keras.ops.reshape(keras.ops.cast(inputs[s], rows.dtype), (-1, 1)) for s in self.slopes.get(name, [])]
@@ -216,7 +258,10 @@ class EmpiricalBayes(keras.callbacks.Callback):
             x, y = _materialise(x)
         elif y is None:
             raise DataError("EmpiricalBayes needs the training targets y (or a tf.data.Dataset as x)")
-        self.x, self.y = x, np.asarray(y, dtype=np.float64).reshape(-1)
+        try:
+            self.x, self.y = x, np.asarray(y, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataError("EmpiricalBayes needs numeric targets y") from None
         self.rule, self.fixed_layer_option = rule, fixed_layer
         self.update_every, self.warmup_epochs = max(1, int(update_every)), int(warmup_epochs)
         self.batch_size, self.verbose = int(batch_size), verbose
@@ -231,8 +276,14 @@ class EmpiricalBayes(keras.callbacks.Callback):
         self.inputs = _as_input_dict(self.x, model)
         if len(self.y) != len(next(iter(self.inputs.values()))):
             raise ShapeError(f"y has {len(self.y)} values but x has {len(next(iter(self.inputs.values())))} rows")
+        if not np.all(np.isfinite(self.y)):
+            raise DataError(f"y has {int(np.sum(~np.isfinite(self.y)))} NaN or infinite value(s); drop those rows")
         layers = _all_layers(model)
         self.random_layers = [layer for layer in layers if isinstance(layer, RandomEffects)]
+        for layer in self.random_layers:
+            for factor, levels in layer.factors.items():
+                if factor in self.inputs:
+                    check_codes(factor, self.inputs[factor], levels)
         self.decays = [
             layer for layer in layers
             if isinstance(layer, keras.layers.Dense) and isinstance(layer.kernel_regularizer, EmpiricalBayesDecay)
