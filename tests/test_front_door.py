@@ -147,3 +147,39 @@ def test_no_tensorflow_log_lines_on_import(code):
                             env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_linear_regression_with_as_many_coefficients_as_rows_warns():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(3), rng.normal(size=3), rng.normal(size=3)])
+    with pytest.warns(tm.TfmixedWarning, match="no residual degrees of freedom"):
+        model = tm.LinearRegression(3).fit(X, rng.normal(size=3))
+    assert np.isnan(model.sigma)
+
+
+def test_a_covariate_in_units_of_1e12_is_not_called_collinear():
+    rng = np.random.default_rng(1)
+    X = np.column_stack([np.ones(50), rng.normal(size=50) * 1e12, rng.normal(size=50)])
+    y = X[:, 1] * 1e-12 + X[:, 2] + rng.normal(size=50)
+    np.testing.assert_allclose(tm.LinearRegression(3).fit(X, y).coef, np.linalg.lstsq(X, y, rcond=None)[0], rtol=1e-9)
+
+
+def test_diverging_gradient_training_warns():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    X = np.column_stack([np.ones(50), rng.normal(size=50)])
+    with pytest.warns(tm.ConvergenceWarning, match="diverged"):
+        tm.LinearRegression(2).fit(X, 1 + 2 * X[:, 1], method="gradient", optimizer=tf.keras.optimizers.SGD(10.0),
+                                   epochs=50, verbose=False)
+
+
+def test_gradient_solve_from_the_exact_optimum_stays_there(sleep):
+    module = tm.MixedModule.from_formula(SLEEP, sleep)
+    G = [[612.1, 9.6], [9.6, 35.07]]
+    module.reset_variances(G, 654.94)
+    exact = module.beta.numpy().copy()
+    module.reset_variances(G, 654.94, method="gradient", verbose=False)
+    np.testing.assert_allclose(module.beta.numpy(), exact, rtol=1e-9)
+    with pytest.raises(tm.DataError, match="sigmasq_epsilon"):
+        module.reset_variances(G, "abc")

@@ -13,7 +13,7 @@ from scipy import stats
 
 from ._tf import DTYPE, tf
 from .arrays import as_matrix, as_response
-from .errors import ConvergenceWarning, DataError, NotFittedError, RankDeficientError
+from .errors import ConvergenceWarning, DataError, NotFittedError, RankDeficientError, TfmixedWarning
 from .progress import Progress
 
 
@@ -135,10 +135,16 @@ class LinearRegression(tf.Module):
     def _exact(self, X: np.ndarray, y: np.ndarray, penalty: str | None, alpha: float) -> np.ndarray:
         n, p = X.shape
         if penalty is None or alpha == 0:
-            Q, R = np.linalg.qr(X)
-            if np.min(np.abs(np.diag(R))) <= 1e-10 * np.max(np.abs(np.diag(R))):
-                raise RankDeficientError("X is rank deficient: some columns are linear combinations of others")
-            return np.linalg.solve(R, Q.T @ y)
+            from .design import aliased_columns
+
+            aliased = aliased_columns(X)
+            if aliased:
+                names = [self.feature_names[j] for j in aliased]
+                raise RankDeficientError(f"X is rank deficient: column(s) {names} are linear combinations of others")
+            # QR of unit-norm columns: a covariate in units of 1e12 is well conditioned after scaling
+            norms = np.linalg.norm(X, axis=0)
+            Q, R = np.linalg.qr(X / norms)
+            return np.linalg.solve(R, Q.T @ y) / norms[:, None]
         mask = self._penalised_columns(X).astype(float)
         if penalty == "ridge":
             return np.linalg.solve(X.T @ X / n + alpha * np.diag(mask), X.T @ y / n)
@@ -190,8 +196,9 @@ class LinearRegression(tf.Module):
             self.history.append(float(step()))
             progress.update(epoch + 1, f"loss {self.history[-1]:.6g}")
         progress.finish(f"{epochs} epochs, loss {self.history[-1]:.6g}")
-        if not np.isfinite(self.history[-1]):
-            warnings.warn("gradient training diverged (loss is not finite); lower the learning rate", ConvergenceWarning, stacklevel=3)
+        if not np.isfinite(self.history[-1]) or self.history[-1] > self.history[0]:
+            warnings.warn(f"gradient training diverged (loss {self.history[0]:.4g} -> {self.history[-1]:.4g}); lower the "
+                          "learning rate", ConvergenceWarning, stacklevel=3)
 
     def _summarise(self, X: np.ndarray, y: np.ndarray, penalised: bool, root: np.ndarray) -> None:
         """X and y are the weighted ones (sqrt(w) X, sqrt(w)(y - o)); zero weights do not count as rows."""
@@ -204,8 +211,15 @@ class LinearRegression(tf.Module):
         unweighted = np.divide(y[:, 0], root, out=np.zeros_like(root), where=root > 0)
         mean = float(np.sum(w * unweighted) / np.sum(w))
         tss = float(np.sum(w * (unweighted - mean) ** 2))
+        if n <= p:
+            import warnings
+
+            warnings.warn(f"no residual degrees of freedom ({n} observations for {p} coefficients): sigma and the "
+                          "standard errors are undefined (NaN)", TfmixedWarning, stacklevel=3)
         sigma = np.sqrt(rss / (n - p)) if n > p else np.nan
         if penalised:
+            se = np.full(p, np.nan)
+        elif n <= p:
             se = np.full(p, np.nan)
         else:
             se = sigma * np.sqrt(np.diag(np.linalg.inv(X.T @ X)))

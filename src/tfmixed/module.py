@@ -92,7 +92,10 @@ class MixedModule(tf.Module):
         ``method="exact"`` solves the mixed model equations; ``"gradient"`` minimises the seed's loss
         with ``optimizer`` (a Keras optimizer; Adam by default) until the relative loss change is below ``tol``.
         """
-        sigma2 = float(sigmasq_epsilon)
+        try:
+            sigma2 = float(sigmasq_epsilon)
+        except (TypeError, ValueError):
+            raise DataError(f"sigmasq_epsilon must be a positive number, got {sigmasq_epsilon!r}") from None
         if not np.isfinite(sigma2) or sigma2 <= 0:
             raise DataError(f"sigmasq_epsilon must be a positive number, got {sigmasq_epsilon!r}")
         matrices = self._as_term_list(G)
@@ -124,16 +127,23 @@ class MixedModule(tf.Module):
         for variable, matrix in zip(self._precisions_t, matrices):
             variable.assign(np.linalg.inv(matrix))
         progress = Progress("MixedModule", verbose=verbose)
-        previous = np.inf
+        previous, best = np.inf, (np.inf, None)
         for epoch in range(max_epochs):
-            loss = float(step())
+            before = (self.beta.numpy().copy(), self.b.numpy().copy())
+            loss = float(step())  # the loss at ``before``, the variables as they were before this step
+            if loss < best[0]:
+                best = (loss, before)
             progress.update(epoch + 1, f"loss {loss:.8g}")
             if abs(previous - loss) <= tol * max(1.0, abs(loss)):
                 break
             previous = loss
         else:
             warnings.warn(f"gradient solve stopped after {max_epochs} epochs (loss {loss:.8g})", ConvergenceWarning, stacklevel=3)
-        progress.finish(f"loss {loss:.8g}")
+        # an optimizer's steps can leave a better point behind (Adam's first steps overshoot an optimum it started
+        # at): end at the best point visited
+        self.beta.assign(best[1][0])
+        self.b.assign(best[1][1])
+        progress.finish(f"loss {best[0]:.8g}")
 
     def _training_step(self, optimizer):
         """The compiled gradient step for ``optimizer``, traced once per optimizer and module."""
