@@ -183,3 +183,34 @@ def test_gradient_solve_from_the_exact_optimum_stays_there(sleep):
     np.testing.assert_allclose(module.beta.numpy(), exact, rtol=1e-9)
     with pytest.raises(tm.DataError, match="sigmasq_epsilon"):
         module.reset_variances(G, "abc")
+
+
+@pytest.mark.parametrize("kind", ["polars", "pyarrow", "string[pyarrow]", "Int64", "Float64 with NA", "dict"])
+def test_data_in_the_shapes_users_have(sleep, sleep_fit, kind):
+    if kind == "polars":
+        data = pytest.importorskip("polars").from_pandas(sleep)
+    elif kind == "pyarrow":
+        data = pytest.importorskip("pyarrow").Table.from_pandas(sleep)
+    elif kind == "string[pyarrow]":
+        pytest.importorskip("pyarrow")
+        data = sleep.assign(Subject=sleep.Subject.astype("string[pyarrow]"))
+    elif kind == "Int64":
+        data = sleep.assign(Days=sleep.Days.astype("Int64"))
+    elif kind == "dict":
+        data = {column: sleep[column].to_numpy() for column in sleep.columns}
+    else:
+        data = pd.concat([sleep, pd.DataFrame({"Reaction": [300.0], "Days": [pd.NA], "Subject": ["308"]})],
+                         ignore_index=True).astype({"Days": "Float64"})
+        with pytest.warns(tm.TfmixedWarning, match="dropped 1 row"):
+            fit = tm.lmer(SLEEP, data, missing="drop", verbose=False)
+        assert fit.deviance == pytest.approx(sleep_fit.deviance, rel=1e-12)
+        return
+    fit = tm.lmer(SLEEP, data, verbose=False)
+    assert fit.deviance == pytest.approx(sleep_fit.deviance, rel=1e-12)
+    np.testing.assert_allclose(fit.predict(data)[:5], sleep_fit.fitted[:5], rtol=1e-12)
+
+
+@pytest.mark.parametrize("data", [[1, 2, 3], "sleepstudy.csv", {"y": [1.0, 2.0], "g": ["a"]}])
+def test_data_that_is_not_a_frame_raises(data):
+    with pytest.raises(tm.TfmixedError):
+        tm.lmer("y ~ 1 + (1 | g)", data, verbose=False)

@@ -136,7 +136,12 @@ def frames_by_factor(terms: list[RandomEffectsTerm], per_term: list[np.ndarray])
 
 
 def as_frame(data: Any) -> pd.DataFrame:
-    """The one entry point for user data: pandas, or a dict of equally long columns."""
+    """The one entry point for user data: a pandas DataFrame, a dict of equally long columns, or any eager data
+    frame narwhals knows (polars, pyarrow Table, modin, cuDF...), converted once to pandas.
+
+    >>> as_frame({"y": [1.0, 2.0], "g": ["a", "b"]}).shape
+    (2, 2)
+    """
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, dict):
@@ -144,7 +149,17 @@ def as_frame(data: Any) -> pd.DataFrame:
         if len(set(lengths.values())) > 1:
             raise ShapeError(f"the columns of a dict must have equal lengths, got {lengths}")
         return pd.DataFrame(data)
-    raise DataError(f"data must be a pandas DataFrame (or a dict of columns), got {type(data).__name__}")
+    try:
+        import narwhals as nw
+
+        frame = nw.from_native(data, eager_only=True)
+    except (TypeError, ImportError):
+        raise DataError(
+            f"data must be a data frame (pandas, polars, pyarrow Table, ...) or a dict of columns, got {type(data).__name__}"
+        ) from None
+    if isinstance(frame, nw.Series):
+        raise DataError("data must be a data frame with named columns, got a single series")
+    return frame.to_pandas()
 
 
 def grouping_codes(data: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:

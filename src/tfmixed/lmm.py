@@ -130,9 +130,9 @@ def _flag_degenerate(fit: LmerFit) -> None:
     """A residual variance of ~0 means the response is (nearly) a function of the random effects: the
     likelihood is unbounded (sigma -> 0, theta -> infinity) and no variance estimate is meaningful."""
     spread = float(np.var(fit.design.y - fit.design.offset_or_zero))
-    if fit.sigma**2 > 1e-10 * spread or fit.method != "profiled":
-        return
     optimum = fit.optimum
+    if optimum.status == "degenerate" or fit.sigma**2 > 1e-10 * spread or fit.method != "profiled":
+        return
     optimum.converged, optimum.status = False, "degenerate"
     optimum.message = (
         f"the residual variance is estimated as {fit.sigma**2:.3g} (response variance {spread:.3g}): the response is "

@@ -62,6 +62,15 @@ def newton_decrement(objective: LmmObjective, theta: np.ndarray) -> tuple[float,
     return float(step @ step / 2), H
 
 
+#: a penalised RSS below this fraction of the response's own sum of squares means the random effects reproduce
+#: the response: the likelihood grows without bound as theta -> infinity
+DEGENERATE_RSS = 1e-12
+
+
+class _Degenerate(Exception):
+    """Raised inside an optimiser run to stop a search that is heading to theta -> infinity."""
+
+
 class _Search:
     """Bookkeeping shared by the optimisers: every evaluation recorded, the best point kept."""
 
@@ -69,6 +78,7 @@ class _Search:
         self.objective, self.progress = objective, progress
         self.history: list[tuple[np.ndarray, float]] = []
         self.best_theta, self.best_value = None, np.inf
+        self.response_ss = float(objective.problem.cross_products.xy_xy[-1, -1])
 
     def record(self, theta, value):
         if not self.history and not np.isfinite(value):
@@ -77,6 +87,8 @@ class _Search:
         if value < self.best_value:
             self.best_theta, self.best_value = theta.copy(), value
         self.progress.update(len(self.history), f"criterion {value:.6f}")
+        if np.isfinite(value) and self.objective.factor(theta).pwrss < DEGENERATE_RSS * self.response_ss:
+            raise _Degenerate
 
     def lbfgsb(self, start, scale, max_iter):
         lower = self.objective.lower
@@ -173,13 +185,19 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     started = time.perf_counter()
     search = _Search(objective, progress)
     scale = np.ones_like(theta)
-    message, stages = "", 0
+    message, stages, status = "", 0, None
     for stage in ("lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
         stages += 1
-        if stage == "cobyqa":
-            theta, message = search.cobyqa(search.best_theta, scale, max_iter)
-        else:
-            theta, message = search.lbfgsb(search.best_theta if search.history else theta, scale, max_iter)
+        try:
+            if stage == "cobyqa":
+                theta, message = search.cobyqa(search.best_theta, scale, max_iter)
+            else:
+                theta, message = search.lbfgsb(search.best_theta if search.history else theta, scale, max_iter)
+        except _Degenerate:
+            converged, status = False, "degenerate"
+            message = ("the penalised residual sum of squares vanishes as theta grows: the random effects reproduce "
+                       "the response exactly, and the likelihood has no maximum")
+            break
         theta = search.best_theta
         probe = _boundary_probe(objective, theta, search.best_value)
         if probe is not None:
@@ -205,7 +223,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
     return EstimatorResult(
         method="profiled", theta=theta, criterion=value, converged=converged,
-        status="converged" if converged else "not converged", message=message,
+        status=status or ("converged" if converged else "not converged"), message=message,
         n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=stages,
         history=search.history,
     )
