@@ -90,7 +90,7 @@ def test_rank_deficient_fixed_effects():
 
 
 def test_data_must_be_a_frame():
-    with pytest.raises(DataError, match="DataFrame"):
+    with pytest.raises(DataError, match="data frame"):
         build_design("y ~ 1 + (1 | g)", [1, 2, 3])
 
 

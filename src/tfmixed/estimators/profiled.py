@@ -195,8 +195,9 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
                 theta, message = search.lbfgsb(search.best_theta if search.history else theta, scale, max_iter)
         except _Degenerate:
             converged, status = False, "degenerate"
-            message = ("the penalised residual sum of squares vanishes as theta grows: the random effects reproduce "
-                       "the response exactly, and the likelihood has no maximum")
+            message = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
+                       "constant within the levels of the grouping factors, or the random effects reproduce it exactly, "
+                       "so the likelihood has no maximum and the variance components are meaningless")
             break
         theta = search.best_theta
         probe = _boundary_probe(objective, theta, search.best_value)
