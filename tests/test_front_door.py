@@ -214,3 +214,25 @@ def test_data_in_the_shapes_users_have(sleep, sleep_fit, kind):
 def test_data_that_is_not_a_frame_raises(data):
     with pytest.raises(tm.TfmixedError):
         tm.lmer("y ~ 1 + (1 | g)", data, verbose=False)
+
+
+def test_linear_regression_from_formula_drops_missing_rows_on_request(sleep):
+    data = sleep.copy()
+    data.loc[data.index[:3], "Days"] = np.nan
+    with pytest.warns(tm.TfmixedWarning, match="dropped 3 row"):
+        model = tm.LinearRegression.from_formula("Reaction ~ Days", data, missing="drop").fit()
+    X = np.column_stack([np.ones(177), sleep.Days.to_numpy()[3:]])
+    np.testing.assert_allclose(model.coef, np.linalg.lstsq(X, sleep.Reaction.to_numpy()[3:], rcond=None)[0], rtol=1e-10)
+
+
+def test_r_transforms_scale_log_exp_sqrt(sleep):
+    data = sleep.assign(z=(sleep.Days - sleep.Days.mean()) / sleep.Days.std(), p=sleep.Days + 1.0)
+    scaled = tm.lmer("Reaction ~ scale(Days) + (1 | Subject)", data, verbose=False)
+    explicit = tm.lmer("Reaction ~ z + (1 | Subject)", data, verbose=False)
+    assert scaled.deviance == pytest.approx(explicit.deviance, rel=1e-10)
+    for transform, values in [("log(p)", np.log(data.p)), ("exp(Days / 10)", np.exp(data.Days / 10)), ("sqrt(p)", np.sqrt(data.p))]:
+        fitted = tm.lmer(f"Reaction ~ {transform} + (1 | Subject)", data, verbose=False)
+        reference = tm.lmer("Reaction ~ v + (1 | Subject)", data.assign(v=values), verbose=False)
+        assert fitted.deviance == pytest.approx(reference.deviance, rel=1e-10)
+        assert fitted.fixef.index[1] == transform
+        np.testing.assert_allclose(fitted.predict(data.iloc[:3]), fitted.fitted[:3], rtol=1e-12)  # same context

@@ -29,6 +29,13 @@ from .formula import ParsedFormula, parse_formula, translate_r_syntax
 from .levels import combine_levels, encode_levels
 from .terms import RandomEffectsTerm
 
+#: R's math functions that formulaic's evaluation context lacks (log, exp, poly, scale, C are formulaic's own);
+#: the same context must be used again when a model spec evaluates new data
+R_FUNCTIONS = {
+    "sqrt": np.sqrt, "abs": np.abs, "log2": np.log2, "log10": np.log10, "log1p": np.log1p, "expm1": np.expm1,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "floor": np.floor, "ceiling": np.ceil, "round": np.round,
+}
+
 _TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
 _POLY = re.compile(r"^(poly\(.*\))\[(\d+)\]$")
 MISSING_POLICIES = ("raise", "drop")
@@ -263,7 +270,8 @@ def evaluate(formula: str, data: pd.DataFrame):
     response, _, rhs = formula.rpartition("~")
     translated, renames = translate_r_syntax(rhs, response)
     try:
-        return model_matrix(quote_columns(f"{response}~{translated}", data.columns), data, na_action="ignore"), renames
+        return model_matrix(quote_columns(f"{response}~{translated}", data.columns), data, na_action="ignore",
+                            context=R_FUNCTIONS), renames
     except FormulaicError as error:
         unknown = re.search(r"`([^`]+)` is not present", str(error))
         if unknown:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from formulaic.errors import FormulaicError
 
-from ..design import as_frame, grouping_codes, offset_values
+from ..design import R_FUNCTIONS, as_frame, grouping_codes, offset_values
 from ..errors import DataError, NewLevelError
 from ..levels import encode_levels
 
@@ -48,7 +48,7 @@ class Prediction:
         for term, s in zip(self.design.terms, self.design.term_slices):
             rows = self._level_rows(frame, term, allow_new_levels)
             spec, piece = term.expr_spec
-            values = np.asarray(spec.get_model_matrix(frame), dtype=np.float64)[:, piece]
+            values = np.asarray(spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)[:, piece]
             if not np.all(np.isfinite(values)):
                 raise DataError(f"newdata gives non-finite covariates (NaN or inf) for the random term of {term.name!r}")
             effects = self._b[s].reshape(term.n_levels, term.n_cols)
@@ -60,7 +60,7 @@ class Prediction:
         spec = self.design.fixed_spec
         self._check_new_categories(frame, spec)
         try:
-            X = np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=np.float64)
+            X = np.asarray(spec.get_model_matrix(frame, na_action="raise", context=R_FUNCTIONS), dtype=np.float64)
         except (FormulaicError, ValueError, KeyError) as error:
             if "null" in str(error).lower() or "nan" in str(error).lower():
                 raise DataError(f"newdata has missing values in a column the fixed effects use: {error}") from None
