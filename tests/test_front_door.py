@@ -236,3 +236,13 @@ def test_r_transforms_scale_log_exp_sqrt(sleep):
         assert fitted.deviance == pytest.approx(reference.deviance, rel=1e-10)
         assert fitted.fixef.index[1] == transform
         np.testing.assert_allclose(fitted.predict(data.iloc[:3]), fitted.fitted[:3], rtol=1e-12)  # same context
+
+
+def test_interactions_written_with_a_star_are_named_in_rs_order():
+    """R names an interaction's variables by first appearance: meanses * cses + sector * cses gives cses:sectorPublic."""
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"meanses": rng.normal(size=300), "cses": rng.normal(size=300),
+                         "sector": rng.choice(["Catholic", "Public"], 300), "school": rng.integers(0, 30, 300)})
+    data["y"] = data.meanses + data.cses + rng.normal(size=30)[data.school] + rng.normal(size=300)
+    design = tm.build_design("y ~ meanses * cses + sector * cses + (1 | school)", data)
+    assert design.fixed_names == ["(Intercept)", "meanses", "cses", "sectorPublic", "meanses:cses", "cses:sectorPublic"]

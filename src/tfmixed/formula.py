@@ -14,6 +14,7 @@ terms ``(expr | group)`` and expands lme4's shorthands:
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -262,12 +263,26 @@ def translate_r_syntax(rhs: str, response: str = "") -> tuple[str, dict[str, str
             renames[python] = f"factor({inner.strip()})"
         out.append(rhs[index : match.start()] + python)
         index = close + 1
-    text = "".join(out) + rhs[index:]
+    text = _expand_products("".join(out) + rhs[index:])
     names = re.findall(_IDENTIFIER, f"{response} {rhs}")
     order: dict[str, int] = {}
     for name in names:
         order.setdefault(name.strip("`"), len(order))
     return _interactions_in_appearance_order(text, order), renames
+
+
+def _expand_products(rhs: str) -> str:
+    """R's a * b * c as a + b + c + a:b + a:c + b:c + a:b:c, so the interactions are named by the appearance rule."""
+    pieces, expanded = [], False
+    for sign, term in _signed_terms(rhs):
+        names = [name.strip() for name in term.split("*")]
+        if len(names) > 1 and all(re.fullmatch(_IDENTIFIER, name) for name in names):
+            term = " + ".join(":".join(c) for k in range(1, len(names) + 1) for c in itertools.combinations(names, k))
+            term, expanded = (f"({term})" if sign == "-" else term), True
+        pieces.append(f"{sign} {term.strip()}")
+    if not expanded:
+        return rhs
+    return " ".join(pieces).removeprefix("+ ")
 
 
 def _deparse_python(expression: str) -> str:
