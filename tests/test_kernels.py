@@ -54,12 +54,17 @@ def problem_for(design, strategy):
     return problem
 
 
-@pytest.mark.parametrize("name", sorted(LME4_CASES))
-def test_blocked_factorisation_matches_dense_algebra(name, small_path):
+def reference_problem(name, strategy, stretch):
+    """A shared lme4 case's design and problem, with theta moved off the optimum by ``stretch``."""
     ref = load_reference(name)
     design = build_design(ref["formula"], load_data(LME4_CASES[name]))
-    problem = problem_for(design, small_path)
-    theta = as_array(ref["theta"]) * 1.2 + 0.05
+    problem = problem_for(design, strategy)
+    return ref, design, problem, as_array(ref["theta"]) * stretch + 0.05
+
+
+@pytest.mark.parametrize("name", sorted(LME4_CASES))
+def test_blocked_factorisation_matches_dense_algebra(name, small_path):
+    ref, design, problem, theta = reference_problem(name, small_path, 1.2)
     factors = theta_to_factors(theta, problem.dims)
     factor = problem.factorize(factors)
     dev, beta, b, A_inv = dense_reference(design, factors, ref["REML"])
@@ -76,10 +81,7 @@ def test_blocked_factorisation_matches_dense_algebra(name, small_path):
 
 @pytest.mark.parametrize("name", sorted(LME4_CASES))
 def test_analytic_gradient_matches_central_differences(name, small_path):
-    ref = load_reference(name)
-    design = build_design(ref["formula"], load_data(LME4_CASES[name]))
-    problem = problem_for(design, small_path)
-    theta = as_array(ref["theta"]) * 1.3 + 0.05
+    ref, _, problem, theta = reference_problem(name, small_path, 1.3)
     reml = ref["REML"]
 
     def deviance(t):
