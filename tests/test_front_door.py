@@ -246,3 +246,18 @@ def test_interactions_written_with_a_star_are_named_in_rs_order():
     data["y"] = data.meanses + data.cses + rng.normal(size=30)[data.school] + rng.normal(size=300)
     design = tm.build_design("y ~ meanses * cses + sector * cses + (1 | school)", data)
     assert design.fixed_names == ["(Intercept)", "meanses", "cses", "sectorPublic", "meanses:cses", "cses:sectorPublic"]
+
+
+def test_ids_inside_a_compiled_fit_are_checked_by_graph_assertions():
+    """Inside model.fit's compiled step no Python class can be raised: TensorFlow's InvalidArgumentError carries
+    tfmixed's message. (EmpiricalBayes checks its data before training and raises DataError.)"""
+    import keras
+    import tensorflow as tf
+
+    from tfmixed.keras import RandomEffects
+
+    codes = keras.Input((), name="c", dtype="int32")
+    model = keras.Model({"c": codes}, RandomEffects({"c": 3})({"c": codes}))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="tfmixed RandomEffects: ids of factor 'c' must be < 3"):
+        model.fit({"c": np.array([0, 1, 7, 1])}, np.ones(4), epochs=1, verbose=0)
