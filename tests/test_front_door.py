@@ -259,5 +259,5 @@ def test_ids_inside_a_compiled_fit_are_checked_by_graph_assertions():
     codes = keras.Input((), name="c", dtype="int32")
     model = keras.Model({"c": codes}, RandomEffects({"c": 3})({"c": codes}))
     model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="tfmixed RandomEffects: ids of factor 'c' must be < 3"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="tfmixed RandomEffects: ids of factor c must be < 3"):
         model.fit({"c": np.array([0, 1, 7, 1])}, np.ones(4), epochs=1, verbose=0)

@@ -78,10 +78,10 @@ def _graph_codes(name: str, values, n_levels: int):
         raise DataError(f"ids of factor {name!r} must be integer codes, got a string input; encode them first")
     values = tf.convert_to_tensor(values)
     if values.dtype.is_floating:
-        tf.debugging.assert_equal(values, tf.floor(values), message=f"tfmixed RandomEffects: ids of factor {name!r} must be integers")
+        tf.debugging.assert_equal(values, tf.floor(values), message=f"tfmixed RandomEffects: ids of factor {name} must be integers")
     codes = tf.cast(values, tf.int32)
-    tf.debugging.assert_non_negative(codes, message=f"tfmixed RandomEffects: ids of factor {name!r} must be >= 0")
-    tf.debugging.assert_less(codes, n_levels, message=f"tfmixed RandomEffects: ids of factor {name!r} must be < {n_levels}")
+    tf.debugging.assert_non_negative(codes, message=f"tfmixed RandomEffects: ids of factor {name} must be >= 0")
+    tf.debugging.assert_less(codes, n_levels, message=f"tfmixed RandomEffects: ids of factor {name} must be < {n_levels}")
     return codes
 
 
