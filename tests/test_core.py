@@ -149,3 +149,26 @@ def test_one_level_encoder_for_lmer_and_keras():
     assert encode_levels([308], levels=pd.Index(["308", "309"]))[0].tolist() == [0]
     with pytest.raises(tm.NewLevelError):
         encode_levels([3], levels=pd.Index([1, 2]))
+
+
+def test_the_dense_block_is_held_at_most_three_times_while_factoring_and_differentiating():
+    """Peak numpy allocations (tracemalloc) of one factorisation and of its gradient, in dense blocks."""
+    import tracemalloc
+
+    from tfmixed.kernels.covariance import theta_to_factors
+    from tfmixed.lmm import problem_from_design
+
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"a": rng.integers(0, 1500, 20_000), "b": rng.integers(0, 800, 20_000), "x": rng.normal(size=20_000)})
+    data["y"] = data.x + rng.normal(size=1500)[data.a] + rng.normal(size=800)[data.b] + rng.normal(size=20_000)
+    problem = problem_from_design(tm.build_design("y ~ x + (1 | a) + (1 | b)", data))
+    block = 8 * (problem.q_rest + problem.p + 1) ** 2
+    factors = theta_to_factors(np.array([0.8, 0.9]), problem.dims)
+    problem.factorize(factors).gradient(True)
+    peaks = []
+    for work in (lambda: problem.factorize(factors), lambda: problem.factorize(factors).gradient(True)):
+        tracemalloc.start()
+        work()
+        peaks.append(tracemalloc.get_traced_memory()[1] / block)
+        tracemalloc.stop()
+    assert peaks[0] < 2.2 and peaks[1] < 3.2, peaks

@@ -159,8 +159,10 @@ class PatternCoupling(SparseCoupling):
 
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         lower = (self.QT.T @ weights.reshape(-1)).reshape(self.size, self.size)
+        diagonal = np.diag(lower).copy()
         full = lower + lower.T
-        full[np.diag_indices(self.size)] -= np.diag(lower)
+        del lower  # one working copy of the dense block at a time
+        full[np.diag_indices(self.size)] -= diagonal
         return full
 
     def block_sums(self, M: np.ndarray) -> np.ndarray:

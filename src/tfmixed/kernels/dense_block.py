@@ -68,22 +68,24 @@ class DenseFactor:
             if info != 0:
                 raise TfmixedError("could not invert the Schur complement of the mixed model equations")
             block = inverse[:size, :size]
-            block += np.tril(lower)
+            block[...] = lower  # dpotri keeps its input's upper triangle, which is L's: zero
+            del lower
             if full:
-                block += np.tril(lower, -1).T
+                block += np.tril(block, -1).T
         return inverse
 
     def inverse_sums(self, problem, factors, include_fixed: bool):
         size = self.q_rest + (self.p if include_fixed else 0)
         lower_only = getattr(problem.coupling, "reads_lower_triangle_only", False) and problem.scalar_rest
         S_inv = self.leading_inverse(size, full=not lower_only)
-        H = problem.coupling.block_sums(problem.scale_both(S_inv, factors, transpose=False))
         sums, offset = [], 0
         for term in problem.rest:
             # with lower_only every remaining term is scalar: its block sums read only the diagonal
             block = S_inv[offset : offset + term.q, offset : offset + term.q]
             sums.append(np.einsum("iaib->ab", block.reshape(term.n_levels, term.n_cols, term.n_levels, term.n_cols)))
             offset += term.q
+        # the remaining terms' sums are read: scale the inverse in place (no second dense copy)
+        H = problem.coupling.block_sums(problem.scale_both(S_inv, factors, transpose=False, in_place=True))
         return H, sums
 
     def rest_inverse_blocks(self, terms) -> list[np.ndarray]:

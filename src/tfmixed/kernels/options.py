@@ -20,8 +20,9 @@ class KernelOptions:
 
     ``dense_coupling_entries``: up to this many entries of the coupling C (rest x q1), C is held dense
     and its products are BLAS calls. ``pattern_pairs``: up to this many pairs of C's nonzeros sharing a level,
-    the product C W C' is precomputed as a sparse pattern. ``memory_bytes``: the dense Schur block (held
-    about 3 times while factoring and inverting) must fit in it, else the model is refused up front.
+    the product C W C' is precomputed as a sparse pattern. ``memory_bytes``: the dense Schur block, held 4 times
+    (the cross-products, the factor, the gradient's inverse and one temporary), must fit in it, else the model
+    is refused up front.
     ``coupling`` forces a strategy (for tests and experiments); by default the cheapest is chosen.
     """
 

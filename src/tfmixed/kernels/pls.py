@@ -105,7 +105,8 @@ class PLSProblem:
 
     def _check_memory(self) -> None:
         size = self.q_rest + self.p + 1
-        needed = 3 * 8 * size * size
+        # E, the factor, the gradient's inverse and one temporary (tests/test_core.py pins the working copies)
+        needed = 4 * 8 * size * size
         if needed > self.options.memory_limit:
             raise MemoryLimitError(
                 f"the exact kernel needs a dense {size:,} x {size:,} block for the random effects after the "
@@ -143,16 +144,19 @@ class PLSProblem:
             offset += term.q
         return scale
 
-    def scale_both(self, M: np.ndarray, factors: list[np.ndarray], transpose: bool = True) -> np.ndarray:
+    def scale_both(self, M: np.ndarray, factors: list[np.ndarray], transpose: bool = True, *,
+                   in_place: bool = False) -> np.ndarray:
         """Lambda' M Lambda (or Lambda M Lambda') for a symmetric M over [rest | X | y~].
 
         Scalar terms scale rows and columns by one pass over M; only the (few) rows and columns of
-        vector-valued terms are transformed by their T_t.
+        vector-valued terms are transformed by their T_t. ``in_place`` overwrites M (no copy of the dense block).
         """
         if not self.rest:
             return M
         d = self.rest_diagonal(factors)
-        out = M * d[:, None] * d[None, :]
+        out = M if in_place else M.copy()
+        out *= d[:, None]
+        out *= d[None, :]
         if self.scalar_rest:
             return out
         spec = "ba,lbc->lac" if transpose else "ab,lbc->lac"
@@ -175,7 +179,10 @@ class PLSProblem:
         first = self.first_block.factor(factors[0])
         if self.bordered is not None:
             return PLSFactor(self, factors, first, BorderedFactor(self.bordered, self, factors, first.downdate_weights))
-        S = self.scale_both(self.E - self.coupling.downdate(first.downdate_weights), factors)
+        # S = Lambda'(E - C W C')Lambda + I_rest, built in the downdate's own array: one dense working copy
+        S = self.coupling.downdate(first.downdate_weights)
+        np.subtract(self.E, S, out=S)
+        S = self.scale_both(S, factors, in_place=True)
         S[np.arange(self.q_rest), np.arange(self.q_rest)] += 1.0
         return PLSFactor(self, factors, first, DenseFactor(S, self.q_rest, self.p))
 
