@@ -8,22 +8,25 @@ threadpoolctl's (a maintained library that knows each BLAS's own API).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 #: below this dimension of the dense Schur block, BLAS runs on one thread
 SINGLE_THREAD_BELOW = 1500
 
 
+@functools.lru_cache(maxsize=1)
+def _controller():
+    """One ThreadpoolController per process: building one scans the loaded libraries (~2 ms), using it does not."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def blas_threads_for(problem, limit: int = SINGLE_THREAD_BELOW):
     """Run the block with one BLAS thread when the problem's dense block is small."""
-    size = problem.q_rest + problem.p + 1
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency; degrade to the BLAS default
+    if problem.q_rest + problem.p + 1 >= limit:
         yield
         return
-    if size >= limit:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         yield
