@@ -159,7 +159,7 @@ RAISES = [
     ("memory limit", lambda: lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", tm.datasets.load("Penicillin"),
                                   kernel_options=tm.KernelOptions(memory_bytes=100)), MemoryLimitError, "GiB"),
     ("coupling option", lambda: tm.KernelOptions(coupling="cholmod"), DataError, "coupling"),
-    ("rest option", lambda: tm.KernelOptions(rest="sparse"), DataError, "rest"),
+    ("rest option", lambda: tm.KernelOptions(rest="cholmod"), DataError, "rest"),
     # --- predict ---------------------------------------------------------------------------------------------------
     ("predict without a fixed column", lambda: fit().predict(pd.DataFrame({"Subject": ["308"]})), DataError, "newdata"),
     ("predict without a grouping column", lambda: fit().predict(pd.DataFrame({"Days": [1.0]})), DataError, "grouping column"),

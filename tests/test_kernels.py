@@ -202,15 +202,17 @@ def nested_design(seed=3):
     return pd.DataFrame({"y": y, "x": x, "school": school, "klass": klass, "student": student})
 
 
+@pytest.mark.parametrize("strategy", ["bordered", "sparse"])
 @pytest.mark.parametrize("formula, component_sizes", [
     ("y ~ x + (1 | student) + (1 | klass) + (1 + x | school)", 7),  # school (2 columns) + its 1..7 classes
     ("y ~ x + (1 + x | klass) + (1 | school)", 1),
 ])
-def test_bordered_strategy_matches_dense_algebra(formula, component_sizes):
+def test_bordered_and_sparse_strategies_match_dense_algebra(formula, component_sizes, strategy):
     design = build_design(formula, nested_design())
-    problem = problem_from_design(design, KernelOptions(rest="bordered"))
-    assert problem.rest_strategy == "bordered"
-    assert len({size for size, _ in problem.bordered.layout.groups}) == component_sizes
+    problem = problem_from_design(design, KernelOptions(rest=strategy))
+    assert problem.rest_strategy == strategy
+    if strategy == "bordered":
+        assert len({size for size, _ in problem.bordered.layout.groups}) == component_sizes
     dense = problem_from_design(design, KernelOptions(rest="dense"))
     assert dense.rest_strategy == "dense"
     rng = np.random.default_rng(1)
@@ -244,3 +246,15 @@ def test_nested_design_chooses_the_bordered_strategy_and_fits_like_dense():
     assert fit.deviance == pytest.approx(dense.deviance, rel=1e-10)
     np.testing.assert_allclose(fit.varcorr["vcov"], dense.varcorr["vcov"], rtol=1e-6)
     np.testing.assert_allclose(fit.satterthwaite_df, dense.satterthwaite_df, rtol=1e-6)
+
+
+def test_a_large_sparse_rest_block_chooses_the_sparse_strategy():
+    """star: 1,534 teacher and school columns after the 10,767 students, 0.9% nonzero, one big component."""
+    from test_reference_set2 import fitted, reference_and_data
+
+    _, _, fit = fitted("star_crossed_slope")
+    assert fit.problem.rest_strategy == "sparse"
+    data = reference_and_data("star_crossed_slope")[1]
+    dense = tm.lmer(fit.formula, data, missing="drop", verbose=False, kernel_options=KernelOptions(rest="dense"))
+    assert fit.deviance == pytest.approx(dense.deviance, rel=1e-11)
+    np.testing.assert_allclose(fit.satterthwaite_df, dense.satterthwaite_df, rtol=1e-5)

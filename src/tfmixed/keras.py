@@ -77,12 +77,15 @@ def _graph_codes(name: str, values, n_levels: int):
     if dtype is not None and getattr(dtype, "name", str(dtype)) in ("string", "str"):
         raise DataError(f"ids of factor {name!r} must be integer codes, got a string input; encode them first")
     values = tf.convert_to_tensor(values)
+    checks = []
     if values.dtype.is_floating:
-        tf.debugging.assert_equal(values, tf.floor(values), message=f"tfmixed RandomEffects: ids of factor {name} must be integers")
+        checks.append(tf.debugging.assert_equal(values, tf.floor(values), message=f"tfmixed RandomEffects: ids of factor {name} must be integers"))
     codes = tf.cast(values, tf.int32)
-    tf.debugging.assert_non_negative(codes, message=f"tfmixed RandomEffects: ids of factor {name} must be >= 0")
-    tf.debugging.assert_less(codes, n_levels, message=f"tfmixed RandomEffects: ids of factor {name} must be < {n_levels}")
-    return codes
+    checks.append(tf.debugging.assert_non_negative(codes, message=f"tfmixed RandomEffects: ids of factor {name} must be >= 0"))
+    checks.append(tf.debugging.assert_less(codes, n_levels, message=f"tfmixed RandomEffects: ids of factor {name} must be < {n_levels}"))
+    # the lookup must wait for the checks: without the dependency the gather may fail first with TF's own message
+    with tf.control_dependencies(checks):
+        return tf.identity(codes)
 
 
 @keras.saving.register_keras_serializable(package="tfmixed")

@@ -140,7 +140,70 @@ class BorderedStructure:
         return flat
 
 
-class BorderedFactor:
+class BorderedBase:
+    """The dense border shared by the bordered and sparse strategies, through ``inverse_times`` (S_rr^{-1} rhs).
+
+    With G = S_rr^{-1} S_rb (the X and y~ columns), the corner K = S_bb - S_br G = L_c L_c' is dense and small;
+    the solution, the log-determinants of the fixed block and the border's rank-p part of the inverse follow.
+    """
+
+    def inverse_times(self, rhs: np.ndarray) -> np.ndarray:  # pragma: no cover - each strategy defines it
+        raise NotImplementedError
+
+    def _finish_border(self, structure, factors, weights: np.ndarray) -> None:
+        k1 = structure.k1
+        border = structure.C_border
+        CbW = np.einsum("cla,lab->clb", border.reshape(border.shape[0], -1, k1), weights).reshape(border.shape)
+        S_border = structure.E_border - (structure.C_rest @ CbW.T).T
+        self.S_border = self.problem.scale_rows(np.ascontiguousarray(S_border.T), factors, transpose=True).T
+        self.G = self.inverse_times(self.S_border.T)
+        corner = structure.E_corner - CbW @ border.T - self.S_border @ self.G
+        self.L_corner = cholesky_or_raise((corner + corner.T) / 2)
+
+    def logdet_fixed(self) -> float:
+        return float(2.0 * np.sum(np.log(np.diag(self.L_corner)[: self.p])))
+
+    def last_pivot(self) -> float:
+        return float(self.L_corner[-1, -1])
+
+    def fixed_block(self) -> np.ndarray:
+        return self.L_corner[: self.p, : self.p]
+
+    def back_substitute(self) -> np.ndarray:
+        """x = S[:-1, :-1]^{-1} S[:-1, -1] by block elimination: x_X = L_c[:p, :p]^{-T} L_c[p, :p] (the corner's
+        own back-substitution), x_r = G_y - G_X x_X."""
+        p = self.p
+        fixed = la.solve_triangular(self.L_corner[:p, :p], self.L_corner[-1, :p], lower=True, trans="T",
+                                    check_finite=False) if p else np.zeros(0)
+        return np.concatenate([self.G[:, -1] - self.G[:, :p] @ fixed, fixed])
+
+    def _border_term(self, include_fixed: bool) -> np.ndarray | None:
+        """U with S_P^{-1} = blockdiag(S_rr^{-1}, 0) + U U' (REML: P includes X), rows [rest | X]."""
+        if not include_fixed or self.p == 0:
+            return None
+        p = self.p
+        V = np.vstack([self.G[:, :p], -np.eye(p)])
+        return la.solve_triangular(self.L_corner[:p, :p], V.T, lower=True, check_finite=False).T
+
+    def _add_border_term(self, problem, factors, include_fixed: bool, H: np.ndarray, sums: list[np.ndarray]):
+        U = self._border_term(include_fixed)
+        if U is None:
+            return H, sums
+        size = problem.coupling.C.shape[0]
+        rows = np.zeros((size, U.shape[1]))
+        rows[: self.q_rest] = problem.scale_rows(U[: self.q_rest], factors, transpose=False)
+        rows[self.q_rest : self.q_rest + self.p] = U[self.q_rest :]
+        projected = np.stack([problem.coupling.transpose_times(rows[:, c]) for c in range(U.shape[1])], axis=-1)
+        H = H + np.einsum("lac,lbc->lab", projected, projected)
+        offset, out = 0, []
+        for term, total in zip(problem.rest, sums):
+            part = U[offset : offset + term.q].reshape(term.n_levels, term.n_cols, -1)
+            out.append(total + np.einsum("lac,lbc->ab", part, part))
+            offset += term.q
+        return H, out
+
+
+class BorderedFactor(BorderedBase):
     """L L' = S for the bordered block-diagonal S (see the module docstring)."""
 
     name = "bordered"
@@ -160,14 +223,7 @@ class BorderedFactor:
                 raise TfmixedError("the penalised least-squares system is not positive definite") from None
             self.L.append(L)
             self.L_inv.append(np.linalg.inv(L))
-        k1 = structure.k1
-        border = structure.C_border
-        CbW = np.einsum("cla,lab->clb", border.reshape(border.shape[0], -1, k1), weights).reshape(border.shape)
-        S_border = structure.E_border - (structure.C_rest @ CbW.T).T
-        S_border = problem.scale_rows(np.ascontiguousarray(S_border.T), factors, transpose=True).T
-        self.L_border = self.solve_rest(S_border.T, transpose_result=True)
-        corner = structure.E_corner - CbW @ border.T - self.L_border @ self.L_border.T
-        self.L_corner = cholesky_or_raise(corner)
+        self._finish_border(structure, factors, weights)
 
     def _per_group(self, rows: np.ndarray) -> list[np.ndarray]:
         return [rows[idx] for _, idx in self.structure.layout.groups]
@@ -178,49 +234,24 @@ class BorderedFactor:
             out[idx.ravel()] = piece.reshape(-1, width)
         return out
 
-    def solve_rest(self, rhs: np.ndarray, transpose_result: bool = False) -> np.ndarray:
+    def solve_rest(self, rhs: np.ndarray) -> np.ndarray:
         """L_rr^{-1} rhs for a (q_rest, m) rhs, component by component."""
         rhs = rhs.reshape(self.q_rest, -1)
         pieces = [np.einsum("nij,njm->nim", L_inv, part) for L_inv, part in zip(self.L_inv, self._per_group(rhs))]
-        out = self._scatter(pieces, rhs.shape[1])
-        return out.T if transpose_result else out
-
-    def _solve_rest_transposed(self, rhs: np.ndarray) -> np.ndarray:
-        """L_rr^{-T} rhs for a (q_rest, m) rhs."""
-        pieces = [np.einsum("nji,njm->nim", L_inv, part) for L_inv, part in zip(self.L_inv, self._per_group(rhs))]
         return self._scatter(pieces, rhs.shape[1])
+
+    def inverse_times(self, rhs: np.ndarray) -> np.ndarray:
+        """S_rr^{-1} rhs = L_rr^{-T} L_rr^{-1} rhs."""
+        half = self.solve_rest(rhs)
+        pieces = [np.einsum("nji,njm->nim", L_inv, part) for L_inv, part in zip(self.L_inv, self._per_group(half))]
+        return self._scatter(pieces, half.shape[1])
 
     def logdet_rest(self) -> float:
         return float(sum(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))) for L in self.L))
 
-    def logdet_fixed(self) -> float:
-        return float(2.0 * np.sum(np.log(np.diag(self.L_corner)[: self.p])))
-
-    def last_pivot(self) -> float:
-        return float(self.L_corner[-1, -1])
-
-    def fixed_block(self) -> np.ndarray:
-        return self.L_corner[: self.p, : self.p]
-
-    def back_substitute(self) -> np.ndarray:
-        p = self.p
-        fixed = la.solve_triangular(self.L_corner[:p, :p], self.L_corner[-1, :p], lower=True, trans="T",
-                                    check_finite=False)
-        rhs = self.L_border[-1] - self.L_border[:p].T @ fixed
-        return np.concatenate([self._solve_rest_transposed(rhs[:, None])[:, 0], fixed])
-
     def _inverse_flat(self) -> np.ndarray:
         """S_rr^{-1} at the block positions."""
         return np.concatenate([(L_inv.transpose(0, 2, 1) @ L_inv).reshape(-1) for L_inv in self.L_inv])
-
-    def _border_term(self, include_fixed: bool) -> np.ndarray | None:
-        """U with S_P^{-1} = blockdiag(S_rr^{-1}, 0) + U U' (REML: P includes X), rows [rest | X]."""
-        if not include_fixed or self.p == 0:
-            return None
-        p = self.p
-        G = self._solve_rest_transposed(self.L_border[:p].T)  # S_rr^{-1} S_rb for the X columns
-        V = np.vstack([G, -np.eye(p)])
-        return la.solve_triangular(self.L_corner[:p, :p], V.T, lower=True, check_finite=False).T
 
     def inverse_sums(self, problem, factors, include_fixed: bool):
         structure = self.structure
@@ -230,21 +261,8 @@ class BorderedFactor:
         size = problem.coupling.C.shape[0]
         D = sp.csr_matrix((scaled, (structure.entry_rows, structure.entry_cols)), shape=(size, size))
         H = problem.coupling.sparse_block_sums(D)
-        U = self._border_term(include_fixed)
-        if U is not None:
-            rows = np.zeros((size, U.shape[1]))
-            rows[: self.q_rest] = problem.scale_rows(U[: self.q_rest], factors, transpose=False)
-            rows[self.q_rest : self.q_rest + self.p] = U[self.q_rest :]
-            projected = np.stack([problem.coupling.transpose_times(rows[:, c]) for c in range(U.shape[1])], axis=-1)
-            H = H + np.einsum("lac,lbc->lab", projected, projected)
         sums = [block.sum(axis=0) for block in self._term_blocks(inverse)]
-        if U is not None:
-            offset = 0
-            for index, term in enumerate(problem.rest):
-                part = U[offset : offset + term.q].reshape(term.n_levels, term.n_cols, -1)
-                sums[index] = sums[index] + np.einsum("lac,lbc->ab", part, part)
-                offset += term.q
-        return H, sums
+        return self._add_border_term(problem, factors, include_fixed, H, sums)
 
     def _term_blocks(self, inverse: np.ndarray) -> list[np.ndarray]:
         blocks = []

@@ -31,22 +31,25 @@ class KernelOptions:
     memory_bytes: int | None = None
     #: force a coupling strategy ("dense", "pattern" or "sparse") instead of choosing the cheapest
     coupling: str | None = None
-    #: force the strategy of the remaining columns ("dense" or "bordered") instead of choosing by structure
+    #: force the strategy of the remaining columns ("dense", "bordered" or "sparse") instead of choosing by structure
     rest: str | None = None
     #: the bordered strategy is chosen when the largest component of the remaining columns has at most this
     #: many columns and there are at least ``bordered_min_columns`` of them
     bordered_max_block: int = 64
     bordered_min_columns: int = 200
+    #: the sparse strategy is chosen for at least this many remaining columns whose block is at most this dense
+    sparse_min_columns: int = 500
+    sparse_max_density: float = 0.05
 
     def __post_init__(self):
         if self.coupling not in (None, "dense", "pattern", "sparse"):
             from ..errors import DataError
 
             raise DataError(f"coupling must be None, 'dense', 'pattern' or 'sparse', got {self.coupling!r}")
-        if self.rest not in (None, "dense", "bordered"):
+        if self.rest not in (None, "dense", "bordered", "sparse"):
             from ..errors import DataError
 
-            raise DataError(f"rest must be None, 'dense' or 'bordered', got {self.rest!r}")
+            raise DataError(f"rest must be None, 'dense', 'bordered' or 'sparse', got {self.rest!r}")
 
     @property
     def memory_limit(self) -> int:

@@ -36,6 +36,7 @@ from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, 
 from .coupling import PatternCoupling, choose_coupling
 from .covariance import lower_indices
 from .dense_block import DenseFactor
+from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
 
 
@@ -77,29 +78,43 @@ class PLSProblem:
         C.sort_indices()
         self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
         self.bordered = self._bordered_structure(cp)
-        if self.bordered is None:
+        self.sparse = self._sparse_structure(cp) if self.bordered is None else None
+        if self.bordered is None and self.sparse is None:
             self._check_memory()
             self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
         self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
 
     @property
     def rest_strategy(self) -> str:
-        """"bordered" (components of the remaining columns factored apart) or "dense"."""
-        return "dense" if self.bordered is None else "bordered"
+        """"bordered" (components factored apart), "sparse" (sparse LDL') or "dense"."""
+        return "bordered" if self.bordered is not None else "sparse" if self.sparse is not None else "dense"
+
+    def _considers(self, strategy: str, cp: CrossProducts, min_columns: int) -> bool:
+        """Whether a structured rest strategy is forced, or may pay off: enough remaining columns, and a
+        fill-in pattern that is affordable to compute."""
+        rest = self.options.rest
+        if rest not in (None, strategy) or not self.rest:
+            return False
+        if rest == strategy:
+            return True
+        pairs = PatternCoupling.pair_count(sp.csc_matrix(cp.rest_first), self.first.n_cols)
+        return self.q_rest >= min_columns and pairs <= self.options.pattern_pairs
+
+    def _sparse_structure(self, cp: CrossProducts) -> SparseStructure | None:
+        """The sparse strategy where the remaining columns form a large block that is mostly zeros."""
+        if not self._considers("sparse", cp, self.options.sparse_min_columns):
+            return None
+        pattern = component_pattern(cp.rest_rest, cp.rest_first)
+        if self.options.rest is None and pattern.nnz > self.options.sparse_max_density * self.q_rest**2:
+            return None
+        return SparseStructure(cp, pattern, self.rest, self.first.n_cols)
 
     def _bordered_structure(self, cp: CrossProducts) -> BorderedStructure | None:
         """The bordered strategy where the remaining columns split into small components (no fill-in)."""
-        options = self.options
-        if options.rest == "dense" or not self.rest:
+        if not self._considers("bordered", cp, self.options.bordered_min_columns):
             return None
-        if options.rest is None:
-            if self.q_rest < options.bordered_min_columns:
-                return None
-            pairs = PatternCoupling.pair_count(sp.csc_matrix(cp.rest_first), self.first.n_cols)
-            if pairs > options.pattern_pairs:
-                return None
         layout = ComponentLayout(component_pattern(cp.rest_rest, cp.rest_first))
-        if options.rest is None and layout.largest > options.bordered_max_block:
+        if self.options.rest is None and layout.largest > self.options.bordered_max_block:
             return None
         return BorderedStructure(cp, layout, self.rest, self.first.n_cols)
 
@@ -179,6 +194,8 @@ class PLSProblem:
         first = self.first_block.factor(factors[0])
         if self.bordered is not None:
             return PLSFactor(self, factors, first, BorderedFactor(self.bordered, self, factors, first.downdate_weights))
+        if self.sparse is not None:
+            return PLSFactor(self, factors, first, SparseFactor(self.sparse, self, factors, first.downdate_weights))
         # S = Lambda'(E - C W C')Lambda + I_rest, built in the downdate's own array: one dense working copy
         S = self.coupling.downdate(first.downdate_weights)
         np.subtract(self.E, S, out=S)
