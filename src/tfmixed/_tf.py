@@ -40,7 +40,7 @@ def _quiet_stderr():
 
 with _quiet_stderr():
     import tensorflow as tf  # noqa: E402
-    import keras  # noqa: E402,F401
+    import keras  # noqa: E402,F401  (imported here, quietly, for tfmixed.keras)
 
     tf.constant(0.0) + 1.0  # the first op triggers the CPU-feature notice: inside the quiet block
 

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..cross_products import CrossProducts
-from ..errors import MemoryLimitError, TfmixedError
+from ..errors import MemoryLimitError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, choose_coupling
@@ -104,6 +104,8 @@ class PLSProblem:
         """The sparse strategy where the remaining columns form a large block that is mostly zeros."""
         if not self._considers("sparse", cp, self.options.sparse_min_columns):
             return None
+        if 2 * 8 * self.q_rest**2 > self.options.memory_limit:
+            return None  # its selected inverse is held as a dense array: refused with the dense path's estimate
         pattern = component_pattern(cp.rest_rest, cp.rest_first)
         if self.options.rest is None and pattern.nnz > self.options.sparse_max_density * self.q_rest**2:
             return None

@@ -36,7 +36,7 @@ class History:
             rows.append(row)
         return pd.DataFrame(rows).set_index("iteration")
 
-    def plot_history(self, *others: "LmerFit", labels: list[str] | None = None):
+    def plot_history(self, *others: "History", labels: list[str] | None = None):
         """Trajectories of every variance component and the criterion, this fit and ``others`` side by side.
 
         Needs matplotlib (``pip install tfmixed[plot]``). Returns the matplotlib Figure.
