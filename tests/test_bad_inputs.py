@@ -254,7 +254,6 @@ def test_bad_input_raises_a_tfmixed_error(case, thunk, error, fragment):
         warnings.simplefilter("ignore")
         with pytest.raises(error) as caught:
             thunk()
-    assert type(caught.value) is error or issubclass(type(caught.value), error)
     assert fragment in str(caught.value)
 
 

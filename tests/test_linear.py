@@ -113,6 +113,9 @@ def test_weights_and_offset_match_r_lm():
     np.testing.assert_allclose(model.coef, [2.14345903787462, 0.62928072192914, 0.443519167310045], rtol=1e-10)
     np.testing.assert_allclose(model.se, [0.25935017344051, 0.0723985326979138, 0.0177083768363972], rtol=1e-10)
     assert model.sigma == pytest.approx(0.447696693263411, rel=1e-10)
+    # R's weighted R^2 (summary.lm) without an offset, where R 4.2's definition and tfmixed's coincide
+    no_offset = LinearRegression.from_formula("Sepal.Length ~ Sepal.Width + Petal.Length", iris, weights="w").fit()
+    assert no_offset.r2 == pytest.approx(0.844642531932143, rel=1e-12)
     # the same through arrays, and the offset carried into predictions
     X = np.column_stack([np.ones(150), iris["Sepal.Width"], iris["Petal.Length"]])
     again = LinearRegression(3).fit(X, iris["Sepal.Length"], weights=iris["w"], offset=iris["o"])

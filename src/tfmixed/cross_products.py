@@ -17,7 +17,7 @@ the y'y ~ n mean(y)^2 that cancels to ~ pwrss (at y + 1e8 the raw products lose 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as la
@@ -79,12 +79,6 @@ class CrossProducts:
     def __radd__(self, other):
         # sum() starts from 0
         return self if isinstance(other, int) and other == 0 else NotImplemented
-
-    def without_fixed(self) -> "CrossProducts":
-        """The same statistics with no fixed effects (X dropped, y~ kept)."""
-        keep = [self.p]
-        return replace(self, xy_first=self.xy_first[keep], xy_rest=self.xy_rest[keep],
-                       xy_xy=self.xy_xy[np.ix_(keep, keep)], shift=np.zeros(0))
 
     @classmethod
     def from_rows(cls, X, y, terms: list[RandomEffectsTerm], *, weights=None, offset=None, shift=None) -> "CrossProducts":

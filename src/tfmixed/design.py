@@ -121,10 +121,19 @@ class Design:
             out += term.z_times(b[s])
         return out
 
-    def cross_products(self, *, weights: np.ndarray | None = None, shift=None) -> CrossProducts:
-        """The sufficient statistics of this design (prior weights unless ``weights`` replaces them)."""
-        return CrossProducts.from_rows(self.X, self.y, self.terms, weights=self.weights if weights is None else weights,
-                                       offset=self.offset, shift=shift)
+    def fitted(self, beta: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """X beta + Z b + offset."""
+        return self.X @ beta + self.z_times(b) + self.offset_or_zero
+
+    def residuals(self, beta: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """y - X beta - Z b - offset."""
+        return self.y - self.fitted(beta, b)
+
+    def cross_products(self, *, shift=None) -> CrossProducts:
+        """The sufficient statistics of this design (new weights: :class:`CrossProductPattern`, which keeps
+        the pattern)."""
+        return CrossProducts.from_rows(self.X, self.y, self.terms, weights=self.weights, offset=self.offset,
+                                       shift=shift)
 
 
 def frames_by_factor(terms: list[RandomEffectsTerm], per_term: list[np.ndarray]) -> dict[str, pd.DataFrame]:

@@ -132,7 +132,7 @@ def mackay(
     fit = fit_fixed_point(
         module.problem, start, method=method, reml=REML, covariance=covariance, acceleration=acceleration,
         tol=tol, max_iter=max_iter, collapse_tol=collapse_tol, verbose=verbose,
-        residuals=lambda beta, b: design.y - design.offset_or_zero - design.X @ beta - design.z_times(b),
+        residuals=design.residuals,
     )
     history = [
         MacKayIteration(

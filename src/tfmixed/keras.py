@@ -30,6 +30,7 @@ import pandas as pd
 from ._tf import keras, tf
 from .errors import DataError, ShapeError, TfmixedError, TfmixedWarning
 from .cross_products import CrossProducts
+from .design import aliased_columns
 from .kernels.pls import PLSProblem
 from .levels import encode_levels as _encode
 from .terms import RandomEffectsTerm
@@ -192,16 +193,9 @@ class EmpiricalBayesDecay(keras.regularizers.Regularizer):
         return {"initial_penalty": float(self.penalty.numpy()), "n_train": float(self.n_train.numpy())}
 
 
-def _independent_columns(X: np.ndarray) -> np.ndarray:
-    """The linearly independent columns of X (pivoted QR): dead ReLU units give zero or repeated features."""
-    import scipy.linalg as la
-
-    if X.shape[1] == 0:
-        return X
-    _, R, order = la.qr(X, mode="economic", pivoting=True)
-    size = np.abs(np.diag(R))
-    keep = order[size > size[0] * max(X.shape) * np.finfo(float).eps * 100]
-    return X[:, np.sort(keep)]
+def _without_aliased(X: np.ndarray) -> np.ndarray:
+    """The linearly independent columns of X: dead ReLU units give zero or repeated features."""
+    return np.delete(X, aliased_columns(X), axis=1) if X.shape[1] else X
 
 
 def _all_layers(model) -> list:
@@ -421,7 +415,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             layouts.append(RandomEffectsTerm(codes, designs[label].astype(np.float64)[:, None],
                                              np.arange(layer.factors[factor]), name=label))
             labels.append(label)
-        X = _independent_columns(features.astype(np.float64)) if features is not None else np.zeros((n, 0))
+        X = _without_aliased(features.astype(np.float64)) if features is not None else np.zeros((n, 0))
         self._fixed_rank = X.shape[1]
         order = np.argsort([-layout.n_levels for layout in layouts], kind="stable")
         ordered = [layouts[i] for i in order]

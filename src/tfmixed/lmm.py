@@ -143,14 +143,10 @@ def _flag_degenerate(fit: LmerFit) -> None:
 
 def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, covariance, tol, max_iter, verbose):
     initial = default_start(problem, G0, sigma2_0, response_variance=float(np.var(design.y)))
-
-    def residuals(beta, b):
-        return design.y - design.offset_or_zero - design.X @ beta - design.z_times(b)
-
     return fit_fixed_point(
         problem, initial, method=method, reml=reml, acceleration=acceleration,
         covariance=covariance or ("full" if method == "em" else "diagonal"),
-        tol=1e-10 if tol is None else tol, max_iter=max_iter or 10_000, verbose=verbose, residuals=residuals,
+        tol=1e-10 if tol is None else tol, max_iter=max_iter or 10_000, verbose=verbose, residuals=design.residuals,
     )
 
 

@@ -187,9 +187,8 @@ class MixedModule(tf.Module):
         return loss
 
     def residuals(self) -> np.ndarray:
-        """y - X beta - Z b at the current estimates."""
-        b = self.b.numpy()[:, 0]
-        return self.design.y - self.design.X @ self.beta.numpy()[:, 0] - self.design.Z @ b
+        """y - X beta - Z b (- offset) at the current estimates."""
+        return self.design.residuals(self.beta.numpy()[:, 0], self.b.numpy()[:, 0])
 
     def estimate_sigmasq_epsilon(self) -> float:
         """MacKay's noise variance: population variance (ddof=0) of the residuals."""

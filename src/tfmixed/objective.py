@@ -32,10 +32,6 @@ class LmmObjective:
         self.start = theta_start(self.dims)
         self._cache: tuple[bytes, PLSFactor] | None = None
 
-    @property
-    def n_theta(self) -> int:
-        return self.lower.size
-
     def factor(self, theta: np.ndarray) -> PLSFactor:
         """The blocked Cholesky factor at theta (raises TfmixedError where Omega is not positive definite)."""
         theta = np.asarray(theta, dtype=np.float64)

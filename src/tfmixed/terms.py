@@ -69,11 +69,6 @@ class RandomEffectsTerm:
         return self.n_levels * self.n_cols
 
     @property
-    def n_theta(self) -> int:
-        """Parameters of the term's relative covariance factor (a k x k lower triangle)."""
-        return self.n_cols * (self.n_cols + 1) // 2
-
-    @property
     def nobs(self) -> int:
         return self.codes.shape[0]
 

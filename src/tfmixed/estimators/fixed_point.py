@@ -89,16 +89,19 @@ def criterion_at(problem: PLSProblem, state: VarianceState, reml: bool) -> float
     return state.factor(problem).deviance_at_sigma(state.sigma2, reml)
 
 
-def _pieces(problem: PLSProblem, factor: PLSFactor):
-    """The weighted residual sum of squares (pwrss - ||u||^2: no pass over rows) and U, B per term."""
-    _, u = factor.solve()
-    b = factor.u_to_b(u)
-    U, B, offset = [], [], 0
+def _per_term(problem: PLSProblem, vector: np.ndarray) -> list[np.ndarray]:
+    out, offset = [], 0
     for term in problem.terms:
-        U.append(u[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
-        B.append(b[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
+        out.append(vector[offset : offset + term.q].reshape(term.n_levels, term.n_cols))
         offset += term.q
-    return max(factor.pwrss - float(u @ u), 0.0), U, B
+    return out
+
+
+def _pieces(problem: PLSProblem, factor: PLSFactor):
+    """beta, b, the weighted residual sum of squares (pwrss - ||u||^2: no pass over rows), U and B per term."""
+    beta, u = factor.solve()
+    b = factor.u_to_b(u)
+    return beta, b, max(factor.pwrss - float(u @ u), 0.0), _per_term(problem, u), _per_term(problem, b)
 
 
 def mackay_update(problem: PLSProblem, state: VarianceState, reml: bool, diagonal: bool = True,
@@ -107,21 +110,19 @@ def mackay_update(problem: PLSProblem, state: VarianceState, reml: bool, diagona
 
     ``residuals(beta, b)`` returns the residual vector (the population variance needs its mean too).
     """
-    factor = state.factor(problem)
     if residuals is None:
         raise DataError("the mackay update needs the rows of the model (a residuals function)")
-    _, B = _pieces(problem, factor)[1:]
-    beta, u = factor.solve()
+    beta, b, _, _, B = _pieces(problem, state.factor(problem))
     G = [np.atleast_2d(np.cov(effects, rowvar=False, ddof=0)) for effects in B]
     if diagonal:
         G = [np.diag(np.diag(matrix)) for matrix in G]
-    return VarianceState(G, float(np.var(residuals(beta, factor.u_to_b(u)))))
+    return VarianceState(G, float(np.var(residuals(beta, b))))
 
 
 def em_update(problem: PLSProblem, state: VarianceState, reml: bool) -> VarianceState:
     """EM: G_t = mean_j(b_j b_j' + Cov(b_j|y)), sigma^2 = (||r||^2 + sigma^2 (dim P - tr_u Omega_P^{-1})) / n."""
     factor = state.factor(problem)
-    rss, U, _ = _pieces(problem, factor)
+    _, _, rss, U, _ = _pieces(problem, factor)
     sums = factor.inverse_block_sums(include_fixed=reml)
     sigma2 = state.sigma2
     G = []
@@ -136,7 +137,7 @@ def em_update(problem: PLSProblem, state: VarianceState, reml: bool) -> Variance
 def evidence_update(problem: PLSProblem, state: VarianceState, reml: bool) -> VarianceState:
     """MacKay's evidence update per variance component (diagonal G): tau^2 = ||b_c||^2 / gamma_c."""
     factor = state.factor(problem)
-    rss, _, B = _pieces(problem, factor)
+    _, _, rss, _, B = _pieces(problem, factor)
     sums = factor.inverse_block_sums(include_fixed=reml)
     G, gamma_total = [], 0.0
     for term, T, Bt, effects in zip(problem.terms, factor.factors, sums, B):

@@ -102,7 +102,7 @@ class _Search:
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
         result = minimize(fun, start / scale, method="L-BFGS-B", jac=True, bounds=bounds,
                           options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8, "maxls": 50})
-        return np.asarray(result.x) * scale, str(result.message)
+        return str(result.message)  # the best point is the search's, not necessarily the last iterate
 
     def cobyqa(self, start, scale, max_iter):
         lower = self.objective.lower
@@ -116,7 +116,7 @@ class _Search:
         bounds = [(lo / s if np.isfinite(lo) else -np.inf, np.inf) for lo, s in zip(lower, scale)]
         result = minimize(fun, start / scale, method="COBYQA", bounds=bounds,
                           options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10})
-        return np.asarray(result.x) * scale, f"COBYQA: {result.message}"
+        return f"COBYQA: {result.message}"
 
 
 def start_diagnosis(objective: LmmObjective, theta: np.ndarray) -> str:
@@ -185,31 +185,33 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     started = time.perf_counter()
     search = _Search(objective, progress)
     scale = np.ones_like(theta)
-    message, stages, status = "", 0, None
+    message, stages, status, decrement = "", 0, None, np.nan
     for stage in ("lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
         stages += 1
+        start_here = search.best_theta if search.history else theta
         try:
             if stage == "cobyqa":
-                theta, message = search.cobyqa(search.best_theta, scale, max_iter)
+                message = search.cobyqa(start_here, scale, max_iter)
             else:
-                theta, message = search.lbfgsb(search.best_theta if search.history else theta, scale, max_iter)
+                message = search.lbfgsb(start_here, scale, max_iter)
+            # a theta left on a zero bound may be a saddle (a scalar term's derivative is 0 there): probe inside
+            probe = _boundary_probe(objective, search.best_theta, search.best_value)
+            if probe is not None:
+                search.record(probe, objective(probe))
+                continue
         except _Degenerate:
             converged, status = False, "degenerate"
             message = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
                        "constant within the levels of the grouping factors, or the random effects reproduce it exactly, "
                        "so the likelihood has no maximum and the variance components are meaningless")
             break
-        theta = search.best_theta
-        probe = _boundary_probe(objective, theta, search.best_value)
-        if probe is not None:
-            search.record(probe, objective(probe))
-            continue
-        _, gradient = objective.value_and_gradient(theta)
-        projected, _ = _projected_gradient(theta, gradient, lower)
+        best = search.best_theta
+        _, gradient = objective.value_and_gradient(best)
+        projected, _ = _projected_gradient(best, gradient, lower)
         if np.max(np.abs(projected), initial=0.0) <= 1e-6 * max(1.0, abs(search.best_value)):
             converged = True
             break
-        decrement, H = newton_decrement(objective, theta)
+        decrement, H = newton_decrement(objective, best)
         if decrement <= NEWTON_DECREMENT_TOL:
             converged = True
             break

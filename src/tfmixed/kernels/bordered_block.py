@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import TfmixedError
+from .coupling import level_pairs
 from .dense_block import cholesky_or_raise
 
 
@@ -87,6 +88,23 @@ def component_pattern(rest_rest: sp.spmatrix, rest_first: sp.spmatrix) -> sp.csr
     return sp.csr_matrix(fill + own + sp.identity(rest_rest.shape[0]))
 
 
+def term_entries(rest_terms) -> list[list[tuple[int, int, np.ndarray, np.ndarray]]]:
+    """Per remaining term, (a, b, rows, cols) over its levels: where its k x k diagonal blocks sit in S_rr."""
+    out, offset = [], 0
+    for term in rest_terms:
+        base = offset + np.arange(term.n_levels) * term.n_cols
+        out.append([(a, b, base + a, base + b) for a in range(term.n_cols) for b in range(term.n_cols)])
+        offset += term.q
+    return out
+
+
+def downdate_pattern(C: sp.csc_matrix, n_levels: int, k: int, position, size: int) -> sp.csr_matrix:
+    """Q with Q @ W.ravel() = C W C' at the stored positions ``position(rows, cols)`` (all ordered pairs)."""
+    first, second, weight = level_pairs(C, n_levels, k)
+    where = position(C.indices[first].astype(np.int64), C.indices[second].astype(np.int64))
+    return sp.csr_matrix((C.data[first] * C.data[second], (where, weight)), shape=(size, n_levels * k * k))
+
+
 class BorderedStructure:
     """What the bordered factorisation precomputes from the cross-products: layout, block pattern, border."""
 
@@ -100,37 +118,16 @@ class BorderedStructure:
         self.E_flat = np.zeros(layout.n_entries)
         np.add.at(self.E_flat, layout.position(coo.row, coo.col), coo.data)
         self.diagonal = layout.position(np.arange(layout.q), np.arange(layout.q))
-        self.Q = self._downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1)
+        self.Q = downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1, layout.position, layout.n_entries)
         self.C_rest = sp.csr_matrix(cp.rest_first)
         self.C_border = cp.xy_first
         self.E_border, self.E_corner = cp.xy_rest, cp.xy_xy
         self.lambda_positions = self._lambda_positions()
 
-    def _downdate_pattern(self, C: sp.csc_matrix, n_levels: int, k: int) -> sp.csr_matrix:
-        """Q with Q @ W.ravel() = the values of C W C' at the block positions (all ordered pairs)."""
-        C.sort_indices()
-        level_ptr = C.indptr[::k]
-        per_level = np.diff(level_ptr).astype(np.int64)
-        entry_level = np.repeat(np.arange(n_levels), per_level)
-        first = np.repeat(np.arange(C.nnz), per_level[entry_level])
-        offsets = np.arange(first.size) - np.repeat(np.cumsum(per_level[entry_level]) - per_level[entry_level],
-                                                    per_level[entry_level])
-        second = level_ptr[:-1][entry_level[first]] + offsets
-        column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
-        weight = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
-        positions = self.layout.position(C.indices[first].astype(np.int64), C.indices[second].astype(np.int64))
-        return sp.csr_matrix((C.data[first] * C.data[second], (positions, weight)),
-                             shape=(self.layout.n_entries, n_levels * k * k))
-
     def _lambda_positions(self) -> list[list[tuple[int, int, np.ndarray]]]:
         """Per remaining term, (a, b, flat positions over levels) of Lambda's entries T[a, b]."""
-        out, offset = [], 0
-        for term in self.rest_terms:
-            base = offset + np.arange(term.n_levels) * term.n_cols
-            out.append([(a, b, self.layout.position(base + a, base + b))
-                        for a in range(term.n_cols) for b in range(term.n_cols)])
-            offset += term.q
-        return out
+        return [[(a, b, self.layout.position(rows, cols)) for a, b, rows, cols in entries]
+                for entries in term_entries(self.rest_terms)]
 
     def lambda_flat(self, factors: list[np.ndarray]) -> np.ndarray:
         flat = np.zeros(self.layout.n_entries)
@@ -176,6 +173,19 @@ class BorderedBase:
         fixed = la.solve_triangular(self.L_corner[:p, :p], self.L_corner[-1, :p], lower=True, trans="T",
                                     check_finite=False) if p else np.zeros(0)
         return np.concatenate([self.G[:, -1] - self.G[:, :p] @ fixed, fixed])
+
+    def _term_blocks(self, lookup) -> list[np.ndarray]:
+        """Each remaining term's (L, k, k) diagonal blocks of S_rr^{-1}; ``lookup(rows, cols)`` reads entries."""
+        blocks = []
+        for term, entries in zip(self.problem.rest, term_entries(self.problem.rest)):
+            block = np.empty((term.n_levels, term.n_cols, term.n_cols))
+            for a, b, rows, cols in entries:
+                block[:, a, b] = lookup(rows, cols)
+            blocks.append(block)
+        return blocks
+
+    def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
+        return self._term_blocks(self._inverse_lookup())
 
     def _border_term(self, include_fixed: bool) -> np.ndarray | None:
         """U with S_P^{-1} = blockdiag(S_rr^{-1}, 0) + U U' (REML: P includes X), rows [rest | X]."""
@@ -261,17 +271,11 @@ class BorderedFactor(BorderedBase):
         size = problem.coupling.C.shape[0]
         D = sp.csr_matrix((scaled, (structure.entry_rows, structure.entry_cols)), shape=(size, size))
         H = problem.coupling.sparse_block_sums(D)
-        sums = [block.sum(axis=0) for block in self._term_blocks(inverse)]
+        sums = [block.sum(axis=0) for block in self._term_blocks(self._flat_lookup(inverse))]
         return self._add_border_term(problem, factors, include_fixed, H, sums)
 
-    def _term_blocks(self, inverse: np.ndarray) -> list[np.ndarray]:
-        blocks = []
-        for term, positions in zip(self.problem.rest, self.structure.lambda_positions):
-            block = np.empty((term.n_levels, term.n_cols, term.n_cols))
-            for a, b, where in positions:
-                block[:, a, b] = inverse[where]
-            blocks.append(block)
-        return blocks
+    def _flat_lookup(self, inverse: np.ndarray):
+        return lambda rows, cols: inverse[self.structure.layout.position(rows, cols)]
 
-    def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
-        return self._term_blocks(self._inverse_flat())
+    def _inverse_lookup(self):
+        return self._flat_lookup(self._inverse_flat())

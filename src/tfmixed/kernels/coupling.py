@@ -98,6 +98,31 @@ class SparseCoupling:
         return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))
 
 
+def level_pairs(C: sp.csc_matrix, n_levels: int, k: int, lower: bool = False):
+    """Pairs of C's nonzeros that share a level j of the first term (k columns per level), as indices into
+    C.data: (first, second, flat weight index (j k + a) k + b). Their products C[r, ja] W_j[a, b] C[c, jb] make
+    up C W C'; ``lower`` keeps only the pairs with row(first) >= row(second).
+    """
+    C.sort_indices()
+    level_ptr = C.indptr[::k]
+    per_level = np.diff(level_ptr).astype(np.int64)
+    entry_level = np.repeat(np.arange(n_levels), per_level)
+    # for k = 1 rows are sorted within a level's column, so row >= row means position >= position: generate
+    # only those pairs instead of filtering them
+    if lower and k == 1:
+        repeats = np.arange(C.nnz) - level_ptr[:-1][entry_level] + 1
+    else:
+        repeats = per_level[entry_level]
+    first = np.repeat(np.arange(C.nnz), repeats)
+    second = level_ptr[:-1][entry_level[first]] + np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    if lower and k > 1:
+        keep = C.indices[first] >= C.indices[second]
+        first, second = first[keep], second[keep]
+    column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
+    weight_index = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
+    return first, second, weight_index
+
+
 class PatternCoupling(SparseCoupling):
     """The fixed sparsity pattern of C W C' for block-diagonal W (one k x k block per level).
 
@@ -129,30 +154,11 @@ class PatternCoupling(SparseCoupling):
     @classmethod
     def build(cls, C: sp.csr_matrix, n_levels: int, k: int) -> "PatternCoupling":
         Ccsc = sp.csc_matrix(C)
-        Ccsc.sort_indices()
-        level_ptr = Ccsc.indptr[::k]
-        per_level = np.diff(level_ptr).astype(np.int64)
-        entry_level = np.repeat(np.arange(n_levels), per_level)
-        row_of = Ccsc.indices.astype(np.int64)
-        # For k = 1 rows are sorted within a level's column, so the pairs with row >= row are those with
-        # position >= position: generate only those.
-        if k == 1:
-            repeats = np.arange(Ccsc.nnz) - level_ptr[:-1][entry_level] + 1
-        else:
-            repeats = per_level[entry_level]
-        first = np.repeat(np.arange(Ccsc.nnz), repeats)
-        offsets = np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-        second = level_ptr[:-1][entry_level[first]] + offsets
-        if k == 1:
-            weight_index = entry_level[first]
-        else:
-            keep = row_of[first] >= row_of[second]
-            first, second = first[keep], second[keep]
-            column_in_level = np.repeat(np.arange(Ccsc.shape[1]) % k, np.diff(Ccsc.indptr))
-            weight_index = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
+        first, second, weight_index = level_pairs(Ccsc, n_levels, k, lower=True)
         size = Ccsc.shape[0]
         QT = sp.csr_matrix(
-            (Ccsc.data[first] * Ccsc.data[second], (weight_index, row_of[first] * size + row_of[second])),
+            (Ccsc.data[first] * Ccsc.data[second],
+             (weight_index, Ccsc.indices[first].astype(np.int64) * size + Ccsc.indices[second])),
             shape=(n_levels * k * k, size * size),
         )
         return cls(C, n_levels, k, QT)

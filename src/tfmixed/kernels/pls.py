@@ -77,8 +77,10 @@ class PLSProblem:
         C = sp.vstack([cp.rest_first, sp.csr_matrix(cp.xy_first)], format="csr")
         C.sort_indices()
         self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
+        self._pattern = None
         self.bordered = self._bordered_structure(cp)
         self.sparse = self._sparse_structure(cp) if self.bordered is None else None
+        self._pattern = None  # only the chosen structure keeps what it needs
         if self.bordered is None and self.sparse is None:
             self._check_memory()
             self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
@@ -97,8 +99,15 @@ class PLSProblem:
             return False
         if rest == strategy:
             return True
-        pairs = PatternCoupling.pair_count(sp.csc_matrix(cp.rest_first), self.first.n_cols)
-        return self.q_rest >= min_columns and pairs <= self.options.pattern_pairs
+        if self.q_rest < min_columns:
+            return False
+        return PatternCoupling.pair_count(sp.csc_matrix(cp.rest_first), self.first.n_cols) <= self.options.pattern_pairs
+
+    def _rest_pattern(self, cp: CrossProducts) -> sp.csr_matrix:
+        """Where S_rr can be nonzero (computed once, for whichever strategy asks first)."""
+        if self._pattern is None:
+            self._pattern = component_pattern(cp.rest_rest, cp.rest_first)
+        return self._pattern
 
     def _sparse_structure(self, cp: CrossProducts) -> SparseStructure | None:
         """The sparse strategy where the remaining columns form a large block that is mostly zeros."""
@@ -106,7 +115,7 @@ class PLSProblem:
             return None
         if 2 * 8 * self.q_rest**2 > self.options.memory_limit:
             return None  # its selected inverse is held as a dense array: refused with the dense path's estimate
-        pattern = component_pattern(cp.rest_rest, cp.rest_first)
+        pattern = self._rest_pattern(cp)
         if self.options.rest is None and pattern.nnz > self.options.sparse_max_density * self.q_rest**2:
             return None
         return SparseStructure(cp, pattern, self.rest, self.first.n_cols)
@@ -115,7 +124,7 @@ class PLSProblem:
         """The bordered strategy where the remaining columns split into small components (no fill-in)."""
         if not self._considers("bordered", cp, self.options.bordered_min_columns):
             return None
-        layout = ComponentLayout(component_pattern(cp.rest_rest, cp.rest_first))
+        layout = ComponentLayout(self._rest_pattern(cp))
         if self.options.rest is None and layout.largest > self.options.bordered_max_block:
             return None
         return BorderedStructure(cp, layout, self.rest, self.first.n_cols)
@@ -288,11 +297,6 @@ class PLSFactor:
         rest[: problem.q_rest] = u[q1:]
         rest = problem.scale_rows(rest[:, None], self.factors, transpose=False)[: problem.q_rest, 0]
         return np.concatenate([first, rest])
-
-    def spherical_sum_of_squares(self) -> float:
-        """||u||^2 at the solution: pwrss - ||u||^2 is the weighted residual sum of squares."""
-        _, u = self._solution
-        return float(u @ u)
 
     def inverse_block_sums(self, include_fixed: bool) -> list[np.ndarray]:
         """Per term, the sum over levels of the k x k diagonal blocks of Omega_P^{-1}.

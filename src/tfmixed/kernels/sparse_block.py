@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..errors import TfmixedError
-from .bordered_block import BorderedBase
+from .bordered_block import BorderedBase, downdate_pattern
 
 
 class SparseStructure:
@@ -39,34 +39,12 @@ class SparseStructure:
         coo = sp.coo_matrix(cp.rest_rest)
         self.E_data = np.zeros(self.keys.size)
         np.add.at(self.E_data, self.position(coo.row, coo.col), coo.data)
-        self.Q = self._downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1)
+        self.Q = downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1, self.position, self.keys.size)
         self.C_rest = sp.csr_matrix(cp.rest_first)
         self.C_border, self.E_border, self.E_corner = cp.xy_first, cp.xy_rest, cp.xy_xy
-        self.term_positions = self._term_positions()
 
     def position(self, rows, cols) -> np.ndarray:
         return np.searchsorted(self.keys, np.asarray(cols, dtype=np.int64) * self.n + np.asarray(rows, dtype=np.int64))
-
-    def _downdate_pattern(self, C: sp.csc_matrix, n_levels: int, k: int) -> sp.csr_matrix:
-        C.sort_indices()
-        level_ptr = C.indptr[::k]
-        per_level = np.diff(level_ptr).astype(np.int64)
-        entry_level = np.repeat(np.arange(n_levels), per_level)
-        repeats = per_level[entry_level]
-        first = np.repeat(np.arange(C.nnz), repeats)
-        second = level_ptr[:-1][entry_level[first]] + np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-        column_in_level = np.repeat(np.arange(C.shape[1]) % k, np.diff(C.indptr))
-        weight = (entry_level[first] * k + column_in_level[first]) * k + column_in_level[second]
-        where = self.position(C.indices[first], C.indices[second])
-        return sp.csr_matrix((C.data[first] * C.data[second], (where, weight)), shape=(self.keys.size, n_levels * k * k))
-
-    def _term_positions(self):
-        out, offset = [], 0
-        for term in self.rest_terms:
-            base = offset + np.arange(term.n_levels) * term.n_cols
-            out.append([(a, b, base + a, base + b) for a in range(term.n_cols) for b in range(term.n_cols)])
-            offset += term.q
-        return out
 
     def lambda_matrix(self, factors) -> sp.csr_matrix:
         return sp.csr_matrix(sp.block_diag([sp.kron(sp.identity(t.n_levels), sp.csr_matrix(T))
@@ -129,31 +107,18 @@ class SparseFactor(BorderedBase):
                 Z[j, j] = inverse_d[j]
         return Z
 
-    def _inverse_on_pattern(self) -> tuple[sp.csr_matrix, np.ndarray]:
-        """S_rr^{-1} at the pattern of S_rr (original order) and the permutation used to read it."""
-        Z = self._selected_inverse()
-        perm = self.lu.perm_r
-        s = self.structure
-        values = Z[perm[s.rows_of], perm[s.cols_of]]
-        return sp.csr_matrix((values, (s.rows_of, s.cols_of)), shape=(s.n, s.n)), (Z, perm)
+    def _inverse_lookup(self):
+        """Entries of S_rr^{-1} in the original order, read from the selected inverse (permuted order)."""
+        Z, perm = self._selected_inverse(), self.lu.perm_r
+        return lambda rows, cols: Z[perm[rows], perm[cols]]
 
     def inverse_sums(self, problem, factors, include_fixed: bool):
-        inverse, (Z, perm) = self._inverse_on_pattern()
+        lookup = self._inverse_lookup()
+        s = self.structure
+        inverse = sp.csr_matrix((lookup(s.rows_of, s.cols_of), (s.rows_of, s.cols_of)), shape=(s.n, s.n))
         size = problem.coupling.C.shape[0]
         scaled = sp.csr_matrix(self.Lam @ inverse @ self.Lam.T)
         scaled.resize((size, size))
         H = problem.coupling.sparse_block_sums(scaled)
-        sums = [block.sum(axis=0) for block in self._term_blocks_from(Z, perm)]
+        sums = [block.sum(axis=0) for block in self._term_blocks(lookup)]
         return self._add_border_term(problem, factors, include_fixed, H, sums)
-
-    def _term_blocks_from(self, Z, perm) -> list[np.ndarray]:
-        blocks = []
-        for term, positions in zip(self.problem.rest, self.structure.term_positions):
-            block = np.empty((term.n_levels, term.n_cols, term.n_cols))
-            for a, b, rows, cols in positions:
-                block[:, a, b] = Z[perm[rows], perm[cols]]
-            blocks.append(block)
-        return blocks
-
-    def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
-        return self._term_blocks_from(self._selected_inverse(), self.lu.perm_r)

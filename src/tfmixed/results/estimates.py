@@ -138,7 +138,7 @@ class Estimates:
     @cached_property
     def fitted(self) -> np.ndarray:
         """Fitted values X beta + Z b + offset."""
-        return self.design.X @ self._beta + self.design.z_times(self._b) + self.design.offset_or_zero
+        return self.design.fitted(self._beta, self._b)
 
     @property
     def residuals(self) -> np.ndarray:

@@ -26,24 +26,26 @@ def _steps(theta: np.ndarray) -> np.ndarray:
 
 
 def _theta_gradient_and_vcov(objective: LmmObjective, theta: np.ndarray, sigma2: float):
-    """grad_theta d(theta, sigma) at fixed sigma and (R_X'R_X)^{-1}; None where the gradient is not exact."""
+    """(grad_theta d(theta, sigma) at fixed sigma, d r^2 / d theta, (R_X'R_X)^{-1}, the factor); None where the
+    gradient is not exact."""
     factor = objective.factor(theta)
     # exact wherever T is invertible, however small: the differences straddle theta = 0 at a boundary fit
     parts = factor.gradient_parts(objective.reml, singular_tol=1e-12)
     if parts is None:
         return None
     d_logdet, d_r2 = parts
-    return d_logdet + d_r2 / sigma2, d_r2, factor.vcov_beta_unscaled()
+    return d_logdet + d_r2 / sigma2, d_r2, factor.vcov_beta_unscaled(), factor
 
 
 def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigma: float):
-    """(H of the deviance in (theta, sigma), dV/d varpar as a (p, p, m + 1) array), or None at a singular fit."""
+    """(H of the deviance in (theta, sigma), dV/d varpar as a (p, p, m + 1) array, V at theta), or None at a
+    singular fit. One factorisation at theta and two per theta component."""
     sigma2 = sigma * sigma
     m, p = theta.size, objective.problem.p
     centre = _theta_gradient_and_vcov(objective, theta, sigma2)
     if centre is None:
         return None
-    _, d_r2, M = centre
+    _, d_r2, M, factor = centre
     H = np.zeros((m + 1, m + 1))
     jacobian = np.zeros((p, p, m + 1))
     h = _steps(theta)
@@ -55,33 +57,26 @@ def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigm
         H[:m, i] = (plus[0] - minus[0]) / (2 * h[i])
         jacobian[:, :, i] = sigma2 * (plus[2] - minus[2]) / (2 * h[i])
     H[:m, :m] = (H[:m, :m] + H[:m, :m].T) / 2
-    factor = objective.factor(theta)
-    dof = factor.dof(objective.reml)
     H[m, :m] = H[:m, m] = -2.0 * d_r2 / sigma**3
-    H[m, m] = 6.0 * factor.pwrss / sigma**4 - 2.0 * dof / sigma2
+    H[m, m] = 6.0 * factor.pwrss / sigma**4 - 2.0 * factor.dof(objective.reml) / sigma2
     jacobian[:, :, m] = 2.0 * sigma * M
-    return H, jacobian
+    return H, jacobian, sigma2 * M
 
 
-def satterthwaite_df(objective: LmmObjective, theta: np.ndarray, sigma: float, contrasts: np.ndarray | None = None) -> np.ndarray:
-    """Satterthwaite df of each contrast (rows of ``contrasts``; default each coefficient): lmerTest's contest1D.
+def satterthwaite_df(objective: LmmObjective, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """Satterthwaite df of each fixed-effect coefficient: lmerTest's contest1D.
 
     NaN where the Hessian of the deviance in (theta, sigma) is not positive definite or not available.
     """
-    theta = np.asarray(theta, dtype=np.float64)
-    p = objective.problem.p
-    L = np.eye(p) if contrasts is None else np.atleast_2d(contrasts)
-    pieces = varpar_hessian_and_jacobian(objective, theta, sigma)
+    pieces = varpar_hessian_and_jacobian(objective, np.asarray(theta, dtype=np.float64), sigma)
     if pieces is None:
-        return np.full(L.shape[0], np.nan)
-    H, jacobian = pieces
+        return np.full(objective.problem.p, np.nan)
+    H, jacobian, V = pieces
     if np.linalg.eigvalsh(H)[0] <= 0:
-        return np.full(L.shape[0], np.nan)
+        return np.full(objective.problem.p, np.nan)
     A = 2.0 * np.linalg.inv(H)
-    V = sigma**2 * objective.factor(theta).vcov_beta_unscaled()
-    variance = np.einsum("ci,ij,cj->c", L, V, L)
-    gradients = np.einsum("ci,ijk,cj->ck", L, jacobian, L)
-    return 2.0 * variance**2 / np.einsum("ck,kl,cl->c", gradients, A, gradients)
+    gradients = np.einsum("iik->ik", jacobian)
+    return 2.0 * np.diag(V) ** 2 / np.einsum("ck,kl,cl->c", gradients, A, gradients)
 
 
 def t_pvalues(t_values: np.ndarray, df: np.ndarray) -> np.ndarray:
