@@ -287,6 +287,8 @@ SAME = [
     ("explicit intercepts", lambda: lmer("Reaction ~ 1 + Days + (1 + Days | Subject)"), lambda: fit()),
     ("minus one after a random term", lambda: lmer("Reaction ~ Days + (Days | Subject) - 1"), lambda: lmer("Reaction ~ 0 + Days + (Days | Subject)")),
     ("I() with a power", lambda: lmer("Reaction ~ Days + I(Days^2) + (1 | Subject)", SLEEP_W), lambda: lmer("Reaction ~ Days + Days2 + (1 | Subject)", SLEEP_W)),
+    ("I() with a power of a float column", lambda: lmer("Reaction ~ Dx + I(Dx^2) + (1 | Subject)", SLEEP_W.assign(Dx=SLEEP_W.Days + 0.5)),
+        lambda: lmer("Reaction ~ Dx + Dx2 + (1 | Subject)", SLEEP_W.assign(Dx=SLEEP_W.Days + 0.5, Dx2=(SLEEP_W.Days + 0.5) ** 2))),
     ("uncorrelated bars", lambda: lmer("Reaction ~ Days + (Days || Subject)"), lambda: lmer("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)")),
     ("unit weights", lambda: lmer(weights=np.ones(180)), lambda: fit()),
     ("zero offset", lambda: lmer(offset=np.zeros(180)), lambda: fit()),
