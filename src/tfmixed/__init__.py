@@ -1,11 +1,12 @@
 """tfmixed: empirical Bayes for TensorFlow 2.
 
-Linear mixed models with lme4's numbers (:func:`lmer`), the seed article's TensorFlow modules
+Linear and generalised linear mixed models with lme4's numbers (:func:`lmer`, :func:`glmer`), the seed article's TensorFlow modules
 (:class:`LinearRegression`, :class:`MixedModule`) and MacKay's empirical-Bayes loop (:func:`mackay`).
 """
 
 from . import datasets
 from .errors import (
+    ConvergenceError,
     ConvergenceWarning,
     CovarianceCollapseWarning,
     DataError,
@@ -27,7 +28,9 @@ from .cross_products import CrossProducts
 from .kernels.options import KernelOptions
 from .levels import encode_levels
 from .lmm import lmer
+from .glmm import glmer
 from .results import LmerFit
+from .results.glmm import GlmerFit
 from .terms import RandomEffectsTerm
 
 __version__ = "0.1.0"
@@ -54,6 +57,7 @@ __all__ = [
     "MacKayResult",
     "MixedModule",
     "mackay",
+    "ConvergenceError",
     "ConvergenceWarning",
     "CovarianceCollapseWarning",
     "DataError",
@@ -76,5 +80,7 @@ __all__ = [
     "build_design",
     "datasets",
     "lmer",
+    "glmer",
+    "GlmerFit",
     "parse_formula",
 ]

@@ -32,6 +32,7 @@ from .terms import RandomEffectsTerm
 #: R's math functions that formulaic's evaluation context lacks (log, exp, poly, scale, C are formulaic's own);
 #: the same context must be used again when a model spec evaluates new data
 R_FUNCTIONS = {
+    "cbind": lambda *columns: np.column_stack(columns),
     "sqrt": np.sqrt, "abs": np.abs, "log2": np.log2, "log10": np.log10, "log1p": np.log1p, "expm1": np.expm1,
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "floor": np.floor, "ceiling": np.ceil, "round": np.round,
 }
@@ -278,6 +279,9 @@ def evaluate(formula: str, data: pd.DataFrame):
     """
     response, _, rhs = formula.rpartition("~")
     translated, renames = translate_r_syntax(rhs, response)
+    if response.strip() and not response.strip().isidentifier() and not response.strip().startswith("cbind("):
+        # R evaluates the left-hand side as an expression (incidence/size is a ratio; formulaic would nest)
+        response = translate_r_syntax(f"I({response.strip()})")[0]
     try:
         return model_matrix(quote_columns(f"{response}~{translated}", data.columns), data, na_action="ignore",
                             context=R_FUNCTIONS), renames
@@ -289,6 +293,39 @@ def evaluate(formula: str, data: pd.DataFrame):
                 f"columns are {list(data.columns)}"
             ) from None
         raise FormulaError(f"cannot evaluate {formula!r}: {error}") from None
+
+
+def _response(lhs, frame: pd.DataFrame, name: str, binomial: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The response vector and, for a binomial ``cbind(successes, failures)``, the number of trials."""
+    column = frame[name] if name in frame.columns else None
+    if binomial and column is not None and not pd.api.types.is_numeric_dtype(column.dtype):
+        return _two_level_response(column, name), None
+    if binomial and lhs.shape[1] == 2:
+        counts = np.asarray(lhs, dtype=np.float64)
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise DataError(f"cbind response {name!r} needs finite, non-negative counts of successes and failures")
+        trials = counts.sum(axis=1)
+        return np.divide(counts[:, 0], trials, out=np.zeros(len(trials)), where=trials > 0), trials
+    if lhs.shape[1] != 1:
+        raise DataError(f"response {name!r} must be one numeric column, got columns {list(lhs.columns)}"
+                        + ("; cbind(successes, failures) is a binomial response: use tfmixed.glmer" if not binomial else ""))
+    if column is not None and not pd.api.types.is_numeric_dtype(column.dtype):
+        raise DataError(f"response {name!r} must be numeric, got dtype {column.dtype}")
+    y = np.asarray(lhs, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"response {name!r} has non-finite values")
+    return y, None
+
+
+def _two_level_response(column: pd.Series, name: str) -> np.ndarray:
+    """R's factor response of a binomial model: the first level (sorted, or the categorical order) is 0."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.to_numpy().astype(np.float64)
+    codes, levels = encode_levels(column, name=f"response {name!r}")
+    if len(levels) != 2:
+        raise DataError(f"a binomial factor response needs exactly two levels; {name!r} has {len(levels)}: "
+                        f"{list(levels)[:5]}")
+    return (codes == 1).astype(np.float64)
 
 
 def row_vector(value, frame: pd.DataFrame, what: str) -> np.ndarray | None:
@@ -380,7 +417,7 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
 
 
 def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise", weights=None,
-                 offset=None, rank_deficient: str = "drop") -> Design:
+                 offset=None, rank_deficient: str = "drop", binomial: bool = False) -> Design:
     """Build X, y, the random-effects terms, prior weights and offset for an lme4 ``formula`` on ``data``.
 
     ``weights`` and ``offset`` are column names or arrays (lme4's ``weights =`` and ``offset =``); offsets
@@ -388,6 +425,8 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     columns, missing values, a non-numeric response, grouping factors with a single level or as many levels
     as observations, negative weights. Columns of X that are linear combinations of earlier ones are dropped
     with a :class:`RankDeficiencyWarning` (lme4's default; ``rank_deficient="raise"`` raises instead).
+    ``binomial=True`` accepts R's binomial responses: ``cbind(successes, failures)`` (y is the proportion and
+    the trials multiply the weights), a two-level factor (the first level is failure) or booleans.
 
     >>> from tfmixed import datasets
     >>> d = build_design("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets.load("Penicillin"))
@@ -412,15 +451,7 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     matrices, renames = evaluate(parsed.fixed, frame)
     # Random terms often repeat the fixed right-hand side ((1 + Days | Subject) beside 1 + Days): reuse it.
     evaluated = {parsed.fixed_rhs.replace(" ", ""): (matrices.rhs, renames)}
-    lhs = matrices.lhs
-    if lhs.shape[1] != 1:
-        raise DataError(f"response {parsed.response!r} must be one numeric column, got columns {list(lhs.columns)}")
-    response = frame[parsed.response] if parsed.response in frame.columns else None
-    if response is not None and not pd.api.types.is_numeric_dtype(response.dtype):
-        raise DataError(f"response {parsed.response!r} must be numeric, got dtype {response.dtype}")
-    y = np.asarray(lhs, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(y)):
-        raise DataError(f"response {parsed.response!r} has non-finite values")
+    y, trials = _response(matrices.lhs, frame, parsed.response, binomial)
     X = np.asarray(matrices.rhs, dtype=np.float64)
     if not np.all(np.isfinite(X)):
         raise DataError("the fixed-effects model matrix has non-finite values (check for inf in the covariates)")
@@ -437,6 +468,8 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     prior = row_vector(weights, frame, "weights")
     if prior is not None and (np.any(prior < 0) or not np.any(prior > 0)):
         raise DataError("weights must be non-negative with at least one positive value")
+    if trials is not None:
+        prior = trials if prior is None else prior * trials
     total_offset = offset_values(parsed, frame)
     argument_offset = row_vector(offset, frame, "offset")
     if argument_offset is not None:

@@ -40,6 +40,10 @@ class NotFittedError(TfmixedError, RuntimeError):
     """A result was requested from an object that has not been fitted yet."""
 
 
+class ConvergenceError(TfmixedError, RuntimeError):
+    """An inner iteration (PIRLS for a GLMM's conditional modes) failed to converge; no estimate is returned."""
+
+
 class TfmixedWarning(UserWarning):
     """Base class of the warnings issued by tfmixed."""
 

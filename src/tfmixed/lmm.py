@@ -114,7 +114,7 @@ def lmer(
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset, rank_deficient=rank_deficient)
     problem = problem_from_design(design, kernel_options)
     objective = LmmObjective(problem, reml=REML)
-    with blas_threads_for(problem):
+    with blas_threads_for(problem.q_rest + problem.p + 1):
         if method == "profiled":
             optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
         else:

@@ -14,6 +14,11 @@ from .kernels.covariance import theta_lower_bounds, theta_start, theta_to_factor
 from .kernels.pls import PLSFactor, PLSProblem
 
 
+#: a penalised RSS below this fraction of the response's own sum of squares means the random effects reproduce
+#: the response: the likelihood grows without bound as theta -> infinity
+DEGENERATE_RSS = 1e-12
+
+
 class LmmObjective:
     """The profiled criterion of a linear mixed model, as a function of lme4's theta.
 
@@ -31,6 +36,12 @@ class LmmObjective:
         self.lower = theta_lower_bounds(self.dims)
         self.start = theta_start(self.dims)
         self._cache: tuple[bytes, PLSFactor] | None = None
+        self.response_ss = float(problem.cross_products.xy_xy[-1, -1])
+
+    @property
+    def label(self) -> str:
+        """The criterion's name in progress lines."""
+        return "REML" if self.reml else "ML"
 
     def factor(self, theta: np.ndarray) -> PLSFactor:
         """The blocked Cholesky factor at theta (raises TfmixedError where Omega is not positive definite)."""
@@ -80,3 +91,27 @@ class LmmObjective:
         """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within ``tol`` of 0."""
         bounded = np.isfinite(self.lower)
         return bool(np.any(np.asarray(theta)[bounded] - self.lower[bounded] < tol))
+
+    def is_degenerate(self, theta: np.ndarray) -> bool:
+        """Whether the random effects reproduce the response (penalised RSS ~ 0): no maximum exists."""
+        return self.factor(theta).pwrss < DEGENERATE_RSS * self.response_ss
+
+    def diagnose(self, theta: np.ndarray) -> str:
+        """Why the criterion cannot be evaluated at theta, in the user's terms."""
+        cp = self.problem.cross_products
+        scale = float(np.max(np.abs(cp.xy_xy))) if cp.xy_xy.size else 0.0
+        if not np.isfinite(scale):
+            return ("the cross-products overflow: the response or a covariate has values too large (near 1e150 or "
+                    "more); rescale them")
+        exact_fit = ("the fixed effects reproduce the response exactly (residual sum of squares 0): the response is "
+                     "constant, or the response (or a copy of it) is among the covariates")
+        fitted = float(cp.shift @ cp.xy_xy[:-1, :-1] @ cp.shift) if cp.p else 0.0
+        if cp.xy_xy[-1, -1] <= 1e-20 * max(fitted, np.finfo(float).tiny):
+            return exact_fit
+        try:
+            factor = self.factor(theta)
+        except TfmixedError as error:
+            return str(error)
+        if factor.pwrss == 0:
+            return exact_fit
+        return f"penalised residual sum of squares {factor.pwrss!r}, log-determinant {factor.logdet_L!r}"

@@ -23,9 +23,9 @@ def _controller():
 
 
 @contextlib.contextmanager
-def blas_threads_for(problem, limit: int = SINGLE_THREAD_BELOW):
-    """Run the block with one BLAS thread when the problem's dense block is small."""
-    if problem.q_rest + problem.p + 1 >= limit:
+def blas_threads_for(dense_size: int, limit: int = SINGLE_THREAD_BELOW):
+    """Run the block with one BLAS thread when the problem's dense block (``dense_size`` square) is small."""
+    if dense_size >= limit:
         yield
         return
     with _controller().limit(limits=1, user_api="blas"):

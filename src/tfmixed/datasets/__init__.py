@@ -21,6 +21,8 @@ _CATALOGUE = {
     "Dyestuff2": ("Dyestuff2.csv", ("Batch",), "Simulated Dyestuff-like data whose batch variance estimate is 0"),
     "Penicillin": ("Penicillin.csv", ("plate", "sample"), "Penicillin potency: 24 plates crossed with 6 samples"),
     "Pastes": ("Pastes.csv", ("batch", "cask", "sample"), "Paste strength: casks nested within 10 delivery batches"),
+    "cbpp": ("cbpp.csv", ("herd", "period"),
+             "Contagious bovine pleuropneumonia: new cases (incidence) among size cattle, 15 herds x 4 periods"),
     "InstEval": ("InstEval.csv", ("s", "d", "studage", "lectage", "service", "dept"),
                  "lme4's InstEval: 73,421 course ratings of 1,128 lecturers by 2,972 students (ETH Zurich)"),
 }

@@ -62,11 +62,6 @@ def newton_decrement(objective: LmmObjective, theta: np.ndarray) -> tuple[float,
     return float(step @ step / 2), H
 
 
-#: a penalised RSS below this fraction of the response's own sum of squares means the random effects reproduce
-#: the response: the likelihood grows without bound as theta -> infinity
-DEGENERATE_RSS = 1e-12
-
-
 class _Degenerate(Exception):
     """Raised inside an optimiser run to stop a search that is heading to theta -> infinity."""
 
@@ -78,16 +73,15 @@ class _Search:
         self.objective, self.progress = objective, progress
         self.history: list[tuple[np.ndarray, float]] = []
         self.best_theta, self.best_value = None, np.inf
-        self.response_ss = float(objective.problem.cross_products.xy_xy[-1, -1])
 
     def record(self, theta, value):
         if not self.history and not np.isfinite(value):
-            raise TfmixedError(f"the deviance is not finite at the starting theta: {start_diagnosis(self.objective, theta)}")
+            raise TfmixedError(f"the deviance is not finite at the starting theta: {self.objective.diagnose(theta)}")
         self.history.append((theta.copy(), value))
         if value < self.best_value:
             self.best_theta, self.best_value = theta.copy(), value
         self.progress.update(len(self.history), f"criterion {value:.6f}")
-        if np.isfinite(value) and self.objective.factor(theta).pwrss < DEGENERATE_RSS * self.response_ss:
+        if np.isfinite(value) and self.objective.is_degenerate(theta):
             raise _Degenerate
 
     def lbfgsb(self, start, scale, max_iter):
@@ -119,26 +113,6 @@ class _Search:
         return f"COBYQA: {result.message}"
 
 
-def start_diagnosis(objective: LmmObjective, theta: np.ndarray) -> str:
-    """Why the criterion cannot be evaluated at theta, in the user's terms."""
-    cp = objective.problem.cross_products
-    scale = float(np.max(np.abs(cp.xy_xy))) if cp.xy_xy.size else 0.0
-    if not np.isfinite(scale):
-        return "the cross-products overflow: the response or a covariate has values too large (near 1e150 or more); rescale them"
-    exact_fit = ("the fixed effects reproduce the response exactly (residual sum of squares 0): the response is "
-                 "constant, or the response (or a copy of it) is among the covariates")
-    fitted = float(cp.shift @ cp.xy_xy[:-1, :-1] @ cp.shift) if cp.p else 0.0
-    if cp.xy_xy[-1, -1] <= 1e-20 * max(fitted, np.finfo(float).tiny):
-        return exact_fit
-    try:
-        factor = objective.factor(theta)
-    except TfmixedError as error:
-        return str(error)
-    if factor.pwrss == 0:
-        return exact_fit
-    return f"penalised residual sum of squares {factor.pwrss!r}, log-determinant {factor.logdet_L!r}"
-
-
 def _boundary_probe(objective, theta, value):
     """A theta left exactly on a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
     saddle: probe from inside and return the better point."""
@@ -164,8 +138,12 @@ def _clip_to_boundary(objective, theta, value):
 
 
 def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
-                 verbose: bool = False) -> EstimatorResult:
+                 verbose: bool = False, method: str = "profiled") -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
+
+    Any objective with the interface of :class:`~tfmixed.objective.LmmObjective` (``lower``, ``start``,
+    ``label``, call, ``value_and_gradient``, ``is_degenerate``, ``diagnose``) can be minimised: the GLMM's
+    Laplace criterion over (theta, beta) is (:mod:`tfmixed.laplace`); ``method`` names the result.
 
     >>> from tfmixed import datasets, build_design
     >>> from tfmixed.kernels.pls import PLSProblem
@@ -181,7 +159,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
         raise TfmixedError("start has a negative relative standard deviation (a diagonal theta below 0)")
     if max_iter < 1:
         raise TfmixedError(f"max_iter must be a positive number of iterations, got {max_iter}")
-    progress = Progress("REML" if objective.reml else "ML", verbose=verbose)
+    progress = Progress(objective.label, verbose=verbose)
     started = time.perf_counter()
     search = _Search(objective, progress)
     scale = np.ones_like(theta)
@@ -225,7 +203,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
     progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
     return EstimatorResult(
-        method="profiled", theta=theta, criterion=value, converged=converged,
+        method=method, theta=theta, criterion=value, converged=converged,
         status=status or ("converged" if converged else "not converged"), message=message,
         n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=stages,
         history=search.history,

@@ -30,12 +30,20 @@ class Estimates:
         self.reml = objective.reml
         self.problem = objective.problem
         # a fixed-point fit hands over the factorisation its last state already holds
-        self._factor = optimum.factor if optimum.factor is not None else objective.factor(optimum.theta)
-        self.factors = self._factor.factors
+        factor = optimum.factor if optimum.factor is not None else objective.factor(optimum.theta)
         # fixed-point methods estimate sigma^2 themselves; the profiled method takes it from the optimum
-        self._sigma2 = self._factor.sigma2(self.reml) if optimum.sigma2 is None else float(optimum.sigma2)
-        self._beta, self._u = self._factor.solve()
-        self._b = self._factor.u_to_b(self._u)
+        sigma2 = factor.sigma2(self.reml) if optimum.sigma2 is None else float(optimum.sigma2)
+        self._set_estimates(factor, sigma2, *factor.solve())
+
+    #: whether the model has a residual variance (a Gaussian response); GLMMs have none
+    has_residual = True
+
+    def _set_estimates(self, factor, sigma2: float, beta: np.ndarray, u: np.ndarray) -> None:
+        """The kernel factor at the estimates, the scale sigma^2 of Lambda, beta and the spherical modes u."""
+        self._factor, self.factors = factor, factor.factors
+        self._sigma2 = sigma2
+        self._beta, self._u = beta, u
+        self._b = factor.u_to_b(u)
 
     @property
     def formula(self) -> str:
@@ -93,7 +101,8 @@ class Estimates:
                 for i in range(j + 1, term.n_cols):
                     corr = G[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
                     rows.append((name, term.columns[j], term.columns[i], G[i, j], corr))
-        rows.append(("Residual", None, None, self._sigma2, self.sigma))
+        if self.has_residual:
+            rows.append(("Residual", None, None, self._sigma2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     @property

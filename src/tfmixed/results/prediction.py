@@ -32,11 +32,16 @@ class Prediction:
         >>> fit.predict(new, allow_new_levels=True).round(2).tolist()
         [253.66, 261.87]
         """
+        return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+
+    def linear_predictor(self, newdata: Any = None, *, re_form: str | None = None,
+                         allow_new_levels: bool = False) -> np.ndarray:
+        """X beta + Z b + offset on ``newdata`` (the training data when None); arguments as :meth:`predict`."""
         if re_form not in (None, "fixed", "~0", "NA"):
             raise DataError(f"re_form must be None or 'fixed', got {re_form!r}")
         if newdata is None:
             if re_form is None:
-                return self.fitted.copy()
+                return self.design.fitted(self._beta, self._b)
             return self.design.X @ self._beta + self.design.offset_or_zero
         frame = as_frame(newdata)
         prediction = self._fixed_prediction(frame)

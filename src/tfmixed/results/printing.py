@@ -66,7 +66,8 @@ class Printing:
                     f"{G[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else "NaN" for j in range(i)
                 ]
                 rows.append((name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr)))
-        rows.append(("Residual", "", f"{self.sigma**2:.4g}", f"{self.sigma:.4g}", ""))
+        if self.has_residual:
+            rows.append(("Residual", "", f"{self.sigma**2:.4g}", f"{self.sigma:.4g}", ""))
         widths = [max(len(row[c]) for row in rows) for c in range(5)]
         return "\n".join(
             " " + "  ".join(cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c]) for c, cell in enumerate(row)).rstrip()

@@ -1,0 +1,97 @@
+"""``glmer``: lme4's generalised linear mixed models (binomial, Poisson), from formula to fitted model.
+
+The pipeline (lme4's glFormula -> mkGlmerDevfun -> optimizeGlmer -> mkMerMod): formula and design as for
+``lmer`` -> family (:mod:`tfmixed.families`) -> conditional modes by PIRLS on the LMM kernel
+(:mod:`tfmixed.estimators.pirls`) -> the Laplace / quadrature objective (:mod:`tfmixed.laplace`) -> the optimiser
+of :mod:`tfmixed.estimators.profiled` in lme4's two stages -> :class:`~tfmixed.results.glmm.GlmerFit`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .design import build_design
+from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
+from .estimators.profiled import fit_profiled
+from .families import Binomial, get_family
+from .kernels.options import KernelOptions
+from .laplace import GlmmObjective, JointCriterion, ThetaCriterion
+from .results.glmm import GlmerFit
+from .threads import blas_threads_for
+
+
+def _check_nagq(nAGQ) -> int:
+    if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or nAGQ < 0:
+        raise DataError(f"nAGQ must be a non-negative integer (0, 1 = Laplace, or > 1 quadrature knots), got {nAGQ!r}")
+    if nAGQ > 100:
+        raise DataError(f"nAGQ = {nAGQ} knots is beyond any accuracy gain (lme4 allows at most 25); use at most 100")
+    return int(nAGQ)
+
+
+def glmer(
+    formula: str,
+    data: Any,
+    family="binomial",
+    *,
+    link: str | None = None,
+    nAGQ: int = 1,
+    weights=None,
+    offset=None,
+    start: np.ndarray | None = None,
+    max_iter: int | None = None,
+    missing: str = "raise",
+    rank_deficient: str = "drop",
+    verbose: bool = True,
+    kernel_options: KernelOptions | None = None,
+) -> GlmerFit:
+    """Fit a generalised linear mixed model by maximum likelihood, as lme4's ``glmer`` does.
+
+    g(E[y | b]) = X beta + Z b + o, b ~ N(0, Lambda Lambda'), y | b from the ``family`` ("binomial" with link
+    "logit", "probit" or "cloglog"; "poisson" with "log"). The likelihood integral is approximated by Laplace's
+    method at the conditional modes (``nAGQ=1``), by adaptive Gauss-Hermite quadrature with ``nAGQ`` knots (one
+    scalar random-effects term only), or, with ``nAGQ=0``, by the Laplace value at the joint PIRLS mode of
+    beta and u (only theta optimised: fast, approximate). Binomial responses are 0/1 (numbers, booleans or a
+    two-level factor whose first level is failure), ``cbind(successes, failures)``, or proportions with
+    ``weights`` = trials. ``offset`` and ``offset(expr)`` in the formula add to the linear predictor.
+    ``start`` is lme4's theta order for the first stage. ``verbose`` prints progress of long fits.
+
+    >>> import tfmixed as tm
+    >>> fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+    ...                family="binomial", verbose=False)
+    >>> round(fit.minus2loglik, 2), fit.fixef.round(3).tolist()
+    (184.05, [-1.399, -0.992, -1.129, -1.58])
+    """
+    family = get_family(family, link)
+    n_agq = _check_nagq(nAGQ)
+    if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
+        raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
+    design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
+                          rank_deficient=rank_deficient, binomial=isinstance(family, Binomial))
+    if not design.terms:
+        raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group); a GLM without random "
+                           "effects is statsmodels' GLM")
+    prior = np.ones(design.nobs) if design.weights is None else design.weights
+    family.check_response(design.y, prior, design.parsed.response)
+    objective = GlmmObjective(design, family, n_agq, kernel_options)
+    with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
+        optimum = fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
+                               method="nAGQ=0")
+        if n_agq > 0:
+            first = objective.mode(optimum.theta)
+            joint = JointCriterion(objective, np.concatenate([optimum.theta, first.beta]))
+            label = "laplace" if n_agq == 1 else f"agq{n_agq}"
+            optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label)
+        fit = GlmerFit(design, objective, optimum, n_agq=n_agq)
+    _warn_about(fit)
+    return fit
+
+
+def _warn_about(fit: GlmerFit) -> None:
+    if not fit.converged:
+        warnings.warn(f"glmer did not converge: {fit.optimum.message}", ConvergenceWarning, stacklevel=3)
+    if fit.is_singular:
+        warnings.warn("boundary (singular) fit: a variance is 0 or a correlation is +-1; see GlmerFit.is_singular",
+                      SingularFitWarning, stacklevel=3)

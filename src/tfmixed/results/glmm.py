@@ -1,0 +1,179 @@
+"""The result of ``glmer``: a fitted generalised linear mixed model (the analogue of lme4's ``glmerMod``).
+
+It shares the term, variance-component, conditional-mode and prediction pieces of
+:class:`~tfmixed.results.LmerFit` and replaces what differs for a non-Gaussian response: no residual variance,
+fitted values on the response scale, lme4's two deviances, Wald z tests, and the covariance of beta from the
+Hessian of the approximate deviance (lme4's default ``use.hessian = TRUE``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import DataError
+from .estimates import Estimates
+from .prediction import Prediction
+from .printing import Printing
+
+
+class GlmerFit(Estimates, Prediction, Printing):
+    """A fitted GLMM: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``, ``varcorr``, ``ranef``,
+    ``ranef_frame()``, ``fitted`` (means), ``linear_predictor()``, ``predict(type=)``, ``residuals``
+    (deviance residuals), ``deviance`` (lme4's conditional deviance), ``minus2loglik``, ``loglik``, ``aic``,
+    ``bic``, ``is_singular``, ``converged``, ``summary()``.
+    """
+
+    has_residual = False
+
+    def __init__(self, design, objective, optimum, *, n_agq: int, vcov_from_hessian: bool = True):
+        self.design, self.objective, self.optimum = design, objective, optimum
+        self.family, self.n_agq = objective.family, n_agq
+        self.reml = False
+        n_theta = objective.n_theta
+        self._theta = optimum.theta[:n_theta].copy()
+        beta = optimum.theta[n_theta:] if optimum.theta.size > n_theta else None
+        self._mode = objective.mode(self._theta, beta)
+        self._set_estimates(self._mode.factor, 1.0, self._mode.beta, self._mode.u)
+        self._vcov_from_hessian = vcov_from_hessian and design.n_fixed > 0
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Relative covariance factor parameters in lme4's order (the scale is 1: no residual variance)."""
+        return self._theta.copy()
+
+    @cached_property
+    def criterion(self) -> float:
+        """The minimised approximate -2 log-likelihood (Laplace, or quadrature for nAGQ > 1)."""
+        return self.objective.value(self._mode)
+
+    @property
+    def minus2loglik(self) -> float:
+        """-2 log L. For nAGQ > 1 it keeps the saturated model's constant that lme4's value leaves out."""
+        return self.criterion
+
+    @property
+    def loglik(self) -> float:
+        return -self.criterion / 2
+
+    @property
+    def deviance(self) -> float:
+        """lme4's ``deviance()``: the sum of squared deviance residuals at the conditional modes."""
+        return float(np.sum(self.family.deviance_residuals(self.design.y, self._mode.mu, self._prior)))
+
+    @property
+    def _prior(self) -> np.ndarray:
+        return self.objective.pirls.prior
+
+    @property
+    def n_params(self) -> int:
+        return self._theta.size + self.design.n_fixed
+
+    @property
+    def aic(self) -> float:
+        return self.criterion + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.criterion + np.log(self.nobs) * self.n_params
+
+    @cached_property
+    def vcov_beta(self) -> pd.DataFrame:
+        """Covariance of beta: the beta block of 2 H^{-1}, H the Hessian of the approximate deviance in
+        (theta, beta) at the optimum (nAGQ >= 1, lme4's default ``use.hessian``), or (R_X'R_X)^{-1} of the joint
+        PIRLS step (nAGQ = 0, as lme4)."""
+        names = self.design.fixed_names
+        unscaled = self.objective.mode(self._theta, None).factor.vcov_beta_unscaled()
+        if self._vcov_from_hessian:
+            n_theta = self._theta.size
+            scales = np.concatenate([0.1 * np.maximum(np.abs(self._theta), 0.1),
+                                     np.sqrt(np.maximum(np.diag(unscaled), 1e-300))])
+            H = self.objective.hessian(np.concatenate([self._theta, self._beta]), scales)
+            try:
+                unscaled = (2.0 * np.linalg.inv(H))[n_theta:, n_theta:]
+            except np.linalg.LinAlgError:
+                unscaled = np.full_like(unscaled, np.nan)
+        return pd.DataFrame((unscaled + unscaled.T) / 2, index=names, columns=names)
+
+    @property
+    def coef_table(self) -> pd.DataFrame:
+        """Estimate, Std. Error, z value and Pr(>|z|) (Wald tests), as lme4's summary of a GLMM."""
+        z = self.fixef / self.fixef_se
+        return pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se, "z value": z,
+                             "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.to_numpy()))})
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        """Fitted means mu = g^{-1}(X beta + Z b + offset) (lme4's ``fitted``)."""
+        return self._mode.mu.copy()
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """Deviance residuals sign(y - mu) sqrt(d_i) (lme4's default ``residuals``)."""
+        d = self.family.deviance_residuals(self.design.y, self._mode.mu, self._prior)
+        return np.sign(self.design.y - self._mode.mu) * np.sqrt(np.maximum(d, 0.0))
+
+    @property
+    def pearson_residuals(self) -> np.ndarray:
+        """(y - mu) sqrt(w) / sqrt(V(mu))."""
+        mu = self._mode.mu
+        return (self.design.y - mu) * np.sqrt(self._prior / self.family.variance(mu))
+
+    def predict(self, newdata: Any = None, *, type: str = "link", re_form: str | None = None,
+                allow_new_levels: bool = False) -> np.ndarray:
+        """Predictions on the link scale (``type="link"``, lme4's default) or the response scale
+        (``type="response"``: means, probabilities for binomial); other arguments as ``LmerFit.predict``.
+
+        >>> import tfmixed as tm
+        >>> fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+        ...                family="binomial", verbose=False)
+        >>> fit.predict({"period": ["1"], "herd": ["1"]}, type="response").round(3).tolist()
+        [0.308]
+        """
+        if type not in ("link", "response"):
+            raise DataError(f"type must be 'link' or 'response', got {type!r}")
+        eta = self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+        return self.family.link.inverse(eta) if type == "response" else eta
+
+    def report(self) -> str:
+        """Convergence report: approximation, status, evaluations, time and criterion."""
+        optimum = self.optimum
+        return (f"{self.approximation}: {optimum.status}; {optimum.n_evaluations} criterion evaluations "
+                f"({self.objective.n_pirls} PIRLS runs), {optimum.seconds:.3f} s; -2 log L {self.criterion:.6f}; "
+                f"{optimum.message}")
+
+    @property
+    def approximation(self) -> str:
+        if self.n_agq == 0:
+            return "Laplace at the joint PIRLS mode (nAGQ = 0)"
+        if self.n_agq == 1:
+            return "Laplace Approximation"
+        return f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.n_agq}"
+
+    def summary(self) -> str:
+        """lme4-style summary: family, information criteria, scaled residuals, random effects, z tests."""
+        family = self.family
+        lines = [f"Generalized linear mixed model fit by maximum likelihood ({self.approximation}) [tfmixed]",
+                 f" Family: {family.name}  ( {family.link.name} )", f"Formula: {self.formula}", ""]
+        lines.append("".join(f"{h:>10}" for h in ["AIC", "BIC", "logLik", "-2logLik", "deviance", "df.resid"]))
+        lines.append("".join(f"{v:10.1f}" for v in [self.aic, self.bic, self.loglik, self.minus2loglik, self.deviance])
+                     + f"{self.nobs - self.n_params:10d}")
+        quantiles = np.quantile(self.pearson_residuals, [0, 0.25, 0.5, 0.75, 1])
+        lines += ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),
+                  "".join(f"{q:9.4f}" for q in quantiles), "", "Random effects:", self._random_effects_table()]
+        groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
+        lines += [f"Number of obs: {self.nobs}, groups:  {groups}", "", "Fixed effects:"]
+        lines.append(self.coef_table.to_string(float_format=lambda v: f"{v:.4g}"))
+        if self.is_singular:
+            lines += ["", "boundary (singular) fit: see GlmerFit.is_singular"]
+        if not self.converged:
+            lines += ["", f"optimizer did not converge: {self.optimum.message}"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"GlmerFit({self.formula!r}, family={self.family!r}, nAGQ={self.n_agq}, "
+                f"-2logLik={self.criterion:.4f}, nobs={self.nobs}, converged={self.converged})")
