@@ -143,7 +143,9 @@ class CrossProductPattern:
         self._rest_rest = self._pairs(self.rest_columns, self.rest_columns, self.q_rest, symmetric=True)
 
     def _pairs(self, left_columns, right_columns, width, symmetric):
-        """Unique (row, column) positions of the products of left and right Z columns, and each pair's slot."""
+        """The CSR layout of the products of left and right Z columns, set up once: each row's pairs of
+        nonzeros map to a unique position; ``source`` lists, in CSR order, the unique position of each stored
+        entry (a symmetric product stores every off-diagonal position twice)."""
         keys, slots = [], []
         for i, left in enumerate(left_columns):
             for j, right in enumerate(right_columns):
@@ -157,24 +159,27 @@ class CrossProductPattern:
         if not keys:
             return None
         unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-        return unique, inverse.ravel(), slots
+        rows, cols = np.divmod(unique, width)
+        source = np.arange(unique.size)
+        if symmetric:
+            off = rows != cols
+            rows, cols = np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]])
+            source = np.concatenate([source, source[off]])
+        order = np.lexsort((cols, rows))
+        indptr = np.zeros(self.q_rest + 1, dtype=np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        layout = (np.cumsum(indptr), cols[order], source[order])
+        return unique.size, inverse.ravel(), slots, layout
 
     def _values(self, pairs, left_terms, right_terms, weights, shape, symmetric):
         if pairs is None:
             return sp.csr_matrix(shape)
-        unique, inverse, slots = pairs
+        n_unique, inverse, slots, (indptr, indices, source) = pairs
         products = np.concatenate([
             weights * left_terms[i].values[:, a] * right_terms[j].values[:, b] for i, a, j, b in slots
         ])
-        values = np.bincount(inverse, weights=products, minlength=unique.size)
-        rows, cols = np.divmod(unique, shape[1])
-        matrix = sp.coo_matrix((values, (rows, cols)), shape=shape)
-        if symmetric:
-            # only pairs with the left term first were formed: add the mirror image of the off-diagonal part
-            off = rows != cols
-            mirror = sp.coo_matrix((values[off], (cols[off], rows[off])), shape=shape)
-            matrix = matrix + mirror
-        return sp.csr_matrix(matrix)
+        values = np.bincount(inverse, weights=products, minlength=n_unique)
+        return sp.csr_matrix((values[source], indices, indptr), shape=shape)
 
     def compute(self, X, y, *, weights=None, offset=None, shift=None) -> CrossProducts:
         """The cross-products for these rows with prior ``weights`` (default 1), ``offset`` and ``shift``."""

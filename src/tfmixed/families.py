@@ -90,6 +90,10 @@ class Family:
     def variance(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def variance_derivative(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """V'(mu); under the canonical link it is d log w / d eta, the change of the IRLS weights."""
+        raise NotImplementedError
+
     def deviance_residuals(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -116,6 +120,9 @@ class Binomial(Family):
 
     def variance(self, mu):
         return mu * (1 - mu)
+
+    def variance_derivative(self, mu):
+        return 1 - 2 * mu
 
     def deviance_residuals(self, y, mu, prior):
         # 2 w [y log(y / mu) + (1 - y) log((1 - y) / (1 - mu))]; xlogy makes 0 log 0 = 0
@@ -158,6 +165,9 @@ class Poisson(Family):
 
     def variance(self, mu):
         return mu
+
+    def variance_derivative(self, mu):
+        return np.ones_like(mu)
 
     def deviance_residuals(self, y, mu, prior):
         return 2 * prior * (special.xlogy(y, y / mu) - (y - mu))

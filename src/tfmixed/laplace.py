@@ -17,10 +17,12 @@ iterate, which moves its criterion by up to ~1e-5 relative).
 
 Two criteria are minimised by the optimiser of :mod:`tfmixed.estimators.profiled`: :class:`ThetaCriterion`
 (theta only, beta inside PIRLS: lme4's ``nAGQ = 0`` and the start of the others) and :class:`JointCriterion`
-(theta and beta).
+(theta and beta), with the analytic gradient of :meth:`GlmmObjective.gradient` where it exists.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
@@ -28,8 +30,9 @@ from numpy.polynomial.hermite_e import hermegauss
 from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode
 from .families import Family
-from .kernels.covariance import theta_lower_bounds, theta_start
+from .kernels.covariance import lower_indices, theta_lower_bounds, theta_start, theta_to_factors
 from .kernels.options import KernelOptions
+from .kernels.pls import PLSProblem
 
 
 class GlmmObjective:
@@ -62,6 +65,8 @@ class GlmmObjective:
             self.knots, self.knot_weights = knots, weights / np.sqrt(2 * np.pi)
         self._last: Mode | None = None
         self.n_pirls = 0
+        self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
+        self._pairs = self._leverage_pairs()
 
     def mode(self, theta, beta=None) -> Mode:
         """The conditional mode at theta and beta (joint with beta when None), warm-started from the last one."""
@@ -107,11 +112,96 @@ class GlmmObjective:
         """The approximate -2 log-likelihood at (theta, beta)."""
         return self.value(self.mode(theta, beta))
 
+    def _leverage_pairs(self):
+        """For every row, the pairs of its nonzero columns of Z Lambda (kernel order), set up once."""
+        columns = []  # (term index, column a, kernel column of each row)
+        for t, (term, offset) in enumerate(zip(self.design.terms, self._offsets)):
+            for a in range(term.n_cols):
+                columns.append((t, a, offset + term.codes * term.n_cols + a))
+        left = np.concatenate([c[2] for c in columns for _ in columns])
+        right = np.concatenate([d[2] for _ in columns for d in columns])
+        spec = [(c[0], c[1], d[0], d[1]) for c in columns for d in columns]
+        return left, right, spec
+
+    def leverages(self, mode: Mode) -> np.ndarray:
+        """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode (raises
+        NotImplementedError where the kernel's strategy has no inverse entries)."""
+        factors = theta_to_factors(mode.theta, self.dims)
+        spherical = [term.values @ T for term, T in zip(self.design.terms, factors)]
+        left, right, spec = self._pairs
+        products = np.concatenate([spherical[t][:, a] * spherical[s][:, b] for t, a, s, b in spec])
+        entries = mode.factor.inverse_entries(left, right)
+        n = self.design.nobs
+        return np.bincount(np.tile(np.arange(n), len(spec)), entries * products, minlength=n)
+
+    def gradient(self, mode: Mode, joint: bool = False) -> np.ndarray | None:
+        """Gradient of the Laplace deviance in (theta, beta) (``joint=False``: beta fixed in PIRLS) or in theta
+        with beta in PIRLS (``joint=True``, nAGQ = 0); None where it is not available in closed form (a
+        non-canonical link, a singular vector-valued term, a kernel strategy without inverse entries).
+
+        With A = sum -2 log p, a = dA/d eta, W the IRLS weights, h the leverages, v = h dW/d eta and
+        s = H^{-1} Lambda'Z'v (with X in the solve when beta is in PIRLS), the implicit function theorem at the
+        mode gives d/d beta = X'(a + v - W Z Lambda s) and, for element (r, c) of a term's T with
+        (Z dLambda u)_i = z_ir u_(j_i)c, d/d theta = (a + v - W Z Lambda s)'(Z dLambda u) - a'(Z dLambda s) / 2
+        plus d log|H| / d theta at fixed W (the LMM kernel's log-determinant gradient).
+        """
+        if self.n_agq > 1 or not self.family.canonical:
+            return None
+        d_logdet = mode.factor.logdet_gradient()
+        if d_logdet is None:
+            return None
+        try:
+            h = self.leverages(mode)
+        except NotImplementedError:
+            return None
+        family, y, prior = self.family, self.pirls.y, self.pirls.prior
+        weights = family.working_weights(mode.mu, mode.eta, prior)
+        a = -2.0 * prior * (y - mode.mu)
+        ratio = family.variance_derivative(mode.mu) * h
+        X = self.pirls.X if joint else self.pirls._no_fixed
+        stats = self.pirls.pattern.compute(X, ratio, weights=weights, shift=np.zeros(X.shape[1]))
+        # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span
+        xy_xy = stats.xy_xy.copy()
+        xy_xy[-1, -1] = 2 * xy_xy[-1, -1] + 1.0
+        stats = dataclasses.replace(stats, xy_xy=xy_xy)
+        s_beta, s_u = PLSProblem(stats, self.pirls.options).factorize(mode.factor.factors).solve()
+        s_b = self.pirls.to_b(s_u, mode.factor.factors)
+        z_lambda_s = self.design.z_times(s_b) + X @ s_beta
+        residual = a + weights * ratio - weights * z_lambda_s
+        theta_part = []
+        for term, offset in zip(self.design.terms, self._offsets):
+            U = mode.u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
+            S = s_u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
+            for r, c in zip(*lower_indices(term.n_cols)):
+                z_du = term.values[:, r] * U[term.codes, c]
+                z_ds = term.values[:, r] * S[term.codes, c]
+                theta_part.append(residual @ z_du - 0.5 * (a @ z_ds))
+        theta_part = np.asarray(theta_part) + d_logdet
+        return theta_part if joint else np.concatenate([theta_part, self.pirls.X.T @ residual])
+
     def hessian(self, params: np.ndarray, scales: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-        """Hessian of the deviance in (theta, beta) by central differences with steps ``fraction`` times
-        ``scales`` (approximate standard errors, refined once from the diagonal: the step is then small against
-        the curvature's scale and large against the rounding of the criterion)."""
+        """Hessian of the deviance in (theta, beta): central differences of the analytic gradient with steps
+        1e-4 ``scales`` where it exists, else second differences of the deviance with steps ``fraction`` times
+        ``scales`` (approximate standard errors, refined once from the diagonal: small against the curvature's
+        scale, large against the rounding of the criterion)."""
         params = np.asarray(params, dtype=np.float64)
+        n_theta = self.n_theta
+
+        def mode_at(shift):
+            point = params + shift
+            return self.mode(point[:n_theta], point[n_theta:])
+
+        if self.gradient(mode_at(np.zeros_like(params))) is not None:
+            columns = []
+            for i, h in enumerate(1e-4 * np.asarray(scales, dtype=np.float64)):
+                shift = np.zeros_like(params)
+                shift[i] = h
+                columns.append((self.gradient(mode_at(shift)) - self.gradient(mode_at(-shift))) / (2 * h))
+            H = np.array(columns)
+            return (H + H.T) / 2
+        return self._second_differences(params, scales, fraction)
+
+    def _second_differences(self, params, scales, fraction):
         n_theta = self.n_theta
 
         def at(shift):
@@ -139,24 +229,32 @@ class GlmmObjective:
         return bool(np.any(np.asarray(theta)[bounded] - self.theta_lower[bounded] < tol))
 
 
-class _FiniteDifferences:
-    """Central-difference gradients of a criterion whose evaluations are exact to rounding (PIRLS is run to
-    convergence), for the optimiser of :mod:`tfmixed.estimators.profiled`."""
+class _Criterion:
+    """A criterion for the optimiser of :mod:`tfmixed.estimators.profiled`: the value at a mode, and its
+    analytic gradient where :meth:`GlmmObjective.gradient` has one, else central differences (PIRLS runs to
+    convergence, so evaluations are exact to rounding)."""
 
     step = 1e-5
 
     def __call__(self, params) -> float:
         try:
-            value = self.evaluate(np.asarray(params, dtype=np.float64))
+            value = self.value_at(self.mode_at(np.asarray(params, dtype=np.float64)))
         except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
             return np.inf
         return value if np.isfinite(value) else np.inf
 
     def value_and_gradient(self, params):
         params = np.asarray(params, dtype=np.float64)
-        value = self(params)
+        try:
+            mode = self.mode_at(params)
+            value = self.value_at(mode)
+        except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
+            return np.inf, np.zeros_like(params)
         if not np.isfinite(value):
             return np.inf, np.zeros_like(params)
+        gradient = self.analytic_gradient(mode)
+        if gradient is not None:
+            return value, gradient
         gradient = np.empty_like(params)
         for i in range(params.size):
             h = self.step * max(1.0, abs(params[i]))
@@ -164,8 +262,7 @@ class _FiniteDifferences:
             plus[i] += h
             minus[i] -= h
             gradient[i] = (self(plus) - self(minus)) / (2 * h)
-        # the centre's mode stays the warm start of the next evaluation
-        self(params)
+        self(params)  # the centre's mode stays the warm start of the next evaluation
         return value, gradient
 
     def is_degenerate(self, params) -> bool:
@@ -173,13 +270,13 @@ class _FiniteDifferences:
 
     def diagnose(self, params) -> str:
         try:
-            self.evaluate(np.asarray(params, dtype=np.float64))
+            self.mode_at(np.asarray(params, dtype=np.float64))
         except TfmixedError as error:
             return str(error)
         return "the approximate deviance overflows (check the response and the scale of the covariates)"
 
 
-class ThetaCriterion(_FiniteDifferences):
+class ThetaCriterion(_Criterion):
     """theta -> approximate deviance with beta estimated inside PIRLS (lme4's nAGQ = 0)."""
 
     label = "GLMM nAGQ=0"
@@ -188,11 +285,17 @@ class ThetaCriterion(_FiniteDifferences):
         self.objective = objective
         self.lower, self.start = objective.theta_lower, objective.theta_start.copy()
 
-    def evaluate(self, theta) -> float:
-        return self.objective.laplace(self.objective.mode(theta))
+    def mode_at(self, theta) -> Mode:
+        return self.objective.mode(theta)
+
+    def value_at(self, mode: Mode) -> float:
+        return self.objective.laplace(mode)
+
+    def analytic_gradient(self, mode: Mode):
+        return self.objective.gradient(mode, joint=True)
 
 
-class JointCriterion(_FiniteDifferences):
+class JointCriterion(_Criterion):
     """(theta, beta) -> the Laplace or quadrature deviance."""
 
     def __init__(self, objective: GlmmObjective, start: np.ndarray):
@@ -201,6 +304,12 @@ class JointCriterion(_FiniteDifferences):
         self.lower = np.concatenate([objective.theta_lower, np.full(objective.p, -np.inf)])
         self.start = np.asarray(start, dtype=np.float64)
 
-    def evaluate(self, params) -> float:
+    def mode_at(self, params) -> Mode:
         n_theta = self.objective.n_theta
-        return self.objective.deviance(params[:n_theta], params[n_theta:])
+        return self.objective.mode(params[:n_theta], params[n_theta:])
+
+    def value_at(self, mode: Mode) -> float:
+        return self.objective.value(mode)
+
+    def analytic_gradient(self, mode: Mode):
+        return self.objective.gradient(mode)

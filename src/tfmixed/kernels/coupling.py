@@ -198,9 +198,9 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options):
         return strategies[options.coupling](C, n_levels, k)
     rows, columns = C.shape
     dense_bytes = 8 * rows * columns
-    pairs = PatternCoupling.pair_count(sp.csc_matrix(C), k)
     if rows * columns <= options.dense_coupling_entries:
         return DenseCoupling(C, n_levels, k)
+    pairs = PatternCoupling.pair_count(sp.csc_matrix(C), k)
     costs = {}
     if dense_bytes <= options.memory_limit / 4:
         costs["dense"] = rows * rows * n_levels * k * k / 20e9

@@ -33,7 +33,7 @@ from ..cross_products import CrossProducts
 from ..errors import MemoryLimitError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
-from .coupling import PatternCoupling, choose_coupling
+from .coupling import PatternCoupling, block_diagonal_matrix, choose_coupling
 from .covariance import lower_indices
 from .dense_block import DenseFactor
 from .sparse_block import SparseFactor, SparseStructure
@@ -323,25 +323,20 @@ class PLSFactor:
         term whose T is singular to ``singular_tol`` (relative) returns None. The T^{-1} formula loses only
         ~eps / sigma_min(T) relative, so a small diagonal of a badly scaled covariate is no reason to refuse it.
         """
-        singular = self._singular_terms(singular_tol)
-        for T, is_singular in zip(self.factors, singular):
-            if is_singular and (T.shape[0] > 1 or T[0, 0] != 0.0):
-                return None
+        d_logdet = self.logdet_gradient(include_fixed=reml, singular_tol=singular_tol)
+        if d_logdet is None:
+            return None
         _, u = self._solution
-        sums = self.inverse_block_sums(include_fixed=reml)
-        logdet_parts, r2_parts, offset = [], [], 0
-        for term, T, B, is_singular in zip(self.problem.terms, self.factors, sums, singular):
+        r2_parts, offset = [], 0
+        for term, T, is_singular in zip(self.problem.terms, self.factors, self._singular_terms(singular_tol)):
             rows, cols = lower_indices(term.n_cols)
             if is_singular:
-                logdet_parts.append(np.zeros(1))
                 r2_parts.append(np.zeros(1))
             else:
                 U = u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
-                T_inv = np.linalg.inv(T)
-                logdet_parts.append((2.0 * ((term.n_levels * np.eye(term.n_cols) - B) @ T_inv).T)[rows, cols])
-                r2_parts.append((-2.0 * T_inv.T @ (U.T @ U))[rows, cols])
+                r2_parts.append((-2.0 * np.linalg.inv(T).T @ (U.T @ U))[rows, cols])
             offset += term.q
-        return np.concatenate(logdet_parts), np.concatenate(r2_parts)
+        return d_logdet, np.concatenate(r2_parts)
 
     def gradient(self, reml: bool, singular_tol: float = 1e-9) -> np.ndarray | None:
         """Gradient of the profiled criterion in theta: d log-dets + dof (d r^2) / r^2; None as gradient_parts."""
@@ -350,6 +345,66 @@ class PLSFactor:
             return None
         d_logdet, d_r2 = parts
         return d_logdet + self.dof(reml) * d_r2 / self.pwrss
+
+    def logdet_gradient(self, include_fixed: bool = False, singular_tol: float = 1e-9) -> np.ndarray | None:
+        """d log|Omega_P| / d theta at fixed weights (Omega_P as in :meth:`inverse_block_sums`); None where a
+        vector-valued T is singular (see :meth:`gradient_parts`)."""
+        singular = self._singular_terms(singular_tol)
+        for T, is_singular in zip(self.factors, singular):
+            if is_singular and (T.shape[0] > 1 or T[0, 0] != 0.0):
+                return None
+        sums = self.inverse_block_sums(include_fixed=include_fixed)
+        parts = []
+        for term, T, B, is_singular in zip(self.problem.terms, self.factors, sums, singular):
+            rows, cols = lower_indices(term.n_cols)
+            if is_singular:
+                parts.append(np.zeros(1))
+            else:
+                parts.append((2.0 * ((term.n_levels * np.eye(term.n_cols) - B) @ np.linalg.inv(T)).T)[rows, cols])
+        return np.concatenate(parts)
+
+    def inverse_entries(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Entries (left[m], right[m]) of (Lambda'Z'WZ Lambda + I)^{-1} (random-effects columns in the kernel's
+        order: first term, then the rest), for the leverages of a GLMM's Laplace gradient.
+
+        With M' = Lambda_r' C T1 A11^{-1} (sparse: C's pattern) and S the Schur complement of the remaining
+        columns, the inverse is [[A11^{-1} + M S^{-1} M', -M S^{-1}], [-S^{-1} M', S^{-1}]]. Each distinct pair
+        costs the product of its columns' nonzero counts in M'. Pairs of the first term must share a level (the
+        pairs of a row do). Only the dense strategy holds S^{-1}: the others raise NotImplementedError.
+        """
+        problem = self.problem
+        if problem.q_rest and not isinstance(self.rest, DenseFactor):
+            raise NotImplementedError(f"inverse entries are not available from the {problem.rest_strategy} strategy")
+        q1, qr, k1 = problem.first.q, problem.q_rest, problem.first.n_cols
+        pairs, inverse = np.unique(np.stack([np.asarray(left, np.int64), np.asarray(right, np.int64)]), axis=1,
+                                   return_inverse=True)
+        a, b = pairs
+        both_first = (a < q1) & (b < q1)
+        if np.any(a[both_first] // k1 != b[both_first] // k1):
+            raise ValueError("inverse_entries reads first-term pairs only within a level")
+        out = np.zeros(a.size)
+        out[both_first] = self.first.A_inv[a[both_first] // k1, a[both_first] % k1, b[both_first] % k1]
+        if qr:
+            S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
+            Mt = self._coupling_times_inverse()
+            out[both_first] += _quadratic_entries(Mt, S_inv, a[both_first], b[both_first])
+            first_rest = (a < q1) & (b >= q1)
+            out[first_rest] = -_linear_entries(Mt, S_inv, a[first_rest], b[first_rest] - q1)
+            rest_first = (a >= q1) & (b < q1)
+            out[rest_first] = -_linear_entries(Mt, S_inv, b[rest_first], a[rest_first] - q1)
+            both_rest = (a >= q1) & (b >= q1)
+            out[both_rest] = S_inv[a[both_rest] - q1, b[both_rest] - q1]
+        return out[inverse.ravel()]
+
+    def _coupling_times_inverse(self) -> sp.csc_matrix:
+        """M' = Lambda_r' Zr'WZ1 T1 A11^{-1} as a sparse qr x q1 matrix (the pattern of the coupling)."""
+        problem = self.problem
+        per_level = block_diagonal_matrix(self.factors[0][None, :, :] @ self.first.A_inv)
+        rest_lambda = sp.block_diag([
+            block_diagonal_matrix(np.broadcast_to(T.T, (term.n_levels, *T.shape)).copy())
+            for term, T in zip(problem.rest, self.factors[1:])
+        ])
+        return sp.csc_matrix(rest_lambda @ (problem.cross_products.rest_first @ per_level))
 
     def inverse_diagonal_blocks(self, chunk_columns: int = 4096) -> list[np.ndarray]:
         """Diagonal k x k blocks of (Lambda'Z'WZ Lambda + I)^{-1}, one (L_t, k_t, k_t) array per term.
@@ -373,3 +428,27 @@ class PLSFactor:
             first[start:stop] += np.einsum("rla,rlb->lab", V, V)
         return blocks + self.rest.rest_inverse_blocks(problem.rest)
 
+
+
+def _nonzeros_of(M: sp.csc_matrix, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each entry of ``columns``, the positions of its column's nonzeros in M: (owner, position)."""
+    counts = M.indptr[columns + 1] - M.indptr[columns]
+    owner = np.repeat(np.arange(columns.size), counts)
+    first = np.repeat(M.indptr[columns] - (np.cumsum(counts) - counts), counts)
+    return owner, first + np.arange(owner.size)
+
+
+def _linear_entries(Mt: sp.csc_matrix, S_inv: np.ndarray, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(S^{-1} M')[rows[m], columns[m]], summing over the nonzeros of each column of M'."""
+    owner, position = _nonzeros_of(Mt, columns)
+    values = S_inv[rows[owner], Mt.indices[position]] * Mt.data[position]
+    return np.bincount(owner, values, minlength=columns.size)
+
+
+def _quadratic_entries(Mt: sp.csc_matrix, S_inv: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """(M S^{-1} M')[left[m], right[m]] over the nonzeros of both columns of M'."""
+    owner, position = _nonzeros_of(Mt, left)
+    inner, right_position = _nonzeros_of(Mt, right[owner])
+    values = (Mt.data[position[inner]] * S_inv[Mt.indices[position[inner]], Mt.indices[right_position]]
+              * Mt.data[right_position])
+    return np.bincount(owner[inner], values, minlength=left.size)

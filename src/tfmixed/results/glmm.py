@@ -30,7 +30,7 @@ class GlmerFit(Estimates, Prediction, Printing):
 
     has_residual = False
 
-    def __init__(self, design, objective, optimum, *, n_agq: int, vcov_from_hessian: bool = True):
+    def __init__(self, design, objective, optimum, *, n_agq: int, hessian: np.ndarray | None = None):
         self.design, self.objective, self.optimum = design, objective, optimum
         self.family, self.n_agq = objective.family, n_agq
         self.reml = False
@@ -39,7 +39,7 @@ class GlmerFit(Estimates, Prediction, Printing):
         beta = optimum.theta[n_theta:] if optimum.theta.size > n_theta else None
         self._mode = objective.mode(self._theta, beta)
         self._set_estimates(self._mode.factor, 1.0, self._mode.beta, self._mode.u)
-        self._vcov_from_hessian = vcov_from_hessian and design.n_fixed > 0
+        self._hessian = hessian
 
     @property
     def theta(self) -> np.ndarray:
@@ -88,13 +88,9 @@ class GlmerFit(Estimates, Prediction, Printing):
         PIRLS step (nAGQ = 0, as lme4)."""
         names = self.design.fixed_names
         unscaled = self.objective.mode(self._theta, None).factor.vcov_beta_unscaled()
-        if self._vcov_from_hessian:
-            n_theta = self._theta.size
-            scales = np.concatenate([0.1 * np.maximum(np.abs(self._theta), 0.1),
-                                     np.sqrt(np.maximum(np.diag(unscaled), 1e-300))])
-            H = self.objective.hessian(np.concatenate([self._theta, self._beta]), scales)
+        if self._hessian is not None and self.design.n_fixed:
             try:
-                unscaled = (2.0 * np.linalg.inv(H))[n_theta:, n_theta:]
+                unscaled = (2.0 * np.linalg.inv(self._hessian))[self._theta.size :, self._theta.size :]
             except np.linalg.LinAlgError:
                 unscaled = np.full_like(unscaled, np.nan)
         return pd.DataFrame((unscaled + unscaled.T) / 2, index=names, columns=names)
