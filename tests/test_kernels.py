@@ -10,6 +10,8 @@ import tfmixed as tm
 from tfmixed import build_design
 from tfmixed.kernels.covariance import covariance_factor, theta_to_factors, factors_to_theta
 from tfmixed.lmm import problem_from_design
+from tfmixed.cross_products import CrossProductPattern
+from tfmixed.kernels.pls import PLSProblem
 
 
 def dense_reference(design, factors, reml):
@@ -258,3 +260,48 @@ def test_a_large_sparse_rest_block_chooses_the_sparse_strategy():
     dense = tm.lmer(fit.formula, data, missing="drop", verbose=False, kernel_options=KernelOptions(rest="dense"))
     assert fit.deviance == pytest.approx(dense.deviance, rel=1e-11)
     np.testing.assert_allclose(fit.satterthwaite_df, dense.satterthwaite_df, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [KernelOptions(rest="bordered"), KernelOptions(rest="sparse"),
+                                     KernelOptions(rest="dense", coupling="dense"),
+                                     KernelOptions(rest="dense", coupling="pattern"),
+                                     KernelOptions(rest="dense", coupling="sparse")])
+def test_a_reweighted_problem_equals_a_fresh_one(options):
+    """PIRLS refills the chosen strategies with new weights and responses; the result must be the fresh
+    problem's, whatever strategy holds the values."""
+    design = build_design("y ~ x + (1 | student) + (1 | klass) + (1 + x | school)", nested_design())
+    pattern = CrossProductPattern(design.terms)
+    problem = PLSProblem(pattern.compute(design.X, design.y), options)
+    rng = np.random.default_rng(2)
+    weights = rng.uniform(0.1, 3.0, design.nobs)
+    weights[::17] = 0.0  # zero weights keep the pattern (explicit zeros), as PIRLS at mu ~ 0 does
+    response = rng.normal(size=design.nobs)
+    stats = pattern.compute(design.X, response, weights=weights, shift=np.zeros(design.n_fixed))
+    factors = theta_to_factors(np.concatenate([factors_to_theta([np.tril(rng.uniform(0.2, 1.0, (k, k)))])
+                                               for k in problem.dims]), problem.dims)
+    refilled = problem.reweighted(stats).factorize(factors)
+    fresh = PLSProblem(stats, options).factorize(factors)
+    assert refilled.deviance(True) == pytest.approx(fresh.deviance(True), rel=1e-12)
+    for a, b in zip(refilled.solve(), fresh.solve()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(tm.ShapeError):
+        problem.reweighted(pattern.compute(design.X[:, :1], design.y))
+
+
+def test_inverse_entries_match_the_dense_inverse():
+    design = build_design("y ~ x + (1 + x | klass) + (1 | school)", nested_design())
+    problem = problem_from_design(design, KernelOptions(rest="dense"))
+    factors = theta_to_factors(np.array([0.8, 0.3, 0.5, 1.3]), problem.dims)
+    factor = problem.factorize(factors)
+    _, _, _, A_inv = dense_reference(design, factors, reml=False)
+    q1, k1 = problem.first.q, problem.first.n_cols
+    rng = np.random.default_rng(5)
+    level = rng.integers(0, problem.first.n_levels, 50)
+    left = np.concatenate([level * k1 + rng.integers(0, k1, 50), rng.integers(0, problem.q, 50)])
+    right = np.concatenate([level * k1 + rng.integers(0, k1, 50), q1 + rng.integers(0, problem.q_rest, 50)])
+    np.testing.assert_allclose(factor.inverse_entries(left, right), A_inv[left, right], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="within a level"):
+        factor.inverse_entries(np.array([0]), np.array([k1]))
+    bordered = problem_from_design(design, KernelOptions(rest="bordered")).factorize(factors)
+    with pytest.raises(NotImplementedError):
+        bordered.inverse_entries(left, right)

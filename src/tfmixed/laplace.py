@@ -32,7 +32,6 @@ from .estimators.pirls import PIRLS, Mode
 from .families import Family
 from .kernels.covariance import lower_indices, theta_lower_bounds, theta_start, theta_to_factors
 from .kernels.options import KernelOptions
-from .kernels.pls import PLSProblem
 
 
 class GlmmObjective:
@@ -164,7 +163,7 @@ class GlmmObjective:
         xy_xy = stats.xy_xy.copy()
         xy_xy[-1, -1] = 2 * xy_xy[-1, -1] + 1.0
         stats = dataclasses.replace(stats, xy_xy=xy_xy)
-        s_beta, s_u = PLSProblem(stats, self.pirls.options).factorize(mode.factor.factors).solve()
+        s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
         s_b = self.pirls.to_b(s_u, mode.factor.factors)
         z_lambda_s = self.design.z_times(s_b) + X @ s_beta
         residual = a + weights * ratio - weights * z_lambda_s

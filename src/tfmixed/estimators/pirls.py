@@ -71,6 +71,15 @@ class PIRLS:
         self.dims = [term.n_cols for term in design.terms]
         self.pattern = CrossProductPattern(design.terms)
         self._no_fixed = np.zeros((self.n, 0))
+        self._problems: dict[int, PLSProblem] = {}
+
+    def problem(self, stats) -> PLSProblem:
+        """The kernel problem of re-weighted cross-products: strategies chosen once per number of fixed
+        columns (0 for the conditional modes at fixed beta, p for the joint mode), then only refilled."""
+        known = self._problems.get(stats.p)
+        problem = PLSProblem(stats, self.options) if known is None else known.reweighted(stats)
+        self._problems.setdefault(stats.p, problem)
+        return problem
 
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u, term by term."""
@@ -107,7 +116,7 @@ class PIRLS:
             working = eta - self.offset - fixed_part + (self.y - mu) / mu_eta
             shift = current[0] if joint and current is not None else np.zeros(X.shape[1])
             stats = self.pattern.compute(X, working, weights=weights, shift=shift)
-            factor = PLSProblem(stats, self.options).factorize(factors)
+            factor = self.problem(stats).factorize(factors)
             if converged:
                 break
             new_beta, new_u = factor.solve()

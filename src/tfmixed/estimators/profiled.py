@@ -84,7 +84,7 @@ class _Search:
         if np.isfinite(value) and self.objective.is_degenerate(theta):
             raise _Degenerate
 
-    def lbfgsb(self, start, scale, max_iter):
+    def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
         lower = self.objective.lower
 
         def fun(z):
@@ -95,7 +95,7 @@ class _Search:
 
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
         result = minimize(fun, start / scale, method="L-BFGS-B", jac=True, bounds=bounds,
-                          options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8, "maxls": 50})
+                          options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-8, "maxls": 50})
         return str(result.message)  # the best point is the search's, not necessarily the last iterate
 
     def cobyqa(self, start, scale, max_iter):
@@ -138,12 +138,14 @@ def _clip_to_boundary(objective, theta, value):
 
 
 def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
-                 verbose: bool = False, method: str = "profiled") -> EstimatorResult:
+                 verbose: bool = False, method: str = "profiled", gradient_tol: float = 1e-6) -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
 
     Any objective with the interface of :class:`~tfmixed.objective.LmmObjective` (``lower``, ``start``,
     ``label``, call, ``value_and_gradient``, ``is_degenerate``, ``diagnose``) can be minimised: the GLMM's
     Laplace criterion over (theta, beta) is (:mod:`tfmixed.laplace`); ``method`` names the result.
+    ``gradient_tol`` is the accepted projected gradient relative to the criterion (a loose value gives a
+    cheap starting point, as for the GLMM's first stage).
 
     >>> from tfmixed import datasets, build_design
     >>> from tfmixed.kernels.pls import PLSProblem
@@ -171,7 +173,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
             if stage == "cobyqa":
                 message = search.cobyqa(start_here, scale, max_iter)
             else:
-                message = search.lbfgsb(start_here, scale, max_iter)
+                message = search.lbfgsb(start_here, scale, max_iter, ftol=gradient_tol**2)
             # a theta left on a zero bound may be a saddle (a scalar term's derivative is 0 there): probe inside
             probe = _boundary_probe(objective, search.best_theta, search.best_value)
             if probe is not None:
@@ -186,7 +188,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
         best = search.best_theta
         _, gradient = objective.value_and_gradient(best)
         projected, _ = _projected_gradient(best, gradient, lower)
-        if np.max(np.abs(projected), initial=0.0) <= 1e-6 * max(1.0, abs(search.best_value)):
+        if np.max(np.abs(projected), initial=0.0) <= gradient_tol * max(1.0, abs(search.best_value)):
             converged = True
             break
         decrement, H = newton_decrement(objective, best)

@@ -67,6 +67,10 @@ class DenseCoupling:
     def times_block_diagonal(self, blocks: np.ndarray) -> np.ndarray:
         return np.einsum("sla,lab->slb", self.C3, blocks).reshape(self.shape[0], -1)
 
+    def reweighted(self, C: sp.csr_matrix) -> "DenseCoupling":
+        """The same strategy for new values of C (same pattern)."""
+        return DenseCoupling(C, self.n_levels, self.k)
+
 
 class SparseCoupling:
     """C as a scipy CSR matrix; products by scipy (no precomputation)."""
@@ -96,6 +100,10 @@ class SparseCoupling:
 
     def times_block_diagonal(self, blocks: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))
+
+    def reweighted(self, C: sp.csr_matrix) -> "SparseCoupling":
+        """The same strategy for new values of C (same pattern)."""
+        return type(self)(C, self.n_levels, self.k)
 
 
 def level_pairs(C: sp.csc_matrix, n_levels: int, k: int, lower: bool = False):
@@ -156,12 +164,27 @@ class PatternCoupling(SparseCoupling):
         Ccsc = sp.csc_matrix(C)
         first, second, weight_index = level_pairs(Ccsc, n_levels, k, lower=True)
         size = Ccsc.shape[0]
-        QT = sp.csr_matrix(
-            (Ccsc.data[first] * Ccsc.data[second],
+        # the CSR layout of QT depends on the pattern only: its order is kept to refill it (reweighted)
+        positions = sp.csr_matrix(
+            (np.arange(1, first.size + 1, dtype=np.float64),
              (weight_index, Ccsc.indices[first].astype(np.int64) * size + Ccsc.indices[second])),
             shape=(n_levels * k * k, size * size),
         )
-        return cls(C, n_levels, k, QT)
+        pair_order = positions.data.astype(np.int64) - 1
+        coupling = cls._from_layout(C, Ccsc, n_levels, k, positions, first[pair_order], second[pair_order])
+        return coupling
+
+    @classmethod
+    def _from_layout(cls, C, Ccsc, n_levels, k, layout, first, second) -> "PatternCoupling":
+        QT = sp.csr_matrix((Ccsc.data[first] * Ccsc.data[second], layout.indices, layout.indptr), shape=layout.shape)
+        coupling = cls(C, n_levels, k, QT)
+        coupling._layout = (layout, first, second)
+        return coupling
+
+    def reweighted(self, C: sp.csr_matrix) -> "PatternCoupling":
+        """New values of C on the same pattern: the pairs are not searched again."""
+        layout, first, second = self._layout
+        return self._from_layout(C, sp.csc_matrix(C), self.n_levels, self.k, layout, first, second)
 
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         lower = (self.QT.T @ weights.reshape(-1)).reshape(self.size, self.size)

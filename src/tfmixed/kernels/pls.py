@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..cross_products import CrossProducts
-from ..errors import MemoryLimitError
+from ..errors import MemoryLimitError, ShapeError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, block_diagonal_matrix, choose_coupling
@@ -74,8 +74,7 @@ class PLSProblem:
         self.n, self.p = cp.n, cp.p
         self.q_rest = cp.q_rest
         self.first_block = BlockDiagonalBlock(cp.first_blocks)
-        C = sp.vstack([cp.rest_first, sp.csr_matrix(cp.xy_first)], format="csr")
-        C.sort_indices()
+        C = self._coupling_matrix(cp)
         self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
         self._pattern = None
         self.bordered = self._bordered_structure(cp)
@@ -83,8 +82,56 @@ class PLSProblem:
         self._pattern = None  # only the chosen structure keeps what it needs
         if self.bordered is None and self.sparse is None:
             self._check_memory()
-            self.E = np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
+            self.E = self._dense_rest(cp)
         self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
+
+    @staticmethod
+    def _coupling_matrix(cp: CrossProducts) -> sp.csr_matrix:
+        """C = [Zr'WZ1; [X y~]'WZ1] with every entry of the dense rows stored (zeros too), so that the pattern
+        does not depend on the values: re-weighted problems refill it."""
+        rest = sp.csr_matrix(cp.rest_first)
+        rest.sort_indices()
+        rows, width = cp.xy_first.shape
+        indptr = np.concatenate([rest.indptr, rest.indptr[-1] + width * np.arange(1, rows + 1)])
+        indices = np.concatenate([rest.indices, np.tile(np.arange(width, dtype=rest.indices.dtype), rows)])
+        data = np.concatenate([rest.data, cp.xy_first.ravel()])
+        return sp.csr_matrix((data, indices, indptr), shape=(rest.shape[0] + rows, width))
+
+    @staticmethod
+    def _dense_rest(cp: CrossProducts) -> np.ndarray:
+        return np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
+
+    def reweighted(self, cross_products: CrossProducts) -> "PLSProblem":
+        """The same problem for new cross-products of the same rows and pattern (new weights or a new working
+        response, as every PIRLS iteration has): the strategies chosen for this one are kept, only the values
+        they hold are rebuilt.
+
+        >>> import numpy as np
+        >>> from tfmixed.cross_products import CrossProductPattern
+        >>> from tfmixed.terms import RandomEffectsTerm
+        >>> pattern = CrossProductPattern([RandomEffectsTerm.intercept(np.repeat(np.arange(5), 4), 5)])
+        >>> X, y = np.ones((20, 1)), np.arange(20.0)
+        >>> weighted = pattern.compute(X, y, weights=np.linspace(0.5, 2.0, 20))
+        >>> again = PLSProblem(pattern.compute(X, y)).reweighted(weighted)
+        >>> fresh = PLSProblem(weighted)
+        >>> bool(np.isclose(again.factorize([np.eye(1)]).pwrss, fresh.factorize([np.eye(1)]).pwrss))
+        True
+        """
+        cp = cross_products
+        if cp.dims != self.cross_products.dims or cp.p != self.p:
+            raise ShapeError(f"cross-products of structure {cp.dims}/{cp.p} cannot replace {self.cross_products.dims}/{self.p}")
+        new = object.__new__(PLSProblem)
+        new.__dict__.update(self.__dict__)
+        new.cross_products, new.n = cp, cp.n
+        new.first_block = BlockDiagonalBlock(cp.first_blocks)
+        if self.bordered is not None:
+            new.bordered = BorderedStructure(cp, self.bordered.layout, self.rest, self.first.n_cols)
+        elif self.sparse is not None:
+            new.sparse = self.sparse.reweighted(cp)
+        else:
+            new.E = self._dense_rest(cp)
+        new.coupling = self.coupling.reweighted(self._coupling_matrix(cp))
+        return new
 
     @property
     def rest_strategy(self) -> str:
@@ -376,9 +423,9 @@ class PLSFactor:
         if problem.q_rest and not isinstance(self.rest, DenseFactor):
             raise NotImplementedError(f"inverse entries are not available from the {problem.rest_strategy} strategy")
         q1, qr, k1 = problem.first.q, problem.q_rest, problem.first.n_cols
-        pairs, inverse = np.unique(np.stack([np.asarray(left, np.int64), np.asarray(right, np.int64)]), axis=1,
-                                   return_inverse=True)
-        a, b = pairs
+        q = problem.q
+        keys, inverse = np.unique(np.asarray(left, np.int64) * q + np.asarray(right, np.int64), return_inverse=True)
+        a, b = np.divmod(keys, q)
         both_first = (a < q1) & (b < q1)
         if np.any(a[both_first] // k1 != b[both_first] // k1):
             raise ValueError("inverse_entries reads first-term pairs only within a level")

@@ -43,6 +43,11 @@ class SparseStructure:
         self.C_rest = sp.csr_matrix(cp.rest_first)
         self.C_border, self.E_border, self.E_corner = cp.xy_first, cp.xy_rest, cp.xy_xy
 
+    def reweighted(self, cross_products) -> "SparseStructure":
+        """The structure for new values on the same pattern."""
+        pattern = sp.csc_matrix((np.ones(self.keys.size), self.indices, self.indptr), shape=(self.n, self.n))
+        return SparseStructure(cross_products, pattern, self.rest_terms, self.k1)
+
     def position(self, rows, cols) -> np.ndarray:
         return np.searchsorted(self.keys, np.asarray(cols, dtype=np.int64) * self.n + np.asarray(rows, dtype=np.int64))
 
