@@ -14,22 +14,14 @@ benchmarks/RESULTS.md between the markers. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 
 import tfmixed as tm
-
-HERE = Path(__file__).resolve().parent
-SET2 = HERE.parent / "tests" / "reference" / "set2" / "data"
-MARK_BEGIN, MARK_END = "<!-- bench_lmer:begin -->", "<!-- bench_lmer:end -->"
+from common import SET2, lme4_available, run_r, write_block
 
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
@@ -60,20 +52,8 @@ def models() -> list[tuple[str, pd.DataFrame, str, list[str], int]]:
     ]
 
 
-def lme4_available() -> bool:
-    if shutil.which("Rscript") is None:
-        return False
-    return subprocess.run(["Rscript", "-e", "suppressMessages(library(lme4))"], capture_output=True).returncode == 0
-
-
 def run_lme4(frame: pd.DataFrame, formula: str, repeats: int, factors: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        csv, script = Path(folder) / "data.csv", Path(folder) / "fit.R"
-        frame.to_csv(csv, index=False)
-        script.write_text(R_SCRIPT)
-        out = subprocess.run(["Rscript", str(script), str(csv), formula, str(repeats), ",".join(factors)],
-                             capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_r(R_SCRIPT, frame, formula, str(repeats), ",".join(factors))
 
 
 def run_tfmixed(frame: pd.DataFrame, formula: str, repeats: int) -> dict:
@@ -113,14 +93,7 @@ def main() -> None:
               "(negative: tfmixed found a lower REML criterion).")
     print("\n" + table + footer)
     if args.write:
-        results = HERE / "RESULTS.md"
-        text = results.read_text()
-        block = f"{MARK_BEGIN}\n{table}\n{footer}\n{MARK_END}"
-        if MARK_BEGIN in text:
-            text = text[: text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
-        else:
-            text += "\n\n" + block + "\n"
-        results.write_text(text)
+        write_block("bench_lmer", f"{table}\n{footer}")
 
 
 if __name__ == "__main__":

@@ -86,11 +86,21 @@ def glmer(
             first = objective.mode(optimum.theta)
             joint = JointCriterion(objective, np.concatenate([optimum.theta, first.beta]))
             label = "laplace" if n_agq == 1 else f"agq{n_agq}"
-            optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label)
+            # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
+            # approximate standard errors (from the first stage's PIRLS factor)
+            standard_errors = _approximate_standard_errors(first)
+            scale = np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
+            optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label,
+                                   scale=scale)
             optimum, hessian = _newton_polish(objective, joint, optimum)
         fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian if n_agq > 0 else None)
     _warn_about(fit)
     return fit
+
+
+def _approximate_standard_errors(joint_mode) -> np.ndarray:
+    """sqrt(diag((R_X'R_X)^{-1})) of the joint PIRLS factor: the standard errors at known theta."""
+    return np.sqrt(np.maximum(np.diag(joint_mode.factor.vcov_beta_unscaled()), 1e-300))
 
 
 def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
@@ -99,12 +109,10 @@ def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
     Returns the (possibly improved) optimum and the Hessian (taken before the step, which is ~1e-5 of an SE)."""
     params = optimum.theta
     n_theta = objective.n_theta
-    mode = objective.mode(params[:n_theta], params[n_theta:])
-    rx_se = np.sqrt(np.maximum(np.diag(objective.mode(params[:n_theta]).factor.vcov_beta_unscaled()), 1e-300))
+    rx_se = _approximate_standard_errors(objective.mode(params[:n_theta]))
     scales = np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se])
     hessian = objective.hessian(params, scales)
     gradient = objective.gradient(objective.mode(params[:n_theta], params[n_theta:]))
-    del mode
     if gradient is None or not np.all(np.isfinite(hessian)):
         return optimum, hessian
     free = ~(np.isfinite(joint.lower) & (params <= joint.lower + 1e-10) & (gradient >= 0))

@@ -112,26 +112,28 @@ class GlmmObjective:
         return self.value(self.mode(theta, beta))
 
     def _leverage_pairs(self):
-        """For every row, the pairs of its nonzero columns of Z Lambda (kernel order), set up once."""
+        """The distinct pairs of nonzero columns of Z Lambda that share a row (kernel order), and for every
+        (row, pair of the row's columns) which distinct pair it is; set up once."""
         columns = []  # (term index, column a, kernel column of each row)
         for t, (term, offset) in enumerate(zip(self.design.terms, self._offsets)):
             for a in range(term.n_cols):
                 columns.append((t, a, offset + term.codes * term.n_cols + a))
-        left = np.concatenate([c[2] for c in columns for _ in columns])
-        right = np.concatenate([d[2] for _ in columns for d in columns])
+        q = int(sum(term.q for term in self.design.terms))
+        keys = np.concatenate([c[2].astype(np.int64) * q + d[2] for c in columns for d in columns])
+        unique, which = np.unique(keys, return_inverse=True)
         spec = [(c[0], c[1], d[0], d[1]) for c in columns for d in columns]
-        return left, right, spec
+        return (*np.divmod(unique, q), which.ravel(), spec)
 
     def leverages(self, mode: Mode) -> np.ndarray:
         """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode (raises
         NotImplementedError where the kernel's strategy has no inverse entries)."""
         factors = theta_to_factors(mode.theta, self.dims)
         spherical = [term.values @ T for term, T in zip(self.design.terms, factors)]
-        left, right, spec = self._pairs
+        left, right, which, spec = self._pairs
         products = np.concatenate([spherical[t][:, a] * spherical[s][:, b] for t, a, s, b in spec])
         entries = mode.factor.inverse_entries(left, right)
         n = self.design.nobs
-        return np.bincount(np.tile(np.arange(n), len(spec)), entries * products, minlength=n)
+        return np.bincount(np.tile(np.arange(n), len(spec)), entries[which] * products, minlength=n)
 
     def gradient(self, mode: Mode, joint: bool = False) -> np.ndarray | None:
         """Gradient of the Laplace deviance in (theta, beta) (``joint=False``: beta fixed in PIRLS) or in theta

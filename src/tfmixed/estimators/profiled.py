@@ -138,14 +138,16 @@ def _clip_to_boundary(objective, theta, value):
 
 
 def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
-                 verbose: bool = False, method: str = "profiled", gradient_tol: float = 1e-6) -> EstimatorResult:
+                 verbose: bool = False, method: str = "profiled", gradient_tol: float = 1e-6,
+                 scale: np.ndarray | None = None) -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
 
     Any objective with the interface of :class:`~tfmixed.objective.LmmObjective` (``lower``, ``start``,
     ``label``, call, ``value_and_gradient``, ``is_degenerate``, ``diagnose``) can be minimised: the GLMM's
     Laplace criterion over (theta, beta) is (:mod:`tfmixed.laplace`); ``method`` names the result.
     ``gradient_tol`` is the accepted projected gradient relative to the criterion (a loose value gives a
-    cheap starting point, as for the GLMM's first stage).
+    cheap starting point, as for the GLMM's first stage). ``scale`` (one positive number per parameter, such as
+    approximate standard errors) preconditions the search: it runs in the coordinates params / scale.
 
     >>> from tfmixed import datasets, build_design
     >>> from tfmixed.kernels.pls import PLSProblem
@@ -164,7 +166,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     progress = Progress(objective.label, verbose=verbose)
     started = time.perf_counter()
     search = _Search(objective, progress)
-    scale = np.ones_like(theta)
+    scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
     message, stages, status, decrement = "", 0, None, np.nan
     for stage in ("lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
         stages += 1

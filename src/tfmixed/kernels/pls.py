@@ -40,6 +40,10 @@ from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
 
 
+#: below this many entries (rest x first columns) inverse_entries holds S^{-1} M' dense
+DENSE_COUPLING_INVERSE = 4_000_000
+
+
 @dataclass(frozen=True)
 class BlockShape:
     """Levels and covariate columns of one random-effects term, as the kernel sees it."""
@@ -423,9 +427,7 @@ class PLSFactor:
         if problem.q_rest and not isinstance(self.rest, DenseFactor):
             raise NotImplementedError(f"inverse entries are not available from the {problem.rest_strategy} strategy")
         q1, qr, k1 = problem.first.q, problem.q_rest, problem.first.n_cols
-        q = problem.q
-        keys, inverse = np.unique(np.asarray(left, np.int64) * q + np.asarray(right, np.int64), return_inverse=True)
-        a, b = np.divmod(keys, q)
+        a, b = np.asarray(left, np.int64), np.asarray(right, np.int64)
         both_first = (a < q1) & (b < q1)
         if np.any(a[both_first] // k1 != b[both_first] // k1):
             raise ValueError("inverse_entries reads first-term pairs only within a level")
@@ -434,14 +436,21 @@ class PLSFactor:
         if qr:
             S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
             Mt = self._coupling_times_inverse()
-            out[both_first] += _quadratic_entries(Mt, S_inv, a[both_first], b[both_first])
-            first_rest = (a < q1) & (b >= q1)
-            out[first_rest] = -_linear_entries(Mt, S_inv, a[first_rest], b[first_rest] - q1)
-            rest_first = (a >= q1) & (b < q1)
-            out[rest_first] = -_linear_entries(Mt, S_inv, b[rest_first], a[rest_first] - q1)
+            first_rest, rest_first = (a < q1) & (b >= q1), (a >= q1) & (b < q1)
+            if qr * q1 <= DENSE_COUPLING_INVERSE:
+                # small enough to hold S^{-1} M' dense: every entry is a lookup or one length-qr dot product
+                Mt = Mt.toarray()
+                G = S_inv @ Mt
+                out[both_first] += np.einsum("ri,ri->i", Mt[:, a[both_first]], G[:, b[both_first]])
+                out[first_rest] = -G[b[first_rest] - q1, a[first_rest]]
+                out[rest_first] = -G[a[rest_first] - q1, b[rest_first]]
+            else:
+                out[both_first] += _quadratic_entries(Mt, S_inv, a[both_first], b[both_first])
+                out[first_rest] = -_linear_entries(Mt, S_inv, a[first_rest], b[first_rest] - q1)
+                out[rest_first] = -_linear_entries(Mt, S_inv, b[rest_first], a[rest_first] - q1)
             both_rest = (a >= q1) & (b >= q1)
             out[both_rest] = S_inv[a[both_rest] - q1, b[both_rest] - q1]
-        return out[inverse.ravel()]
+        return out
 
     def _coupling_times_inverse(self) -> sp.csc_matrix:
         """M' = Lambda_r' Zr'WZ1 T1 A11^{-1} as a sparse qr x q1 matrix (the pattern of the coupling)."""
