@@ -199,3 +199,16 @@ def _cbpp():
 def test_bad_inputs_raise_tfmixed_errors(call, message):
     with pytest.raises(tm.TfmixedError, match=message):
         call(_cbpp())
+
+
+def test_offset_argument_equals_offset_in_the_formula():
+    default, _, data = load("Mmmec_poisson_slope_offset")
+    in_formula = fitted("Mmmec_poisson_slope_offset")[2]
+    formula = default["formula"].replace(" + offset(log(expected))", "")
+    as_argument = tm.glmer(formula, data, family="poisson", offset=np.log(data["expected"]), verbose=False)
+    assert as_argument.minus2loglik == pytest.approx(in_formula.minus2loglik, rel=1e-10)
+    np.testing.assert_allclose(as_argument.fixef, in_formula.fixef, rtol=1e-6)
+    new = data.iloc[:3]
+    np.testing.assert_allclose(in_formula.predict(new, type="response"), in_formula.fitted[:3], rtol=1e-10)
+    with pytest.raises(tm.DataError, match="offset"):
+        as_argument.predict(new)
