@@ -122,12 +122,13 @@ def test_three_ways_of_writing_a_binomial_response_agree():
     np.testing.assert_allclose(boolean.fixef, numeric.fixef, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["cbpp_binomial_laplace", "Mmmec_poisson_slope_offset", "guImmun_laplace"])
+@pytest.mark.parametrize("name", ["cbpp_binomial_laplace", "cbpp_binomial_agq25", "Mmmec_poisson_slope_offset",
+                                  "guImmun_laplace"])
 def test_analytic_gradient_matches_differences(name):
     default, tight, data = load(name)
     design = tm.build_design(default["formula"], data, weights=default["weights"],
                              binomial=default["family"] == "binomial")
-    objective = GlmmObjective(design, get_family(default["family"]))
+    objective = GlmmObjective(design, get_family(default["family"]), n_agq=default["nAGQ"])
     theta = np.atleast_1d(tight["theta"]) * 1.2
     beta = np.array(list(tight["fixef"].values())) + 0.1
     params = np.concatenate([theta, beta])

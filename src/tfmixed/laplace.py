@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.polynomial.hermite_e import hermegauss
 
 from .errors import DataError, TfmixedError
@@ -66,6 +67,10 @@ class GlmmObjective:
         self.n_pirls = 0
         self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
         self._pairs = self._leverage_pairs()
+        first = design.terms[0]
+        #: sums over the rows of each level of the first term (the quadrature's per-level integrals)
+        self._level_sums = sp.csr_matrix((np.ones(design.nobs), (first.codes, np.arange(design.nobs))),
+                                         shape=(first.n_levels, design.nobs))
 
     def mode(self, theta, beta=None) -> Mode:
         """The conditional mode at theta and beta (joint with beta when None), warm-started from the last one."""
@@ -146,8 +151,10 @@ class GlmmObjective:
         (Z dLambda u)_i = z_ir u_(j_i)c, d/d theta = (a + v - W Z Lambda s)'(Z dLambda u) - a'(Z dLambda s) / 2
         plus d log|H| / d theta at fixed W (the LMM kernel's log-determinant gradient).
         """
-        if self.n_agq > 1 or not self.family.canonical:
+        if not self.family.canonical:
             return None
+        if self.n_agq > 1 and not joint:
+            return self.quadrature_gradient(mode)
         d_logdet = mode.factor.logdet_gradient()
         if d_logdet is None:
             return None
@@ -179,6 +186,49 @@ class GlmmObjective:
                 theta_part.append(residual @ z_du - 0.5 * (a @ z_ds))
         theta_part = np.asarray(theta_part) + d_logdet
         return theta_part if joint else np.concatenate([theta_part, self.pirls.X.T @ residual])
+
+    def quadrature_gradient(self, mode: Mode) -> np.ndarray:
+        """Gradient of the quadrature criterion in (theta, beta) for a canonical link.
+
+        Per level j, D_j = -2 log(s_j sum_k w_k exp(z_k^2 / 2 - A_j(u_j + z_k s_j) / 2)) with the mode u_j and
+        s_j = (1 + theta^2 Q_j)^(-1/2), Q_j = sum_i W_i x_i^2 (x: the term's covariate). Differentiating through
+        the knots needs du_j (implicit: A_j'(u_j) = 0, A_j'' = 2 / s_j^2) and ds_j (W changes with eta at the
+        mode): dD_j = -2 ds_j / s_j + sum_k E_jk dA_j(u_jk) / sum_k E_jk, E_jk the knot's term.
+        """
+        term = self.design.terms[0]
+        codes, z = term.codes, term.values[:, 0]
+        family, y, prior, X = self.family, self.pirls.y, self.pirls.prior, self.pirls.X
+        theta, u = mode.theta[0], mode.u
+        by_level = self._level_sums
+        weights = family.working_weights(mode.mu, mode.eta, prior)
+        Q = np.bincount(codes, weights * z**2, minlength=term.n_levels)
+        s = 1.0 / np.sqrt(1.0 + theta**2 * Q)
+        curvature = 2.0 / s**2
+        du_beta = -(2 * theta * (by_level @ ((weights * z)[:, None] * X))) / curvature[:, None]
+        du_theta = -(np.bincount(codes, -2.0 * prior * (y - mode.mu) * z, minlength=term.n_levels)
+                     + 2 * theta * u * Q) / curvature
+        d_weights = weights * family.variance_derivative(mode.mu) * z**2
+        ds_beta = -0.5 * s[:, None] ** 3 * theta**2 * (by_level @ (d_weights[:, None] * (X + theta * z[:, None] * du_beta[codes])))
+        dQ_theta = np.bincount(codes, d_weights * (z * u[codes] + theta * z * du_theta[codes]), minlength=term.n_levels)
+        ds_theta = -0.5 * s**3 * (2 * theta * Q + theta**2 * dQ_theta)
+        base = mode.eta - theta * z * u[codes]
+        at_mode = np.bincount(codes, family.minus2_loglik(y, mode.mu, prior), minlength=term.n_levels) + u**2
+        total, sum_beta, sum_theta = np.zeros(term.n_levels), np.zeros((term.n_levels, X.shape[1])), np.zeros(term.n_levels)
+        for knot, weight in zip(self.knots, self.knot_weights):
+            u_k = u + knot * s
+            mu = family.link.inverse(base + theta * z * u_k[codes])
+            a = -2.0 * prior * (y - mu)
+            A = np.bincount(codes, family.minus2_loglik(y, mu, prior), minlength=term.n_levels) + u_k**2
+            # each level's terms relative to its mode keep the exponentials in range
+            E = weight * np.exp(knot**2 / 2 - (A - at_mode) / 2)
+            slope = theta * np.bincount(codes, a * z, minlength=term.n_levels) + 2 * u_k
+            total += E
+            sum_beta += E[:, None] * (by_level @ (a[:, None] * X) + slope[:, None] * (du_beta + knot * ds_beta))
+            sum_theta += E * (np.bincount(codes, a * z * u_k[codes], minlength=term.n_levels)
+                              + slope * (du_theta + knot * ds_theta))
+        d_theta = np.sum(-2 * ds_theta / s + sum_theta / total)
+        d_beta = np.sum(-2 * ds_beta / s[:, None] + sum_beta / total[:, None], axis=0)
+        return np.concatenate([[d_theta], d_beta])
 
     def hessian(self, params: np.ndarray, scales: np.ndarray, fraction: float = 0.05) -> np.ndarray:
         """Hessian of the deviance in (theta, beta): central differences of the analytic gradient with steps

@@ -141,11 +141,13 @@ class PatternCoupling(SparseCoupling):
 
     name = "pattern"
 
-    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int, QT: sp.csr_matrix):
+    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int, QT: sp.csr_matrix, strict: np.ndarray | None = None):
         super().__init__(C, n_levels, k)
         self.QT, self.size = QT, C.shape[0]
-        rows, cols = np.divmod(QT.indices, self.size)
-        strict = rows != cols
+        if strict is None:
+            rows, cols = np.divmod(QT.indices, self.size)
+            strict = rows != cols
+        self._strict = strict
         # block sums read the strictly-lower and diagonal positions apart (k > 1 needs the strict part's
         # transpose); for k = 1 one matrix with the strictly-lower entries doubled does it
         if k == 1:
@@ -175,16 +177,16 @@ class PatternCoupling(SparseCoupling):
         return coupling
 
     @classmethod
-    def _from_layout(cls, C, Ccsc, n_levels, k, layout, first, second) -> "PatternCoupling":
+    def _from_layout(cls, C, Ccsc, n_levels, k, layout, first, second, strict=None) -> "PatternCoupling":
         QT = sp.csr_matrix((Ccsc.data[first] * Ccsc.data[second], layout.indices, layout.indptr), shape=layout.shape)
-        coupling = cls(C, n_levels, k, QT)
+        coupling = cls(C, n_levels, k, QT, strict)
         coupling._layout = (layout, first, second)
         return coupling
 
     def reweighted(self, C: sp.csr_matrix) -> "PatternCoupling":
         """New values of C on the same pattern: the pairs are not searched again."""
         layout, first, second = self._layout
-        return self._from_layout(C, sp.csc_matrix(C), self.n_levels, self.k, layout, first, second)
+        return self._from_layout(C, sp.csc_matrix(C), self.n_levels, self.k, layout, first, second, self._strict)
 
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         lower = (self.QT.T @ weights.reshape(-1)).reshape(self.size, self.size)
