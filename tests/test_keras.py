@@ -3,6 +3,7 @@
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -135,3 +136,86 @@ def test_errors(sleep):
     plain.compile(optimizer="adam", loss="mse")
     with pytest.raises(tm.TfmixedError, match="no RandomEffects"):
         plain.fit(x["days"], y, epochs=1, verbose=0, callbacks=[EmpiricalBayes(x["days"], y)])
+
+
+def _bernoulli_cbpp():
+    cbpp = tm.datasets.load("cbpp")
+    rows = []
+    for _, r in cbpp.iterrows():
+        rows += [(r.herd, r.period, 1.0)] * int(r.incidence) + [(r.herd, r.period, 0.0)] * int(r["size"] - r.incidence)
+    frame = pd.DataFrame(rows, columns=["herd", "period", "y"])
+    codes, levels = encode_levels(frame.herd)
+    x = {"period": pd.get_dummies(frame.period, drop_first=True).to_numpy(np.float32), "herd": codes}
+    return cbpp, x, frame.y.to_numpy(np.float32)[:, None], levels
+
+
+def _logistic_model(levels, output_activation=None):
+    period = keras.Input((3,), name="period")
+    herd = keras.Input((), name="herd", dtype="int32")
+    logit = keras.layers.Add()([keras.layers.Dense(1, name="fixed")(period),
+                                RandomEffects({"herd": len(levels)}, name="random")({"herd": herd})])
+    out = keras.layers.Activation(output_activation)(logit) if output_activation else logit
+    return keras.Model({"period": period, "herd": herd}, out)
+
+
+def test_binomial_loss_learns_glmers_herd_variance():
+    """A logistic model without hidden layers trained with binary cross-entropy: the learned tau^2 is the
+    Laplace estimate at the joint mode (glmer's nAGQ = 0, which a MAP-trained network computes) and within 5% of
+    glmer's default Laplace fit."""
+    cbpp, x, y, levels = _bernoulli_cbpp()
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    laplace = tm.glmer(formula, cbpp, verbose=False).theta[0] ** 2
+    joint = tm.glmer(formula, cbpp, nAGQ=0, verbose=False)
+    keras.utils.set_random_seed(0)
+    model = _logistic_model(levels)
+    model.compile(optimizer=keras.optimizers.Adam(0.3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    callback = EmpiricalBayes(x, y, family="binomial", update_every=2, warmup_epochs=10)
+    history = model.fit(x, y, epochs=150, batch_size=len(y), verbose=0, callbacks=[callback])
+    tau2 = callback.tau2["herd"]
+    assert tau2 == pytest.approx(joint.theta[0] ** 2, rel=1e-3)
+    assert tau2 == pytest.approx(laplace, rel=0.05)
+    weights, bias = model.get_layer("fixed").get_weights()
+    np.testing.assert_allclose(np.concatenate([bias, weights[:, 0]]), joint.fixef, rtol=1e-3)
+    assert float(model.get_layer("random").penalties["herd"].numpy()[0]) == pytest.approx(0.5 / tau2, rel=1e-5)
+    assert "eb_sigma2" not in history.history and "eb_lambda_herd" in history.history
+    assert callback.penalties()["herd"] == pytest.approx(0.5 / tau2)
+
+
+def test_poisson_loss_with_a_mean_output():
+    rng = np.random.default_rng(3)
+    group = np.repeat(np.arange(30), 20)
+    x1 = rng.normal(size=group.size)
+    counts = rng.poisson(np.exp(0.5 + 0.3 * x1 + rng.normal(0, 0.6, 30)[group])).astype(np.float32)
+    frame = pd.DataFrame({"y": counts, "x1": x1, "g": group.astype(str)})
+    joint = tm.glmer("y ~ x1 + (1 | g)", frame, family="poisson", nAGQ=0, verbose=False)
+    laplace = tm.glmer("y ~ x1 + (1 | g)", frame, family="poisson", verbose=False)
+    codes, levels = encode_levels(frame.g)
+    x = {"x1": x1.astype(np.float32)[:, None], "g": codes}
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1,), name="x1")
+    g = keras.Input((), name="g", dtype="int32")
+    eta = keras.layers.Add()([keras.layers.Dense(1, name="fixed")(inputs), RandomEffects({"g": 30}, name="random")({"g": g})])
+    model = keras.Model({"x1": inputs, "g": g}, keras.layers.Activation("exponential")(eta))
+    model.compile(optimizer=keras.optimizers.Adam(0.2), loss="poisson")
+    callback = EmpiricalBayes(x, counts[:, None], family="poisson", output="mean", update_every=4, warmup_epochs=20)
+    model.fit(x, counts[:, None], epochs=100, batch_size=len(counts), verbose=0, callbacks=[callback])
+    assert callback.tau2["g"] == pytest.approx(joint.theta[0] ** 2, rel=5e-3)
+    assert callback.tau2["g"] == pytest.approx(laplace.theta[0] ** 2, rel=0.05)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"family": "gamma"}, "family"), ({"family": "binomial", "output": "log"}, "output"),
+    ({"family": "binomial", "rule": "quick_and_dirty"}, "corrected"),
+])
+def test_family_options_are_checked(kwargs, message):
+    _, x, y, _ = _bernoulli_cbpp()
+    with pytest.raises(tm.DataError, match=message):
+        EmpiricalBayes(x, y, **kwargs)
+
+
+def test_binomial_targets_must_be_probabilities():
+    _, x, y, levels = _bernoulli_cbpp()
+    model = _logistic_model(levels)
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(tm.DataError, match=r"\[0, 1\]"):
+        model.fit(x, y * 2, epochs=1, verbose=0, callbacks=[EmpiricalBayes(x, y * 2, family="binomial")])

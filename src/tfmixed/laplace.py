@@ -81,6 +81,20 @@ class GlmmObjective:
         self.n_pirls += 1
         return mode
 
+    def start_from(self, theta, beta, b) -> None:
+        """Start the next PIRLS run from fixed effects ``beta`` and random effects ``b`` (Z's column order), as
+        a model trained elsewhere (a Keras network) already holds them near the mode."""
+        theta = np.asarray(theta, dtype=np.float64)
+        factors = theta_to_factors(theta, self.dims)
+        pieces = []
+        for term, part, T in zip(self.design.terms, np.split(np.asarray(b, dtype=np.float64), self._offsets[1:]), factors):
+            pieces.append(np.linalg.lstsq(T, part.reshape(term.n_levels, term.n_cols).T, rcond=None)[0].T.ravel())
+        u = np.concatenate(pieces)
+        beta = np.asarray(beta, dtype=np.float64)
+        eta = self.design.fitted(beta, np.asarray(b, dtype=np.float64))
+        self._last = Mode(theta, beta, u, np.asarray(b, dtype=np.float64), eta, self.family.link.inverse(eta),
+                          np.nan, None, 0)
+
     def laplace(self, mode: Mode) -> float:
         """sum -2 log p(y | mu) + ||u||^2 + log|L|^2 at the mode."""
         minus2 = np.sum(self.family.minus2_loglik(self.pirls.y, mode.mu, self.pirls.prior))
