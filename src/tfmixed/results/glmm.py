@@ -158,17 +158,7 @@ class GlmerFit(Estimates, Prediction, Printing):
         lines.append("".join(f"{h:>10}" for h in ["AIC", "BIC", "logLik", "-2logLik", "deviance", "df.resid"]))
         lines.append("".join(f"{v:10.1f}" for v in [self.aic, self.bic, self.loglik, self.minus2loglik, self.deviance])
                      + f"{self.nobs - self.n_params:10d}")
-        quantiles = np.quantile(self.pearson_residuals, [0, 0.25, 0.5, 0.75, 1])
-        lines += ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),
-                  "".join(f"{q:9.4f}" for q in quantiles), "", "Random effects:", self._random_effects_table()]
-        groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
-        lines += [f"Number of obs: {self.nobs}, groups:  {groups}", "", "Fixed effects:"]
-        lines.append(self.coef_table.to_string(float_format=lambda v: f"{v:.4g}"))
-        if self.is_singular:
-            lines += ["", "boundary (singular) fit: see GlmerFit.is_singular"]
-        if not self.converged:
-            lines += ["", f"optimizer did not converge: {self.optimum.message}"]
-        return "\n".join(lines)
+        return "\n".join(lines + self._summary_body(self.pearson_residuals, self.coef_table))
 
     def __repr__(self) -> str:
         return (f"GlmerFit({self.formula!r}, family={self.family!r}, nAGQ={self.n_agq}, "

@@ -40,21 +40,23 @@ class Printing:
                 f"{self.aic:9.1f}{self.bic:9.1f}{self.loglik:9.1f}{self.deviance:9.1f}{self.nobs - self.n_params:9d}"
             )
         scaled = self.residuals / self.sigma
-        quantiles = np.quantile(scaled, [0, 0.25, 0.5, 0.75, 1])
-        lines += ["", "Scaled residuals: "]
-        lines.append("".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
-        lines.append("".join(f"{q:9.4f}" for q in quantiles))
-        lines += ["", "Random effects:", self._random_effects_table()]
-        groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
-        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
-        lines += ["", "Fixed effects:"]
         table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
-        lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
+        return "\n".join(lines + self._summary_body(scaled, table))
+
+    def _summary_body(self, scaled_residuals, coefficients) -> list[str]:
+        """The part of lme4's summary after the fit criteria: residual quantiles, random effects, coefficients,
+        singular-fit and convergence notes."""
+        quantiles = np.quantile(scaled_residuals, [0, 0.25, 0.5, 0.75, 1])
+        lines = ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),
+                 "".join(f"{q:9.4f}" for q in quantiles), "", "Random effects:", self._random_effects_table()]
+        groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
+        lines += [f"Number of obs: {self.nobs}, groups:  {groups}", "", "Fixed effects:",
+                  coefficients.to_string(float_format=lambda v: f"{v:.4g}")]
         if self.is_singular:
-            lines += ["", "boundary (singular) fit: see LmerFit.is_singular"]
+            lines += ["", f"boundary (singular) fit: see {type(self).__name__}.is_singular"]
         if not self.converged:
             lines += ["", f"optimizer did not converge: {self.optimum.message}"]
-        return "\n".join(lines)
+        return lines
 
     def _random_effects_table(self) -> str:
         rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
