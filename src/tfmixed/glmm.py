@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from .design import build_design
 from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
@@ -79,12 +80,13 @@ def glmer(
     objective = GlmmObjective(design, family, n_agq, kernel_options)
     hessian = None
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
-        # with nAGQ > 0 the first stage only starts the second: a loose tolerance is enough
-        optimum = fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
-                               method="nAGQ=0", gradient_tol=1e-6 if n_agq == 0 else 1e-3)
-        if n_agq > 0:
-            first = objective.mode(optimum.theta)
-            joint = JointCriterion(objective, np.concatenate([optimum.theta, first.beta]))
+        if n_agq == 0:
+            optimum = fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
+                                   method="nAGQ=0")
+        else:
+            theta = _rough_start(ThetaCriterion(objective), start)
+            first = objective.mode(theta)
+            joint = JointCriterion(objective, np.concatenate([theta, first.beta]))
             label = "laplace" if n_agq == 1 else f"agq{n_agq}"
             # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
             # approximate standard errors (from the first stage's PIRLS factor)
@@ -96,6 +98,29 @@ def glmer(
         fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian if n_agq > 0 else None)
     _warn_about(fit)
     return fit
+
+
+def _rough_start(criterion: ThetaCriterion, start, max_iter: int = 20) -> np.ndarray:
+    """lme4's first stage, as a start only: theta from a short L-BFGS-B run on the nAGQ = 0 criterion (the best
+    point it saw; a trial point where PIRLS fails ends the run, which is fine for a start)."""
+    theta = criterion.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
+    if theta.shape != criterion.lower.shape or np.any(theta < criterion.lower):
+        raise DataError(f"start must hold {criterion.lower.size} theta values (lme4's order) with non-negative "
+                        "relative standard deviations")
+    best = [theta.copy(), criterion(theta)]
+    if not np.isfinite(best[1]):
+        raise DataError(f"the criterion is not finite at the starting theta: {criterion.diagnose(theta)}")
+
+    def value_and_gradient(point):
+        value, gradient = criterion.value_and_gradient(point)
+        if value < best[1]:
+            best[:] = [point.copy(), value]
+        return value, gradient
+
+    bounds = [(low if np.isfinite(low) else None, None) for low in criterion.lower]
+    minimize(value_and_gradient, theta, method="L-BFGS-B", jac=True, bounds=bounds,
+             options={"maxiter": max_iter, "ftol": 1e-8})
+    return best[0]
 
 
 def _approximate_standard_errors(joint_mode) -> np.ndarray:

@@ -76,7 +76,9 @@ class GlmmObjective:
         """The conditional mode at theta and beta (joint with beta when None), warm-started from the last one."""
         theta = np.asarray(theta, dtype=np.float64)
         beta = None if beta is None else np.asarray(beta, dtype=np.float64)
-        mode = self.pirls.run(theta, beta, start=self._last)
+        # an optimiser's trial point far out can overflow the mean: the criterion is then inf, not a warning
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            mode = self.pirls.run(theta, beta, start=self._last)
         self._last = mode
         self.n_pirls += 1
         return mode
