@@ -213,3 +213,33 @@ def test_offset_argument_equals_offset_in_the_formula():
     np.testing.assert_allclose(in_formula.predict(new, type="response"), in_formula.fitted[:3], rtol=1e-10)
     with pytest.raises(tm.DataError, match="offset"):
         as_argument.predict(new)
+
+
+def _small_binary(seed=0):
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(20), 10)
+    x = rng.normal(size=200)
+    return pd.DataFrame({"x": x, "g": group.astype(str), "noise": rng.integers(0, 2, 200).astype(float)})
+
+
+def test_separation_is_reported_not_passed_off_as_an_estimate():
+    data = _small_binary().assign(y=lambda d: (d.x > 0).astype(float))
+    with pytest.warns(tm.ConvergenceWarning, match="separated"):
+        fit = tm.glmer("y ~ x + (1 | g)", data, verbose=False)
+    assert not fit.converged and fit.optimum.status == "separated"
+    assert "optimizer did not converge" in fit.summary()
+
+
+@pytest.mark.parametrize("family, value", [("binomial", 0.0), ("binomial", 1.0), ("poisson", 0.0)])
+def test_a_constant_response_without_a_maximum_raises(family, value):
+    data = _small_binary().assign(y=value)
+    with pytest.raises(tm.DataError, match="no maximum"):
+        tm.glmer("y ~ x + (1 | g)", data, family=family, verbose=False)
+
+
+def test_no_numpy_warnings_escape_on_a_hard_model():
+    data = _small_binary(3).assign(y=lambda d: ((d.x + 3 * (d.g.astype(int) % 2)) > 1).astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", tm.TfmixedWarning)
+        tm.glmer("y ~ x + (1 | g)", data, verbose=False)

@@ -142,6 +142,10 @@ class Binomial(Family):
             raise DataError(f"binomial response {response!r} must be 0/1 or a proportion in [0, 1], got {bad}; "
                             "counts of successes go in cbind(successes, failures) or as a proportion with weights = trials")
         counts = y * prior
+        informative = prior > 0
+        if np.all(y[informative] == 0) or np.all(y[informative] == 1):
+            raise DataError(f"binomial response {response!r} is {int(y[informative][0])} in every row: the likelihood has "
+                            "no maximum (the intercept goes to -inf or +inf)")
         if np.any(np.abs(counts - np.round(counts)) > 1e-7 * np.maximum(prior, 1)):
             raise DataError(
                 f"binomial response {response!r} times its weights is not a whole number of successes: a proportion "
@@ -176,6 +180,9 @@ class Poisson(Family):
         return -2 * prior * (special.xlogy(y, mu) - mu - special.gammaln(y + 1))
 
     def check_response(self, y, prior, response):
+        if np.all(y[prior > 0] == 0):
+            raise DataError(f"poisson response {response!r} is 0 in every row: the likelihood has no maximum "
+                            "(the log mean goes to -inf)")
         if np.any(y < 0):
             raise DataError(f"poisson response {response!r} has negative values (e.g. {y[y < 0][:3].tolist()})")
         if np.any(np.abs(y - np.round(y)) > 1e-7 * np.maximum(np.abs(y), 1)):

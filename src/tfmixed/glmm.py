@@ -155,7 +155,31 @@ def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
     return optimum, hessian
 
 
+#: fitted means this close to the boundary (0 or 1 for binomial, 0 for Poisson) mean a fixed effect has run off
+BOUNDARY_MEAN = 1e-10
+
+
+def _flag_separation(fit: GlmerFit) -> None:
+    """Complete or quasi-complete separation: some fitted means sit numerically on 0 (or 1), the likelihood has
+    no maximum and the affected fixed effects (and their SEs) are meaningless, whatever the optimiser says."""
+    mu = fit.fitted
+    informative = fit.objective.pirls.prior > 0
+    near = mu < BOUNDARY_MEAN
+    if fit.family.name == "binomial":
+        near |= mu > 1 - BOUNDARY_MEAN
+    count = int(np.sum(near & informative))
+    if count == 0:
+        return
+    optimum = fit.optimum
+    optimum.converged, optimum.status = False, "separated"
+    optimum.message = (f"fitted means of {count} row(s) are numerically 0{' or 1' if fit.family.name == 'binomial' else ''}: "
+                       "the data are (quasi-)completely separated by the fixed effects, the likelihood has no maximum and "
+                       f"the largest estimates ({', '.join(fit.fixef.abs().sort_values().index[-2:][::-1])}) are unbounded; "
+                       "remove or merge the separating covariates")
+
+
 def _warn_about(fit: GlmerFit) -> None:
+    _flag_separation(fit)
     if not fit.converged:
         warnings.warn(f"glmer did not converge: {fit.optimum.message}", ConvergenceWarning, stacklevel=3)
     if fit.is_singular:
