@@ -17,6 +17,7 @@ from scipy.optimize import minimize
 
 from .design import build_design
 from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
+from .estimators.laplace_em import fit_laplace_em
 from .estimators.profiled import fit_profiled
 from .families import Binomial, get_family
 from .kernels.options import KernelOptions
@@ -42,7 +43,9 @@ def glmer(
     nAGQ: int = 1,
     weights=None,
     offset=None,
+    method: str = "optimizer",
     start: np.ndarray | None = None,
+    tol: float | None = None,
     max_iter: int | None = None,
     missing: str = "raise",
     rank_deficient: str = "drop",
@@ -58,7 +61,10 @@ def glmer(
     beta and u (only theta optimised: fast, approximate). Binomial responses are 0/1 (numbers, booleans or a
     two-level factor whose first level is failure), ``cbind(successes, failures)``, or proportions with
     ``weights`` = trials. ``offset`` and ``offset(expr)`` in the formula add to the linear predictor.
-    ``start`` is lme4's theta order for the first stage. ``verbose`` prints progress of long fits.
+    ``start`` is lme4's theta order for the first stage. ``method="optimizer"`` (default) maximises the
+    approximate likelihood by L-BFGS-B and a Newton step, as lme4's optimiser does; ``method="em"`` reaches the
+    same maximum by EM's fixed-point map with the exact gradient (:mod:`tfmixed.estimators.laplace_em`, MacKay's
+    method done right), stopping at relative change ``tol`` (1e-8). ``verbose`` prints progress of long fits.
 
     >>> import tfmixed as tm
     >>> fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
@@ -68,6 +74,14 @@ def glmer(
     """
     family = get_family(family, link)
     n_agq = _check_nagq(nAGQ)
+    if method not in ("optimizer", "em"):
+        raise DataError(f"method must be 'optimizer' (lme4's) or 'em', got {method!r}")
+    if method == "em" and n_agq == 0:
+        raise DataError("method='em' maximises the Laplace or quadrature likelihood: it needs nAGQ >= 1")
+    if tol is not None and method != "em":
+        raise DataError("tol applies to method='em' only (the optimiser judges convergence by its Newton decrement)")
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise DataError(f"tol must be a number in (0, 1), got {tol!r}")
     if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
         raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
@@ -90,11 +104,16 @@ def glmer(
             label = "laplace" if n_agq == 1 else f"agq{n_agq}"
             # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
             # approximate standard errors (from the first stage's PIRLS factor)
-            standard_errors = _approximate_standard_errors(first)
-            scale = np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
-            optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label,
-                                   scale=scale)
-            optimum, hessian = _newton_polish(objective, joint, optimum)
+            if method == "em":
+                optimum = fit_laplace_em(objective, theta, first.beta, tol=1e-8 if tol is None else tol,
+                                         max_iter=max_iter or 5000, verbose=verbose)
+                hessian = _hessian_at(objective, optimum.theta)
+            else:
+                standard_errors = _approximate_standard_errors(first)
+                scale = np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
+                optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose,
+                                       method=label, scale=scale)
+                optimum, hessian = _newton_polish(objective, joint, optimum)
         fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian if n_agq > 0 else None)
     _warn_about(fit)
     return fit
@@ -128,15 +147,20 @@ def _approximate_standard_errors(joint_mode) -> np.ndarray:
     return np.sqrt(np.maximum(np.diag(joint_mode.factor.vcov_beta_unscaled()), 1e-300))
 
 
+def _hessian_at(objective: GlmmObjective, params: np.ndarray) -> np.ndarray:
+    """The Hessian of the criterion in (theta, beta), with steps scaled by theta and the PIRLS standard errors."""
+    n_theta = objective.n_theta
+    rx_se = _approximate_standard_errors(objective.mode(params[:n_theta]))
+    return objective.hessian(params, np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se]))
+
+
 def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
     """One Newton step from the optimiser's point with the Hessian that the standard errors need anyway: the
     quasi-Newton search stops at a gradient of ~1e-4 on flat optima, the step brings the estimates to rounding.
     Returns the (possibly improved) optimum and the Hessian (taken before the step, which is ~1e-5 of an SE)."""
     params = optimum.theta
     n_theta = objective.n_theta
-    rx_se = _approximate_standard_errors(objective.mode(params[:n_theta]))
-    scales = np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se])
-    hessian = objective.hessian(params, scales)
+    hessian = _hessian_at(objective, params)
     gradient = objective.gradient(objective.mode(params[:n_theta], params[n_theta:]))
     if gradient is None or not np.all(np.isfinite(hessian)):
         return optimum, hessian
