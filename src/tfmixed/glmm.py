@@ -92,31 +92,35 @@ def glmer(
     prior = np.ones(design.nobs) if design.weights is None else design.weights
     family.check_response(design.y, prior, design.parsed.response)
     objective = GlmmObjective(design, family, n_agq, kernel_options)
-    hessian = None
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
-        if n_agq == 0:
-            optimum = fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
-                                   method="nAGQ=0")
-        else:
-            theta = _rough_start(ThetaCriterion(objective), start)
-            first = objective.mode(theta)
-            joint = JointCriterion(objective, np.concatenate([theta, first.beta]))
-            label = "laplace" if n_agq == 1 else f"agq{n_agq}"
-            # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
-            # approximate standard errors (from the first stage's PIRLS factor)
-            if method == "em":
-                optimum = fit_laplace_em(objective, theta, first.beta, tol=1e-8 if tol is None else tol,
-                                         max_iter=max_iter or 5000, verbose=verbose)
-                hessian = _hessian_at(objective, optimum.theta)
-            else:
-                standard_errors = _approximate_standard_errors(first)
-                scale = np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
-                optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose,
-                                       method=label, scale=scale)
-                optimum, hessian = _newton_polish(objective, joint, optimum)
-        fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian if n_agq > 0 else None)
+        optimum, hessian = _estimate(objective, method, start, tol, max_iter, verbose)
+        fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian)
     _warn_about(fit)
     return fit
+
+
+def _estimate(objective: GlmmObjective, method: str, start, tol, max_iter, verbose):
+    """lme4's stages: theta on the nAGQ = 0 criterion (the whole fit for nAGQ = 0, else a start), then (theta,
+    beta) on the Laplace or quadrature criterion by the optimiser or EM. Returns the optimum and the Hessian the
+    standard errors use (None for nAGQ = 0)."""
+    if objective.n_agq == 0:
+        return fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
+                            method="nAGQ=0"), None
+    theta = _rough_start(ThetaCriterion(objective), start)
+    first = objective.mode(theta)
+    if method == "em":
+        optimum = fit_laplace_em(objective, theta, first.beta, tol=1e-8 if tol is None else tol,
+                                 max_iter=max_iter or 5000, verbose=verbose)
+        return optimum, _hessian_at(objective, optimum.theta)
+    joint = JointCriterion(objective, np.concatenate([theta, first.beta]))
+    # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
+    # approximate standard errors (from the first stage's PIRLS factor)
+    standard_errors = _approximate_standard_errors(first)
+    scale = np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
+    label = "laplace" if objective.n_agq == 1 else f"agq{objective.n_agq}"
+    optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label,
+                           scale=scale)
+    return _newton_polish(objective, joint, optimum)
 
 
 def _rough_start(criterion: ThetaCriterion, start, max_iter: int = 20) -> np.ndarray:
