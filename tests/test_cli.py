@@ -9,3 +9,5 @@ def test_demo_prints_the_sleepstudy_fit(capsys):
     assert "CovarianceCollapseWarning" in out
     assert "intercept 612.09" in out
     assert "EM (+E Cov(b|y)" in out and "correlation 0.066" in out
+    assert "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)" in out
+    assert "-2 log L 184.052564" in out
