@@ -268,3 +268,16 @@ def test_em_reaches_the_optimisers_maximum(name):
 def test_method_options_are_checked(kwargs, message):
     with pytest.raises(tm.DataError, match=message):
         tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", _cbpp(), verbose=False, **kwargs)
+
+
+@pytest.mark.parametrize("rest", ["bordered", "sparse"])
+def test_structured_kernel_strategies_give_the_same_fit_with_an_analytic_gradient(rest):
+    default, _, data = load("grouseticks_poisson_crossed")
+    reference = fitted("grouseticks_poisson_crossed")[2]
+    fit = tm.glmer(default["formula"], data, family="poisson", verbose=False,
+                   kernel_options=tm.KernelOptions(rest=rest))
+    mode = fit.objective.mode(fit.theta, fit.fixef.to_numpy())
+    assert mode.factor.problem.rest_strategy == rest
+    assert fit.objective.gradient(mode) is not None
+    assert fit.minus2loglik == pytest.approx(reference.minus2loglik, rel=1e-10)
+    np.testing.assert_allclose(fit.fixef_se, reference.fixef_se, rtol=1e-6)

@@ -288,20 +288,26 @@ def test_a_reweighted_problem_equals_a_fresh_one(options):
         problem.reweighted(pattern.compute(design.X[:, :1], design.y))
 
 
-def test_inverse_entries_match_the_dense_inverse():
+@pytest.mark.parametrize("strategy", ["dense", "dense-lookup", "bordered", "sparse"])
+def test_inverse_entries_match_the_dense_inverse(strategy, monkeypatch):
+    """The entries a GLMM's leverages read (every pair of nonzero columns in a row of Z), from each strategy (and
+    from the dense one through its lookup, as on designs too large to hold S^{-1} M' whole)."""
+    if strategy == "dense-lookup":
+        import tfmixed.kernels.pls as pls
+        monkeypatch.setattr(pls, "DENSE_COUPLING_INVERSE", 0)
+        strategy = "dense"
     design = build_design("y ~ x + (1 + x | klass) + (1 | school)", nested_design())
-    problem = problem_from_design(design, KernelOptions(rest="dense"))
+    problem = problem_from_design(design, KernelOptions(rest=strategy))
+    assert problem.rest_strategy == strategy
     factors = theta_to_factors(np.array([0.8, 0.3, 0.5, 1.3]), problem.dims)
     factor = problem.factorize(factors)
     _, _, _, A_inv = dense_reference(design, factors, reml=False)
-    q1, k1 = problem.first.q, problem.first.n_cols
-    rng = np.random.default_rng(5)
-    level = rng.integers(0, problem.first.n_levels, 50)
-    left = np.concatenate([level * k1 + rng.integers(0, k1, 50), rng.integers(0, problem.q, 50)])
-    right = np.concatenate([level * k1 + rng.integers(0, k1, 50), q1 + rng.integers(0, problem.q_rest, 50)])
+    Z = design.Z.tocsr()
+    rows = np.random.default_rng(5).choice(design.nobs, 60, replace=False)
+    pairs = {(i, j) for r in rows for i in Z[r].indices for j in Z[r].indices}
+    left, right = np.array(sorted(pairs)).T
     np.testing.assert_allclose(factor.inverse_entries(left, right), A_inv[left, right], rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="within a level"):
-        factor.inverse_entries(np.array([0]), np.array([k1]))
-    bordered = problem_from_design(design, KernelOptions(rest="bordered")).factorize(factors)
-    with pytest.raises(NotImplementedError):
-        bordered.inverse_entries(left, right)
+    if strategy == "dense":
+        k1 = problem.first.n_cols
+        with pytest.raises(ValueError, match="within a level"):
+            factor.inverse_entries(np.array([0]), np.array([k1]))

@@ -146,8 +146,7 @@ class GlmmObjective:
         return (*np.divmod(unique, q), which.ravel(), spec)
 
     def leverages(self, mode: Mode) -> np.ndarray:
-        """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode (raises
-        NotImplementedError where the kernel's strategy has no inverse entries)."""
+        """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode."""
         factors = theta_to_factors(mode.theta, self.dims)
         spherical = [term.values @ T for term, T in zip(self.design.terms, factors)]
         left, right, which, spec = self._pairs
@@ -159,7 +158,7 @@ class GlmmObjective:
     def gradient(self, mode: Mode, joint: bool = False) -> np.ndarray | None:
         """Gradient of the Laplace deviance in (theta, beta) (``joint=False``: beta fixed in PIRLS) or in theta
         with beta in PIRLS (``joint=True``, nAGQ = 0); None where it is not available in closed form (a
-        non-canonical link, a singular vector-valued term, a kernel strategy without inverse entries).
+        non-canonical link, a singular vector-valued term).
 
         With A = sum -2 log p, a = dA/d eta, W the IRLS weights, h the leverages, v = h dW/d eta and
         s = H^{-1} Lambda'Z'v (with X in the solve when beta is in PIRLS), the implicit function theorem at the
@@ -174,10 +173,7 @@ class GlmmObjective:
         d_logdet = mode.factor.logdet_gradient()
         if d_logdet is None:
             return None
-        try:
-            h = self.leverages(mode)
-        except NotImplementedError:
-            return None
+        h = self.leverages(mode)
         family, y, prior = self.family, self.pirls.y, self.pirls.prior
         weights = family.working_weights(mode.mu, mode.eta, prior)
         a = -2.0 * prior * (y - mode.mu)

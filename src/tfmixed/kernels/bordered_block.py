@@ -185,7 +185,7 @@ class BorderedBase:
         return blocks
 
     def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
-        return self._term_blocks(self._inverse_lookup())
+        return self._term_blocks(self.inverse_lookup())
 
     def _border_term(self, include_fixed: bool) -> np.ndarray | None:
         """U with S_P^{-1} = blockdiag(S_rr^{-1}, 0) + U U' (REML: P includes X), rows [rest | X]."""
@@ -277,5 +277,6 @@ class BorderedFactor(BorderedBase):
     def _flat_lookup(self, inverse: np.ndarray):
         return lambda rows, cols: inverse[self.structure.layout.position(rows, cols)]
 
-    def _inverse_lookup(self):
+    def inverse_lookup(self):
+        """Entries of S_rr^{-1} for pairs within one component (pairs that share a row of Z or a first-term level)."""
         return self._flat_lookup(self._inverse_flat())

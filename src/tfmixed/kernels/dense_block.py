@@ -10,7 +10,9 @@ S = Lambda' (E - C W C') Lambda + I_rest, factored S = L L'. The interface every
 * ``solve_rest(rhs)``: L_rr^{-1} rhs on the random-effects rows;
 * ``inverse_sums(problem, factors, include_fixed)``: the first term's per-level C_j' Lambda S_P^{-1} Lambda C_j
   and each remaining term's summed diagonal blocks of S_P^{-1} (P: the random-effects columns, plus X for REML);
-* ``rest_inverse_blocks(terms)``: diagonal blocks of S_rr^{-1} per remaining term (conditional variances).
+* ``rest_inverse_blocks(terms)``: diagonal blocks of S_rr^{-1} per remaining term (conditional variances);
+* ``inverse_lookup()``: a function (rows, cols) -> entries of S_rr^{-1}, exact at least where Z has two nonzeros in
+  one row or two remaining columns share a first-term level (GLMM leverages).
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class DenseFactor:
         # the remaining terms' sums are read: scale the inverse in place (no second dense copy)
         H = problem.coupling.block_sums(problem.scale_both(S_inv, factors, transpose=False, in_place=True))
         return H, sums
+
+    def inverse_lookup(self):
+        """Entries (rows[i], cols[i]) of S_rr^{-1}."""
+        inverse = self.leading_inverse(self.q_rest)
+        return lambda rows, cols: inverse[rows, cols]
 
     def rest_inverse_blocks(self, terms) -> list[np.ndarray]:
         rest_inv = self.solve_rest(np.eye(self.q_rest))

@@ -419,13 +419,13 @@ class PLSFactor:
         order: first term, then the rest), for the leverages of a GLMM's Laplace gradient.
 
         With M' = Lambda_r' C T1 A11^{-1} (sparse: C's pattern) and S the Schur complement of the remaining
-        columns, the inverse is [[A11^{-1} + M S^{-1} M', -M S^{-1}], [-S^{-1} M', S^{-1}]]. Each distinct pair
-        costs the product of its columns' nonzero counts in M'. Pairs of the first term must share a level (the
-        pairs of a row do). Only the dense strategy holds S^{-1}: the others raise NotImplementedError.
+        columns, the inverse is [[A11^{-1} + M S^{-1} M', -M S^{-1}], [-S^{-1} M', S^{-1}]]. On a small dense block
+        S^{-1} M' is formed whole (``DENSE_COUPLING_INVERSE``); otherwise each pair costs the product of its
+        columns' nonzero counts in M', reading S^{-1} through the strategy's ``inverse_lookup`` (the bordered and
+        sparse strategies hold it on the pattern of S, where the pairs of a row lie). Pass each pair once;
+        first-term pairs must share a level.
         """
         problem = self.problem
-        if problem.q_rest and not isinstance(self.rest, DenseFactor):
-            raise NotImplementedError(f"inverse entries are not available from the {problem.rest_strategy} strategy")
         q1, qr, k1 = problem.first.q, problem.q_rest, problem.first.n_cols
         a, b = np.asarray(left, np.int64), np.asarray(right, np.int64)
         both_first = (a < q1) & (b < q1)
@@ -434,22 +434,25 @@ class PLSFactor:
         out = np.zeros(a.size)
         out[both_first] = self.first.A_inv[a[both_first] // k1, a[both_first] % k1, b[both_first] % k1]
         if qr:
-            S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
             Mt = self._coupling_times_inverse()
             first_rest, rest_first = (a < q1) & (b >= q1), (a >= q1) & (b < q1)
-            if qr * q1 <= DENSE_COUPLING_INVERSE:
+            if isinstance(self.rest, DenseFactor) and qr * q1 <= DENSE_COUPLING_INVERSE:
                 # small enough to hold S^{-1} M' dense: every entry is a lookup or one length-qr dot product
+                S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
                 Mt = Mt.toarray()
                 G = S_inv @ Mt
                 out[both_first] += np.einsum("ri,ri->i", Mt[:, a[both_first]], G[:, b[both_first]])
                 out[first_rest] = -G[b[first_rest] - q1, a[first_rest]]
                 out[rest_first] = -G[a[rest_first] - q1, b[rest_first]]
-            else:
-                out[both_first] += _quadratic_entries(Mt, S_inv, a[both_first], b[both_first])
-                out[first_rest] = -_linear_entries(Mt, S_inv, a[first_rest], b[first_rest] - q1)
-                out[rest_first] = -_linear_entries(Mt, S_inv, b[rest_first], a[rest_first] - q1)
+                both_rest = (a >= q1) & (b >= q1)
+                out[both_rest] = S_inv[a[both_rest] - q1, b[both_rest] - q1]
+                return out
+            lookup = self.rest.inverse_lookup()
+            out[both_first] += _quadratic_entries(Mt, lookup, a[both_first], b[both_first])
+            out[first_rest] = -_linear_entries(Mt, lookup, a[first_rest], b[first_rest] - q1)
+            out[rest_first] = -_linear_entries(Mt, lookup, b[rest_first], a[rest_first] - q1)
             both_rest = (a >= q1) & (b >= q1)
-            out[both_rest] = S_inv[a[both_rest] - q1, b[both_rest] - q1]
+            out[both_rest] = lookup(a[both_rest] - q1, b[both_rest] - q1)
         return out
 
     def _coupling_times_inverse(self) -> sp.csc_matrix:
@@ -494,17 +497,18 @@ def _nonzeros_of(M: sp.csc_matrix, columns: np.ndarray) -> tuple[np.ndarray, np.
     return owner, first + np.arange(owner.size)
 
 
-def _linear_entries(Mt: sp.csc_matrix, S_inv: np.ndarray, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(S^{-1} M')[rows[m], columns[m]], summing over the nonzeros of each column of M'."""
+def _linear_entries(Mt: sp.csc_matrix, lookup, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(S^{-1} M')[rows[m], columns[m]], summing over the nonzeros of each column of M'; ``lookup(r, c)`` reads
+    S^{-1}."""
     owner, position = _nonzeros_of(Mt, columns)
-    values = S_inv[rows[owner], Mt.indices[position]] * Mt.data[position]
+    values = lookup(rows[owner], Mt.indices[position]) * Mt.data[position]
     return np.bincount(owner, values, minlength=columns.size)
 
 
-def _quadratic_entries(Mt: sp.csc_matrix, S_inv: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def _quadratic_entries(Mt: sp.csc_matrix, lookup, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """(M S^{-1} M')[left[m], right[m]] over the nonzeros of both columns of M'."""
     owner, position = _nonzeros_of(Mt, left)
     inner, right_position = _nonzeros_of(Mt, right[owner])
-    values = (Mt.data[position[inner]] * S_inv[Mt.indices[position[inner]], Mt.indices[right_position]]
+    values = (Mt.data[position[inner]] * lookup(Mt.indices[position[inner]], Mt.indices[right_position])
               * Mt.data[right_position])
     return np.bincount(owner[inner], values, minlength=left.size)

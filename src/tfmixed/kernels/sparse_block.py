@@ -112,13 +112,14 @@ class SparseFactor(BorderedBase):
                 Z[j, j] = inverse_d[j]
         return Z
 
-    def _inverse_lookup(self):
-        """Entries of S_rr^{-1} in the original order, read from the selected inverse (permuted order)."""
+    def inverse_lookup(self):
+        """Entries of S_rr^{-1} in the original order, read from the selected inverse (permuted order): exact at
+        the pattern of S_rr (pairs that share a row of Z, or a level of the first term)."""
         Z, perm = self._selected_inverse(), self.lu.perm_r
         return lambda rows, cols: Z[perm[rows], perm[cols]]
 
     def inverse_sums(self, problem, factors, include_fixed: bool):
-        lookup = self._inverse_lookup()
+        lookup = self.inverse_lookup()
         s = self.structure
         inverse = sp.csr_matrix((lookup(s.rows_of, s.cols_of), (s.rows_of, s.cols_of)), shape=(s.n, s.n))
         size = problem.coupling.C.shape[0]
