@@ -434,12 +434,12 @@ class PLSFactor:
         out = np.zeros(a.size)
         out[both_first] = self.first.A_inv[a[both_first] // k1, a[both_first] % k1, b[both_first] % k1]
         if qr:
-            Mt = self._coupling_times_inverse()
             first_rest, rest_first = (a < q1) & (b >= q1), (a >= q1) & (b < q1)
             if isinstance(self.rest, DenseFactor) and qr * q1 <= DENSE_COUPLING_INVERSE:
                 # small enough to hold S^{-1} M' dense: every entry is a lookup or one length-qr dot product
                 S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
-                Mt = Mt.toarray()
+                coupled = problem.coupling.times_block_diagonal(self.factors[0][None, :, :] @ self.first.A_inv)[:qr]
+                Mt = problem.scale_rows(coupled.toarray() if sp.issparse(coupled) else np.asarray(coupled), self.factors)
                 G = S_inv @ Mt
                 out[both_first] += np.einsum("ri,ri->i", Mt[:, a[both_first]], G[:, b[both_first]])
                 out[first_rest] = -G[b[first_rest] - q1, a[first_rest]]
@@ -447,7 +447,7 @@ class PLSFactor:
                 both_rest = (a >= q1) & (b >= q1)
                 out[both_rest] = S_inv[a[both_rest] - q1, b[both_rest] - q1]
                 return out
-            lookup = self.rest.inverse_lookup()
+            Mt, lookup = self._coupling_times_inverse(), self.rest.inverse_lookup()
             out[both_first] += _quadratic_entries(Mt, lookup, a[both_first], b[both_first])
             out[first_rest] = -_linear_entries(Mt, lookup, a[first_rest], b[first_rest] - q1)
             out[rest_first] = -_linear_entries(Mt, lookup, b[rest_first], a[rest_first] - q1)
