@@ -94,7 +94,7 @@ def glmer(
     objective = GlmmObjective(design, family, n_agq, kernel_options)
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = _estimate(objective, method, start, tol, max_iter, verbose)
-        fit = GlmerFit(design, objective, optimum, n_agq=n_agq, hessian=hessian)
+        fit = GlmerFit(design, objective, optimum, hessian=hessian)
     _warn_about(fit)
     return fit
 
@@ -111,7 +111,7 @@ def _estimate(objective: GlmmObjective, method: str, start, tol, max_iter, verbo
     if method == "em":
         optimum = fit_laplace_em(objective, theta, first.beta, tol=1e-8 if tol is None else tol,
                                  max_iter=max_iter or 5000, verbose=verbose)
-        return optimum, _hessian_at(objective, optimum.theta)
+        return optimum, _gradient_and_hessian(objective, optimum.theta)[1]
     joint = JointCriterion(objective, np.concatenate([theta, first.beta]))
     # covariates on different scales make beta's coordinates ill-conditioned: search in units of their
     # approximate standard errors (from the first stage's PIRLS factor)
@@ -151,11 +151,14 @@ def _approximate_standard_errors(joint_mode) -> np.ndarray:
     return np.sqrt(np.maximum(np.diag(joint_mode.factor.vcov_beta_unscaled()), 1e-300))
 
 
-def _hessian_at(objective: GlmmObjective, params: np.ndarray) -> np.ndarray:
-    """The Hessian of the criterion in (theta, beta), with steps scaled by theta and the PIRLS standard errors."""
+def _gradient_and_hessian(objective: GlmmObjective, params: np.ndarray):
+    """The gradient (None without a closed form) and the Hessian of the criterion in (theta, beta), with
+    steps scaled by theta and the PIRLS standard errors."""
     n_theta = objective.n_theta
+    gradient = objective.gradient(objective.mode(params[:n_theta], params[n_theta:]))
     rx_se = _approximate_standard_errors(objective.mode(params[:n_theta]))
-    return objective.hessian(params, np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se]))
+    scales = np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se])
+    return gradient, objective.hessian(params, scales, analytic=gradient is not None)
 
 
 def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
@@ -163,9 +166,7 @@ def _newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum):
     quasi-Newton search stops at a gradient of ~1e-4 on flat optima, the step brings the estimates to rounding.
     Returns the (possibly improved) optimum and the Hessian (taken before the step, which is ~1e-5 of an SE)."""
     params = optimum.theta
-    n_theta = objective.n_theta
-    hessian = _hessian_at(objective, params)
-    gradient = objective.gradient(objective.mode(params[:n_theta], params[n_theta:]))
+    gradient, hessian = _gradient_and_hessian(objective, params)
     if gradient is None or not np.all(np.isfinite(hessian)):
         return optimum, hessian
     free = ~(np.isfinite(joint.lower) & (params <= joint.lower + 1e-10) & (gradient >= 0))

@@ -399,15 +399,15 @@ class EmpiricalBayes(keras.callbacks.Callback):
             tau2[layer.name] = float(np.mean(np.square(layer.kernel.numpy())))
         return sigma2, tau2, {}
 
-    def _corrected(self, residual, designs, features, weights=None):
+    def _corrected(self, residual, designs, features):
         sigma2, tau2 = self._current_variances(residual)
         n = len(residual)
         groups = list(self._groups())
         gammas: dict[str, float] = {}
         if groups:
-            gammas.update(self._random_effect_gammas(groups, sigma2, tau2, designs, features, residual, weights))
+            gammas.update(self._random_effect_gammas(groups, sigma2, tau2, designs, features, residual))
         for layer in self.decays:
-            gammas[layer.name] = self._dense_gamma(layer, sigma2, tau2[layer.name], weights)
+            gammas[layer.name] = self._dense_gamma(layer, sigma2, tau2[layer.name])
         new_tau2 = {}
         for label, layer, factor, c in groups:
             effects = layer.tables[factor].numpy()[:, c]
@@ -415,8 +415,6 @@ class EmpiricalBayes(keras.callbacks.Callback):
         for layer in self.decays:
             W = layer.kernel.numpy()
             new_tau2[layer.name] = float(np.sum(W**2)) / max(gammas[layer.name], 1e-8)
-        if self.family != "gaussian":
-            return 1.0, new_tau2, gammas
         p_fixed = self._fixed_parameters()
         dof = n - p_fixed - sum(gammas.values())
         if dof <= 0:
@@ -431,9 +429,8 @@ class EmpiricalBayes(keras.callbacks.Callback):
             return self._fixed_rank
         return int(sum(np.prod(w.shape) for w in self.fixed_layer.trainable_weights))
 
-    def _random_effect_gammas(self, groups, sigma2, tau2, designs, features, residual, weights=None) -> dict[str, float]:
-        """gamma per random-effects column from Omega^{-1} of the linearised mixed model (blocked kernel), with the
-        Gauss-Newton ``weights`` of a non-Gaussian loss (PIRLS's)."""
+    def _random_effect_gammas(self, groups, sigma2, tau2, designs, features, residual) -> dict[str, float]:
+        """gamma per random-effects column from Omega^{-1} of the linearised mixed model (blocked kernel)."""
         n = len(self.y)
         layouts, labels = [], []
         for label, layer, factor, c in groups:
@@ -448,12 +445,12 @@ class EmpiricalBayes(keras.callbacks.Callback):
         factors = [np.array([[np.sqrt(tau2[labels[i]] / sigma2)]]) for i in order]
         try:
             # Omega^{-1}'s blocks do not depend on the response; the residuals keep the augmented system definite.
-            problem = PLSProblem(CrossProducts.from_rows(X, residual, ordered, weights=weights, shift=np.zeros(X.shape[1])))
+            problem = PLSProblem(CrossProducts.from_rows(X, residual, ordered, shift=np.zeros(X.shape[1])))
             sums = problem.factorize(factors).inverse_block_sums(include_fixed=X.shape[1] > 0)
         except TfmixedError:
             warnings.warn("the last layer's features are collinear; gamma ignores the fixed-effects coupling",
                           TfmixedWarning, stacklevel=2)
-            problem = PLSProblem(CrossProducts.from_rows(np.zeros((n, 0)), residual, ordered, weights=weights))
+            problem = PLSProblem(CrossProducts.from_rows(np.zeros((n, 0)), residual, ordered))
             sums = problem.factorize(factors).inverse_block_sums(include_fixed=False)
         return {labels[i]: float(layouts[i].n_levels - B[0, 0]) for i, B in zip(order, sums)}
 
@@ -480,46 +477,69 @@ class EmpiricalBayes(keras.callbacks.Callback):
         for layer in self.decays:
             layer.kernel_regularizer.penalty.assign(scale / max(tau2[layer.name], 1e-12 * scale))
 
-    def _laplace_update(self, prediction, designs, features, gammas) -> dict[str, float]:
-        """For a binomial or Poisson loss, the random effects' tau^2 from the Laplace approximation of the
-        linearised GLMM at the joint mode (glmer's nAGQ = 0 criterion D), whose gradient includes how the IRLS
-        weights move with the mode (MacKay's gamma leaves that out: ~5% low on cbpp):
-        tau^2 <- tau^2 - tau^4 (dD / d tau^2) / gamma, a fixed point exactly where dD / d tau^2 = 0.
-        Falls back to the evidence update where the kernel has no closed-form gradient."""
+    def _glmm_update(self, prediction, designs, features):
+        """sigma^2 = 1 and tau^2 for a binomial or Poisson loss (see :meth:`_random_effect_laplace`); a penalised
+        Dense kernel keeps the evidence update with a diagonal Gauss-Newton posterior under the PIRLS weights."""
+        _, tau2 = self._current_variances(np.zeros(0))
+        eta, to_link = self._on_link_scale(prediction)
+        family = get_family(self.family)
+        # the Fisher information of the output: PIRLS's weights on the link scale, times (d eta / d output)^2
+        weights = family.working_weights(family.link.inverse(eta), eta, np.ones(len(eta))) * to_link**2
+        new_tau2, gammas = dict(tau2), {}  # a group whose update fails keeps its tau^2
+        for layer in self.decays:
+            gammas[layer.name] = self._dense_gamma(layer, 1.0, tau2[layer.name], weights)
+            new_tau2[layer.name] = float(np.sum(layer.kernel.numpy() ** 2)) / max(gammas[layer.name], 1e-8)
+        if self.random_layers:
+            updates, group_gammas = self._random_effect_laplace(eta, to_link, designs, features, tau2)
+            new_tau2.update(updates)
+            gammas.update(group_gammas)
+        return 1.0, new_tau2, gammas
+
+    def _random_effect_laplace(self, eta, to_link, designs, features, tau2):
+        """The random effects' tau^2 from the Laplace approximation of the linearised GLMM at its joint mode
+        (glmer's nAGQ = 0 criterion D, whose gradient includes how the IRLS weights move with the mode, which
+        MacKay's gamma leaves out: ~5% low on cbpp): tau^2 <- tau^2 - tau^4 (dD / d tau^2) / gamma, a fixed
+        point exactly where dD / d tau^2 = 0. gamma = L - tr(H^{-1}) per group comes from the same factor.
+        Without a closed-form gradient (a singular tau^2), MacKay's evidence update tau^2 = ||e||^2 / gamma."""
         groups = list(self._groups())
-        if not groups:
-            return {}
-        objective, order, beta = self._linearised_glmm(prediction, designs, features)
+        objective, order, beta = self._linearised_glmm(eta, to_link, designs, features)
         labels = [groups[i][0] for i in order]
-        tau2 = np.array([self.tau2.get(label, 0.5 / float(groups[i][1].penalties[groups[i][2]].numpy()[groups[i][3]]))
-                         for label, i in zip(labels, order)])
-        theta = np.sqrt(np.maximum(tau2, 1e-12))
+        current = np.array([tau2[label] for label in labels])
+        theta = np.sqrt(np.maximum(current, 1e-12))
         tables = [groups[i][1].tables[groups[i][2]].numpy()[:, groups[i][3]] for i in order]
         objective.start_from(theta, beta, np.concatenate(tables))  # the network sits near the mode: few PIRLS steps
         try:
             mode = objective.mode(theta)
-            gradient = objective.gradient(mode, joint=True)
-        except TfmixedError:
-            gradient = None
+        except TfmixedError as error:
+            warnings.warn(f"kept tau^2 of the random effects: the linearised GLMM has no mode ({error})",
+                          TfmixedWarning, stacklevel=3)
+            return {}, {}
+        sums = mode.factor.inverse_block_sums(include_fixed=False)
+        gammas = {label: float(term.n_levels - B[0, 0]) for label, term, B in zip(labels, objective.design.terms, sums)}
+        gradient = objective.gradient(mode, joint=True)
         if gradient is None:
-            return {}
+            return {label: float(t @ t) / max(gammas[label], 1e-8) for label, t in zip(labels, tables)}, gammas
         d_tau2 = gradient / (2 * theta)
-        return {label: float(max(t - t**2 * d / max(gammas[label], 1e-8), 1e-12 * t))
-                for label, t, d in zip(labels, tau2, d_tau2)}
+        updates = {label: float(max(t - t**2 * d / max(gammas[label], 1e-8), 1e-12 * t))
+                   for label, t, d in zip(labels, current, d_tau2)}
+        return updates, gammas
 
-    def _linearised_glmm(self, prediction, designs, features):
-        """The GLMM of the network linearised at its weights: random-effects columns d yhat / d e, fixed columns
-        the last layer's scaled features, the rest of the output an offset (in the link's scale)."""
+    def _on_link_scale(self, prediction):
+        """The output as a linear predictor eta, and d eta / d output (1 for logit and log outputs)."""
+        if self.output in ("logit", "log"):
+            return prediction.astype(np.float64), np.ones(len(prediction))
+        link = get_family(self.family).link
+        upper = 1 - 1e-12 if self.family == "binomial" else None
+        mean = np.clip(prediction.astype(np.float64), 1e-12, upper)
+        eta = link.link(mean)
+        return eta, 1.0 / link.mu_eta(eta)
+
+    def _linearised_glmm(self, eta, to_link, designs, features):
+        """The GLMM of the network linearised at its weights, on the link scale: random-effects columns
+        d eta / d e, fixed columns the last layer's scaled features, the rest of eta an offset."""
         n = len(self.y)
-        groups = list(self._groups())
-        if self.output in ("probability", "mean"):
-            mean = np.clip(prediction, 1e-12, 1 - 1e-12) if self.family == "binomial" else np.maximum(prediction, 1e-12)
-            eta = np.log(mean / (1 - mean)) if self.family == "binomial" else np.log(mean)
-            to_link = 1 / (mean * (1 - mean)) if self.family == "binomial" else 1 / mean
-        else:
-            eta, to_link = prediction, np.ones(n)
         terms, linear = [], np.zeros(n)
-        for label, layer, factor, c in groups:
+        for label, layer, factor, c in self._groups():
             codes = np.asarray(self.inputs[factor]).reshape(-1).astype(np.int64)
             values = designs[label].astype(np.float64) * to_link
             terms.append(RandomEffectsTerm(codes, values[:, None], np.arange(layer.factors[factor]), name=label))
@@ -534,25 +554,12 @@ class EmpiricalBayes(keras.callbacks.Callback):
                         terms=[terms[i] for i in order], offset=eta - linear)
         return GlmmObjective(design, get_family(self.family)), order, beta
 
-    def _gauss_newton(self, prediction: np.ndarray):
-        """For a non-Gaussian loss: (y - mean, the PIRLS weights of the output: its Fisher information per
-        example); the designs and features stay the output's derivatives."""
-        if self.output in ("logit", "log"):
-            mean = 1 / (1 + np.exp(-prediction)) if self.output == "logit" else np.exp(np.minimum(prediction, 700))
-            weights = mean * (1 - mean) if self.output == "logit" else mean
-        else:
-            mean = np.clip(prediction, 1e-12, None if self.family == "poisson" else 1 - 1e-12)
-            weights = 1 / (mean * (1 - mean)) if self.family == "binomial" else 1 / mean
-        return self.y - mean, np.maximum(weights, 1e-12)
-
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if epoch + 1 >= self.warmup_epochs and (epoch + 1 - self.warmup_epochs) % self.update_every == 0:
             prediction, designs, features = self._forward()
             if self.family != "gaussian":
-                residual, weights = self._gauss_newton(prediction)
-                sigma2, tau2, gammas = self._corrected(residual, designs, features, weights)
-                tau2.update(self._laplace_update(prediction, designs, features, gammas))
+                sigma2, tau2, gammas = self._glmm_update(prediction, designs, features)
             elif self.rule == "quick_and_dirty":
                 sigma2, tau2, gammas = self._quick_and_dirty(self.y - prediction)
             else:

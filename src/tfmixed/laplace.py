@@ -31,7 +31,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode
 from .families import Family
-from .kernels.covariance import lower_indices, theta_lower_bounds, theta_start, theta_to_factors
+from .kernels.covariance import is_singular, lower_indices, theta_lower_bounds, theta_start, theta_to_factors
 from .kernels.options import KernelOptions
 
 
@@ -53,9 +53,9 @@ class GlmmObjective:
         self.n_agq = int(n_agq)
         self.pirls = PIRLS(design, family, options)
         self.dims = self.pirls.dims
-        self.n_theta = int(sum(k * (k + 1) // 2 for k in self.dims))
         self.p = design.n_fixed
         self.theta_lower = theta_lower_bounds(self.dims)
+        self.n_theta = self.theta_lower.size
         self.theta_start = theta_start(self.dims)
         if self.n_agq > 1:
             if len(self.dims) != 1 or self.dims[0] != 1:
@@ -242,11 +242,11 @@ class GlmmObjective:
         d_beta = np.sum(-2 * ds_beta / s[:, None] + sum_beta / total[:, None], axis=0)
         return np.concatenate([[d_theta], d_beta])
 
-    def hessian(self, params: np.ndarray, scales: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-        """Hessian of the deviance in (theta, beta): central differences of the analytic gradient with steps
-        1e-4 ``scales`` where it exists, else second differences of the deviance with steps ``fraction`` times
-        ``scales`` (approximate standard errors, refined once from the diagonal: small against the curvature's
-        scale, large against the rounding of the criterion)."""
+    def hessian(self, params: np.ndarray, scales: np.ndarray, analytic: bool, fraction: float = 0.05) -> np.ndarray:
+        """Hessian of the deviance in (theta, beta): with ``analytic`` (the gradient exists at ``params``),
+        central differences of the analytic gradient with steps 1e-4 ``scales``, else second differences of the
+        deviance with steps ``fraction`` times ``scales`` (approximate standard errors, refined once from the
+        diagonal: small against the curvature's scale, large against the rounding of the criterion)."""
         params = np.asarray(params, dtype=np.float64)
         n_theta = self.n_theta
 
@@ -254,7 +254,7 @@ class GlmmObjective:
             point = params + shift
             return self.mode(point[:n_theta], point[n_theta:])
 
-        if self.gradient(mode_at(np.zeros_like(params))) is not None:
+        if analytic:
             columns = []
             for i, h in enumerate(1e-4 * np.asarray(scales, dtype=np.float64)):
                 shift = np.zeros_like(params)
@@ -287,9 +287,8 @@ class GlmmObjective:
         return H
 
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
-        """lme4's ``isSingular``: a bounded theta within ``tol`` of 0."""
-        bounded = np.isfinite(self.theta_lower)
-        return bool(np.any(np.asarray(theta)[bounded] - self.theta_lower[bounded] < tol))
+        """lme4's ``isSingular`` (:func:`~tfmixed.kernels.covariance.is_singular`)."""
+        return is_singular(theta, self.theta_lower, tol)
 
 
 class _Criterion:

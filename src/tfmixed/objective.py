@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import TfmixedError
-from .kernels.covariance import theta_lower_bounds, theta_start, theta_to_factors
+from .kernels.covariance import is_singular, theta_lower_bounds, theta_start, theta_to_factors
 from .kernels.pls import PLSFactor, PLSProblem
 
 
@@ -88,9 +88,8 @@ class LmmObjective:
         return gradient
 
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
-        """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within ``tol`` of 0."""
-        bounded = np.isfinite(self.lower)
-        return bool(np.any(np.asarray(theta)[bounded] - self.lower[bounded] < tol))
+        """lme4's ``isSingular`` (:func:`~tfmixed.kernels.covariance.is_singular`)."""
+        return is_singular(theta, self.lower, tol)
 
     def is_degenerate(self, theta: np.ndarray) -> bool:
         """Whether the random effects reproduce the response (penalised RSS ~ 0): no maximum exists."""

@@ -25,7 +25,7 @@ import numpy as np
 from ..cross_products import CrossProductPattern
 from ..errors import ConvergenceError
 from ..families import Family
-from ..kernels.covariance import theta_to_factors
+from ..kernels.covariance import lambda_times, theta_to_factors
 from ..kernels.options import KernelOptions
 from ..kernels.pls import PLSFactor, PLSProblem
 
@@ -69,6 +69,7 @@ class PIRLS:
         self.prior = np.ones(self.n) if design.weights is None else design.weights
         self.offset = design.offset_or_zero
         self.dims = [term.n_cols for term in design.terms]
+        self._levels = [term.n_levels for term in design.terms]
         self.pattern = CrossProductPattern(design.terms)
         self._no_fixed = np.zeros((self.n, 0))
         self._problems: dict[int, PLSProblem] = {}
@@ -82,10 +83,8 @@ class PIRLS:
         return problem
 
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
-        """b = Lambda u, term by term."""
-        pieces = [(u[s].reshape(t.n_levels, t.n_cols) @ T.T).ravel()
-                  for t, s, T in zip(self.design.terms, self.design.term_slices, factors)]
-        return np.concatenate(pieces)
+        """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""
+        return lambda_times(u, factors, self._levels)
 
     def penalised_deviance(self, eta: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
         """(sum of deviance residuals + ||u||^2, mu)."""

@@ -38,6 +38,20 @@ def theta_to_factors(theta: np.ndarray, dims: list[int]) -> list[np.ndarray]:
     return factors
 
 
+def lambda_times(u: np.ndarray, factors: list[np.ndarray], levels: list[int]) -> np.ndarray:
+    """b = Lambda u for Lambda = blockdiag_t(I_{levels_t} (x) T_t), u ordered term by term, level by level.
+
+    >>> lambda_times(np.array([1.0, 2.0, 3.0]), [np.array([[2.0]]), np.array([[10.0]])], [2, 1]).tolist()
+    [2.0, 4.0, 30.0]
+    """
+    pieces, offset = [], 0
+    for T, count in zip(factors, levels):
+        size = count * T.shape[0]
+        pieces.append((u[offset : offset + size].reshape(count, T.shape[0]) @ T.T).ravel())
+        offset += size
+    return np.concatenate(pieces) if pieces else np.zeros(0)
+
+
 def factors_to_theta(factors: list[np.ndarray]) -> np.ndarray:
     """Stack lower-triangular factors into lme4's theta vector (inverse of :func:`theta_to_factors`)."""
     pieces = []
@@ -54,6 +68,16 @@ def theta_lower_bounds(dims: list[int]) -> np.ndarray:
         rows, cols = lower_indices(k)
         bounds.append(np.where(rows == cols, 0.0, -np.inf))
     return np.concatenate(bounds) if bounds else np.zeros(0)
+
+
+def is_singular(theta: np.ndarray, lower: np.ndarray, tol: float = 1e-4) -> bool:
+    """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within ``tol`` of its bound 0.
+
+    >>> is_singular(np.array([0.5, 0.3, 0.2, 1e-6]), theta_lower_bounds([2, 1]))
+    True
+    """
+    bounded = np.isfinite(lower)
+    return bool(np.any(np.asarray(theta)[bounded] - lower[bounded] < tol))
 
 
 def theta_start(dims: list[int]) -> np.ndarray:

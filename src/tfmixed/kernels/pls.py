@@ -34,7 +34,7 @@ from ..errors import MemoryLimitError, ShapeError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, block_diagonal_matrix, choose_coupling
-from .covariance import lower_indices
+from .covariance import lambda_times, lower_indices
 from .dense_block import DenseFactor
 from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
@@ -341,13 +341,7 @@ class PLSFactor:
 
     def u_to_b(self, u: np.ndarray) -> np.ndarray:
         """b = Lambda u."""
-        problem = self.problem
-        q1 = problem.first.q
-        first = (u[:q1].reshape(problem.first.n_levels, -1) @ self.factors[0].T).ravel()
-        rest = np.zeros(problem.q_rest + problem.p + 1)
-        rest[: problem.q_rest] = u[q1:]
-        rest = problem.scale_rows(rest[:, None], self.factors, transpose=False)[: problem.q_rest, 0]
-        return np.concatenate([first, rest])
+        return lambda_times(u, self.factors, [term.n_levels for term in self.problem.terms])
 
     def inverse_block_sums(self, include_fixed: bool) -> list[np.ndarray]:
         """Per term, the sum over levels of the k x k diagonal blocks of Omega_P^{-1}.

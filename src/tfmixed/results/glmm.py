@@ -17,11 +17,12 @@ from scipy import stats
 
 from ..errors import DataError
 from .estimates import Estimates
+from .likelihood import Likelihood
 from .prediction import Prediction
 from .printing import Printing
 
 
-class GlmerFit(Estimates, Prediction, Printing):
+class GlmerFit(Estimates, Likelihood, Prediction, Printing):
     """A fitted GLMM: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``, ``varcorr``, ``ranef``,
     ``ranef_frame()``, ``fitted`` (means), ``linear_predictor()``, ``predict(type=)``, ``residuals``
     (deviance residuals), ``deviance`` (lme4's conditional deviance), ``minus2loglik``, ``loglik``, ``aic``,
@@ -30,9 +31,9 @@ class GlmerFit(Estimates, Prediction, Printing):
 
     has_residual = False
 
-    def __init__(self, design, objective, optimum, *, n_agq: int, hessian: np.ndarray | None = None):
+    def __init__(self, design, objective, optimum, *, hessian: np.ndarray | None = None):
         self.design, self.objective, self.optimum = design, objective, optimum
-        self.family, self.n_agq = objective.family, n_agq
+        self.family, self.n_agq = objective.family, objective.n_agq
         self.reml = False
         n_theta = objective.n_theta
         self._theta = optimum.theta[:n_theta].copy()
@@ -71,15 +72,8 @@ class GlmerFit(Estimates, Prediction, Printing):
 
     @property
     def n_params(self) -> int:
+        """theta and beta (no residual variance); AIC and BIC follow as for ``lmer``."""
         return self._theta.size + self.design.n_fixed
-
-    @property
-    def aic(self) -> float:
-        return self.criterion + 2.0 * self.n_params
-
-    @property
-    def bic(self) -> float:
-        return self.criterion + np.log(self.nobs) * self.n_params
 
     @cached_property
     def vcov_beta(self) -> pd.DataFrame:
@@ -87,12 +81,13 @@ class GlmerFit(Estimates, Prediction, Printing):
         (theta, beta) at the optimum (nAGQ >= 1, lme4's default ``use.hessian``), or (R_X'R_X)^{-1} of the joint
         PIRLS step (nAGQ = 0, as lme4)."""
         names = self.design.fixed_names
-        unscaled = self.objective.mode(self._theta, None).factor.vcov_beta_unscaled()
-        if self._hessian is not None and self.design.n_fixed:
+        if self._hessian is None:
+            unscaled = self.objective.mode(self._theta, None).factor.vcov_beta_unscaled()
+        else:
             try:
                 unscaled = (2.0 * np.linalg.inv(self._hessian))[self._theta.size :, self._theta.size :]
             except np.linalg.LinAlgError:
-                unscaled = np.full_like(unscaled, np.nan)
+                unscaled = np.full((len(names), len(names)), np.nan)
         return pd.DataFrame((unscaled + unscaled.T) / 2, index=names, columns=names)
 
     @property
