@@ -13,18 +13,15 @@ benchmarks/RESULTS.md. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 import pandas as pd
 
 import tfmixed as tm
-from common import HERE, SET2, lme4_available, run_r, write_block
+from common import HERE, SET2, arguments, lme4_available, run_r, warm_median, write_block
 
 GLMM = HERE.parent / "tests" / "reference" / "glmm" / "lme4_default"
 
@@ -89,20 +86,12 @@ def run_tfmixed(frame, formula, family, n_agq, weights, repeats):
         result.fixef_se  # lme4's fit includes its Hessian
         return result
 
-    fit()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fit()
-        times.append(time.perf_counter() - started)
-    return {"median": statistics.median(times), "criterion": result.minus2loglik, "evaluations": result.optimum.n_evaluations}
+    median, result = warm_median(fit, repeats)
+    return {"median": median, "criterion": result.minus2loglik, "evaluations": result.optimum.n_evaluations}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed fits per engine (guImmun Laplace: a fifth)")
-    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0], "timed fits per engine (guImmun Laplace: a fifth)")
     with_lme4 = lme4_available()
     rows = ["| model | n | tfmixed fit + SEs | lme4 fit | lme4 / tfmixed | -2 log L: tfmixed - lme4 | tfmixed - lme4 (tight) |",
             "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -13,15 +13,13 @@ benchmarks/RESULTS.md between the markers. Usage:
 
 from __future__ import annotations
 
-import argparse
 import platform
-import statistics
 import time
 
 import pandas as pd
 
 import tfmixed as tm
-from common import SET2, lme4_available, run_r, write_block
+from common import SET2, arguments, lme4_available, run_r, warm_median, write_block
 
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
@@ -57,23 +55,15 @@ def run_lme4(frame: pd.DataFrame, formula: str, repeats: int, factors: list[str]
 
 
 def run_tfmixed(frame: pd.DataFrame, formula: str, repeats: int) -> dict:
-    fit = tm.lmer(formula, frame, verbose=False)  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fit = tm.lmer(formula, frame, verbose=False)
-        times.append(time.perf_counter() - started)
+    median, fit = warm_median(lambda: tm.lmer(formula, frame, verbose=False), repeats)
     started = time.perf_counter()
     fit.satterthwaite_df
-    return {"median": statistics.median(times), "criterion": fit.deviance, "evaluations": fit.optimum.n_evaluations,
+    return {"median": median, "criterion": fit.deviance, "evaluations": fit.optimum.n_evaluations,
             "df_seconds": time.perf_counter() - started}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed fits per engine (large models: a third)")
-    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0], "timed fits per engine (large models: a third)")
     with_lme4 = lme4_available()
     rows = ["| model | n | tfmixed fit | evaluations | lme4 fit | lme4 / tfmixed | REML criterion difference | tfmixed Satterthwaite df |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -42,3 +45,22 @@ def write_block(marker: str, block: str) -> None:
     else:
         text += "\n\n" + block + "\n"
     results.write_text(text)
+
+
+def warm_median(fit, repeats: int):
+    """(median wall time of ``repeats`` calls of ``fit`` after one warm-up call, the last result)."""
+    result = fit()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fit()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def arguments(description: str, repeats_help: str) -> argparse.Namespace:
+    """The benchmarks' command line: --repeats and --write."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5, help=repeats_help)
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    return parser.parse_args()
