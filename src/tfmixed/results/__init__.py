@@ -3,6 +3,7 @@ prediction, history and plots."""
 
 from __future__ import annotations
 
+from .bootstrap import BootstrapResult, Resampling
 from .estimates import Estimates
 from .inference import Inference
 from .likelihood import Likelihood
@@ -11,7 +12,7 @@ from .prediction import Prediction
 from .printing import Printing
 
 
-class LmerFit(Estimates, Likelihood, Inference, Prediction, History, Printing):
+class LmerFit(Estimates, Likelihood, Inference, Prediction, Resampling, History, Printing):
     """A fitted linear mixed model (the analogue of lme4's ``merMod``).
 
     Attributes follow lme4's accessors: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``,
@@ -20,4 +21,4 @@ class LmerFit(Estimates, Likelihood, Inference, Prediction, History, Printing):
     """
 
 
-__all__ = ["LmerFit"]
+__all__ = ["BootstrapResult", "LmerFit"]

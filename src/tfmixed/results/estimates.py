@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..design import Design, frames_by_factor
+from ..kernels.covariance import lower_indices
 from ..objective import LmmObjective
 
 
@@ -104,6 +105,27 @@ class Estimates:
         if self.has_residual:
             rows.append(("Residual", None, None, self._sigma2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    @property
+    def sdcor(self) -> pd.Series:
+        """Random-effect standard deviations and correlations, then sigma, named and ordered as lme4's
+        ``confint(fit, oldNames = FALSE)``: per term its lower triangle column by column (``sd_x|g`` on the
+        diagonal, ``cor_y.x|g`` below it)."""
+        names, values = [], []
+        for group, term, G in zip(unique_names([t.name for t in self.design.terms]), self.design.terms,
+                                  self.covariance_matrices()):
+            sd = np.sqrt(np.diag(G))
+            for i, j in zip(*lower_indices(term.n_cols)):
+                if i == j:
+                    names.append(f"sd_{term.columns[i]}|{group}")
+                    values.append(sd[i])
+                else:
+                    names.append(f"cor_{term.columns[i]}.{term.columns[j]}|{group}")
+                    values.append(G[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan)
+        if self.has_residual:
+            names.append("sigma")
+            values.append(self.sigma)
+        return pd.Series(values, index=names, dtype=np.float64)
 
     @property
     def b(self) -> np.ndarray:

@@ -2,66 +2,169 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from formulaic.errors import FormulaicError
+from scipy import stats
 
 from ..design import R_FUNCTIONS, as_frame, grouping_codes, offset_values
-from ..errors import DataError, NewLevelError
+from ..errors import DataError, FormulaError, NewLevelError
+from ..formula import parse_formula
+from ..kernels.joint_system import JointSystem
 from ..levels import encode_levels
+
+
+_NO_RANDOM = ("fixed", "~0", "~ 0", "NA")
+INTERVALS = ("confidence", "prediction")
 
 
 class Prediction:
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
 
-    def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False) -> np.ndarray:
-        """Predictions X beta + Z b + offset for ``newdata`` (the training data when None), as lme4's ``predict``.
+    def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95, se_fit: bool = False):
+        """Predictions X beta + Z b + offset for ``newdata`` (the training data when None), as lme4's ``predict``,
+        with standard errors and intervals that lme4 lacks.
 
-        ``re_form=None`` includes all random effects, ``re_form="fixed"`` (lme4's ``NA`` or ``~0``) none.
-        Levels are matched by value; levels not seen in training raise :class:`NewLevelError` unless
-        ``allow_new_levels=True``, in which case their random effects are 0. Offsets in the formula are
-        evaluated on ``newdata``; an ``offset=`` argument of the fit cannot be, so it is refused.
+        ``re_form=None`` includes all random effects, ``re_form="fixed"`` (lme4's ``NA`` or ``~0``) none, and a
+        formula such as ``"~ (1 | sample)"`` only the terms it lists. Levels are matched by value; levels not
+        seen in training raise :class:`NewLevelError` unless ``allow_new_levels=True``, in which case their random
+        effects are 0. Offsets in the formula are evaluated on ``newdata``; an ``offset=`` argument of the fit
+        cannot be, so it is refused.
+
+        With ``se_fit=True`` or ``interval`` the result is a DataFrame (fit, se_fit, lower, upper). For the
+        predicted mean, Var = sigma^2 a'A^{-1}a with a = [Lambda'z; x] and A the mixed-model equations
+        (Henderson's prediction-error variance: beta's uncertainty and that of the conditional modes, given
+        theta). ``interval="confidence"`` covers the predicted quantity x'beta + z'b over the terms it
+        conditions on; ``"prediction"`` covers a new observation and adds sigma^2 plus z'G z for every term it
+        does not condition on (excluded by ``re_form`` or a new level). Normal quantiles at ``level``.
 
         >>> import tfmixed as tm
         >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
         >>> new = {"Days": [0, 1], "Subject": [308, 999]}
         >>> fit.predict(new, allow_new_levels=True).round(2).tolist()
         [253.66, 261.87]
+        >>> fit.predict(new, allow_new_levels=True, interval="prediction").round(1).to_dict("list")["upper"]
+        [305.6, 332.8]
         """
-        return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+        if interval is None and not se_fit:
+            return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+        if interval not in (None, *INTERVALS):
+            raise DataError(f"interval must be None, 'confidence' or 'prediction', got {interval!r}")
+        if not 0 < level < 1:
+            raise DataError(f"level must be between 0 and 1, got {level!r}")
+        if not self.has_residual:
+            raise DataError("standard errors and intervals of predictions are available for lmer fits only")
+        X, rows, fit = self._prediction_rows(newdata, re_form, allow_new_levels)
+        variance = self._prediction_variance(X, rows)
+        frame = pd.DataFrame({"fit": fit, "se_fit": np.sqrt(variance[0])})
+        if interval is not None:
+            if interval == "prediction" and not np.all(np.isfinite(variance[1])):
+                raise DataError("a prediction interval needs the covariates of every random term in newdata, also "
+                                "of the terms re_form leaves out (their variance is part of a new observation's)")
+            spread = variance[0] + (variance[1] + self._sigma2 if interval == "prediction" else 0.0)
+            half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(spread)
+            frame["lower"], frame["upper"] = fit - half, fit + half
+        return frame
 
     def linear_predictor(self, newdata: Any = None, *, re_form: str | None = None,
                          allow_new_levels: bool = False) -> np.ndarray:
         """X beta + Z b + offset on ``newdata`` (the training data when None); arguments as :meth:`predict`."""
-        if re_form not in (None, "fixed", "~0", "NA"):
-            raise DataError(f"re_form must be None or 'fixed', got {re_form!r}")
+        return self._prediction_rows(newdata, re_form, allow_new_levels)[2]
+
+    def _included_terms(self, re_form) -> list[bool]:
+        """Which random-effects terms a prediction conditions on."""
+        terms = self.design.terms
+        if re_form is None:
+            return [True] * len(terms)
+        if not isinstance(re_form, str):
+            raise DataError(f"re_form must be None, 'fixed' or a formula such as '~ (1 | g)', got {re_form!r}")
+        if re_form.replace(" ", "") in {f.replace(" ", "") for f in _NO_RANDOM}:
+            return [False] * len(terms)
+        text = re_form.strip()
+        try:
+            specs = parse_formula(".y " + (text if text.startswith("~") else "~ " + text)).random
+        except FormulaError as error:
+            raise DataError(f"re_form {re_form!r} is not a formula of random terms: {error}") from None
+        if not specs:
+            raise DataError(f"re_form {re_form!r} lists no random term such as (1 | g); use re_form='fixed' for none")
+        key = lambda spec: (spec.expr.replace(" ", ""), spec.group, spec.split_columns)
+        wanted = {key(spec) for spec in specs}
+        known = {key(term.spec) for term in terms}
+        unknown = [spec.name for spec in specs if key(spec) not in known]
+        if unknown:
+            raise DataError(f"re_form {re_form!r} has term(s) for {unknown} that are not random terms of the model "
+                            f"{self.formula!r}")
+        return [key(term.spec) in wanted for term in terms]
+
+    def _prediction_rows(self, newdata, re_form, allow_new_levels):
+        """(X, per term (codes with n_levels for new levels or excluded terms, covariate values, included), the
+        linear predictor) for ``newdata`` or the training rows."""
+        included = self._included_terms(re_form)
         if newdata is None:
-            if re_form is None:
-                return self.design.fitted(self._beta, self._b)
-            return self.design.X @ self._beta + self.design.offset_or_zero
-        frame = as_frame(newdata)
-        prediction = self._fixed_prediction(frame)
-        if re_form is not None:
-            return prediction
-        missing = sorted({name for term in self.design.terms for name in term.spec.group} - set(frame.columns))
+            X, offset = self.design.X, self.design.offset_or_zero
+            rows = [(t.codes if inc else np.full(t.nobs, t.n_levels), t.values, inc)
+                    for t, inc in zip(self.design.terms, included)]
+        else:
+            frame = as_frame(newdata)
+            X, offset = self._fixed_rows(frame)
+            rows = [self._term_rows(frame, term, inc, allow_new_levels) for term, inc in zip(self.design.terms, included)]
+        prediction = X @ self._beta + offset
+        for (codes, values, inc), term, s in zip(rows, self.design.terms, self.design.term_slices):
+            if inc:
+                effects = self._b[s].reshape(term.n_levels, term.n_cols)
+                known = codes < term.n_levels
+                prediction[known] += np.sum(values[known] * effects[codes[known]], axis=1)
+        return X, rows, prediction
+
+    def _term_rows(self, frame, term, included: bool, allow_new_levels: bool):
+        spec, piece = term.expr_spec
+        try:
+            values = np.asarray(spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)[:, piece]
+        except (FormulaicError, ValueError, KeyError) as error:
+            if not included:  # only a prediction interval needs them: NaN says they are unknown
+                return np.full(len(frame), term.n_levels), np.full((len(frame), term.n_cols), np.nan), False
+            raise DataError(f"cannot evaluate the random term of {term.name!r} on newdata: {error}") from None
+        if not included:
+            return np.full(len(frame), term.n_levels), values, False
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"newdata gives non-finite covariates (NaN or inf) for the random term of {term.name!r}")
+        missing = sorted(set(term.spec.group) - set(frame.columns))
         if missing:
             raise DataError(f"newdata lacks grouping column(s) {missing}")
-        for term, s in zip(self.design.terms, self.design.term_slices):
-            rows = self._level_rows(frame, term, allow_new_levels)
-            spec, piece = term.expr_spec
-            values = np.asarray(spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)[:, piece]
-            if not np.all(np.isfinite(values)):
-                raise DataError(f"newdata gives non-finite covariates (NaN or inf) for the random term of {term.name!r}")
-            effects = self._b[s].reshape(term.n_levels, term.n_cols)
-            known = rows < term.n_levels
-            prediction[known] += np.sum(values[known] * effects[rows[known]], axis=1)
-        return prediction
+        return self._level_rows(frame, term, allow_new_levels), values, True
 
-    def _fixed_prediction(self, frame) -> np.ndarray:
+    def _prediction_variance(self, X, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(Var of the predicted mean, z'G z of the effects the prediction does not condition on) per row."""
+        n, offsets = X.shape[0], np.cumsum([0] + [term.q for term in self.design.terms])
+        cols, vals, row_ids, unconditioned = [], [], [], np.zeros(n)
+        for (codes, values, _), term, T, start in zip(rows, self.design.terms, self.factors, offsets):
+            known = codes < term.n_levels
+            spherical = values[known] @ T  # Lambda'z: (T' z) per row
+            k = term.n_cols
+            cols.append((start + codes[known][:, None] * k + np.arange(k)[None, :]).ravel())
+            vals.append(spherical.ravel())
+            row_ids.append(np.repeat(np.flatnonzero(known), k))
+            unconditioned[~known] += self._sigma2 * np.sum((values[~known] @ T) ** 2, axis=1)
+        q = int(offsets[-1])
+        cols.append(q + np.tile(np.arange(X.shape[1]), n))
+        vals.append(X.ravel())
+        row_ids.append(np.repeat(np.arange(n), X.shape[1]))
+        a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(row_ids), np.concatenate(cols))),
+                          shape=(n, q + X.shape[1]))
+        return self._sigma2 * self._joint_system.quadratic_forms(a), unconditioned
+
+    @cached_property
+    def _joint_system(self) -> JointSystem:
+        return JointSystem(self.problem.cross_products, self.factors)
+
+    def _fixed_rows(self, frame) -> tuple[np.ndarray, np.ndarray]:
+        """(X, offset) of ``newdata``."""
         spec = self.design.fixed_spec
         self._check_new_categories(frame, spec)
         try:
@@ -75,14 +178,14 @@ class Prediction:
         if not np.all(np.isfinite(X)):
             rows = np.flatnonzero(~np.all(np.isfinite(X), axis=1))[:5].tolist()
             raise DataError(f"newdata gives non-finite fixed-effect covariates (NaN or inf) in row(s) {rows}")
-        prediction = X @ self._beta
+        offset = np.zeros(X.shape[0])
         if self.design.offset is not None:
             formula_offset = offset_values(self.design.parsed, frame)
             if formula_offset is None or not self.design.parsed.offsets:
                 raise DataError("the fit has an offset= argument, which newdata cannot supply; put it in the "
                                 "formula as offset(column) to predict on new data")
-            prediction += formula_offset
-        return prediction
+            offset += formula_offset
+        return X, offset
 
     @staticmethod
     def _check_new_categories(frame, spec) -> None:
