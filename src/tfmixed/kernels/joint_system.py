@@ -36,8 +36,9 @@ class JointSystem:
     >>> cp = CrossProducts.from_rows(np.ones((6, 1)), np.arange(6.0), [term])
     >>> system = JointSystem(cp, [np.eye(1)])
     >>> a = np.array([[1.0, 0.0, 0.0, 1.0]])  # level 0's effect plus the intercept
-    >>> round(float(system.quadratic_forms(a)[0]), 6)
-    0.5
+    >>> A = np.array([[3.0, 0, 0, 2], [0, 3, 0, 2], [0, 0, 3, 2], [2, 2, 2, 6]])  # Z'Z + I, Z'X; X'X = 6
+    >>> bool(np.isclose(system.quadratic_forms(a)[0], a[0] @ np.linalg.solve(A, a[0])))
+    True
     """
 
     def __init__(self, cross_products: CrossProducts, factors: list[np.ndarray]):

@@ -6,13 +6,14 @@ from __future__ import annotations
 from .bootstrap import BootstrapResult, Resampling
 from .estimates import Estimates
 from .inference import Inference
+from .intervals import Intervals, Profile
 from .likelihood import Likelihood
-from .plots import History
+from .plots import History, Plots
 from .prediction import Prediction
 from .printing import Printing
 
 
-class LmerFit(Estimates, Likelihood, Inference, Prediction, Resampling, History, Printing):
+class LmerFit(Estimates, Likelihood, Inference, Intervals, Prediction, Resampling, Plots, History, Printing):
     """A fitted linear mixed model (the analogue of lme4's ``merMod``).
 
     Attributes follow lme4's accessors: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``,
@@ -21,4 +22,4 @@ class LmerFit(Estimates, Likelihood, Inference, Prediction, Resampling, History,
     """
 
 
-__all__ = ["BootstrapResult", "LmerFit"]
+__all__ = ["BootstrapResult", "LmerFit", "Profile"]

@@ -19,10 +19,11 @@ from ..errors import DataError
 from .estimates import Estimates
 from .likelihood import Likelihood
 from .prediction import Prediction
+from .plots import Plots
 from .printing import Printing
 
 
-class GlmerFit(Estimates, Likelihood, Prediction, Printing):
+class GlmerFit(Estimates, Likelihood, Prediction, Plots, Printing):
     """A fitted GLMM: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``, ``varcorr``, ``ranef``,
     ``ranef_frame()``, ``fitted`` (means), ``linear_predictor()``, ``predict(type=)``, ``residuals``
     (deviance residuals), ``deviance`` (lme4's conditional deviance), ``minus2loglik``, ``loglik``, ``aic``,

@@ -50,7 +50,7 @@ class Prediction:
         >>> fit.predict(new, allow_new_levels=True).round(2).tolist()
         [253.66, 261.87]
         >>> fit.predict(new, allow_new_levels=True, interval="prediction").round(1).to_dict("list")["upper"]
-        [305.6, 332.8]
+        [309.3, 334.3]
         """
         if interval is None and not se_fit:
             return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)

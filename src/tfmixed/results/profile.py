@@ -1,0 +1,235 @@
+"""Profile likelihood of a linear mixed model and the intervals it gives (lme4's ``profile`` and
+``confint(method = "profile")``).
+
+As lme4 does, the profile is of the ML deviance (a REML fit is refitted by ML first), in the parameters
+p = (per term: standard deviations and correlations in lme4's order; sigma) and beta. For a parameter held at
+v, the deviance is minimised over the others and zeta(v) = sign(v - v_hat) sqrt(d(v) - d_hat). A variance
+parameter is held with the others free by L-BFGS-B on d(p) = log|L|^2 + r^2/sigma^2 + n log(2 pi sigma^2)
+(beta profiled), with the analytic theta gradient mapped through the Jacobian of p -> theta; a fixed effect is
+held by moving its column into the offset and refitting theta. Interval limits solve zeta(v) = +-z by Brent's
+method, not by lme4's spline through the trace, so they are exact to the inner optimisation's precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from ..errors import DataError, TfmixedError
+from ..kernels.covariance import lower_indices
+from ..objective import LmmObjective
+from ..progress import Progress
+
+#: how far beyond the limit at the highest level the traces of ``fit.profile()`` reach
+TRACE_LEVEL = 0.99
+
+
+def _psd_cholesky(R: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a correlation matrix that may be singular (|cor| = 1): zero pivots allowed."""
+    k = R.shape[0]
+    L = np.zeros_like(R)
+    for j in range(k):
+        pivot = R[j, j] - L[j, :j] @ L[j, :j]
+        L[j, j] = np.sqrt(max(pivot, 0.0))
+        for i in range(j + 1, k):
+            L[i, j] = (R[i, j] - L[i, :j] @ L[j, :j]) / L[j, j] if L[j, j] > 1e-12 else 0.0
+    return L
+
+
+class VarianceParameters:
+    """The map p = (sd, cor per term; sigma) -> (theta, sigma) and the parameters' bounds."""
+
+    def __init__(self, dims: list[int]):
+        self.dims = dims
+        self.lower, self.upper, self.is_sd = [], [], []
+        for k in dims:
+            for i, j in zip(*lower_indices(k)):
+                self.lower.append(0.0 if i == j else -1.0)
+                self.upper.append(np.inf if i == j else 1.0)
+                self.is_sd.append(i == j)
+        self.lower.append(0.0)
+        self.upper.append(np.inf)
+        self.lower, self.upper = np.array(self.lower), np.array(self.upper)
+
+    def theta(self, p: np.ndarray) -> np.ndarray:
+        sigma, out, offset = p[-1], [], 0
+        for k in self.dims:
+            rows, cols = lower_indices(k)
+            block = np.zeros((k, k))
+            block[rows, cols] = p[offset : offset + rows.size]
+            sd = np.diag(block).copy()
+            R = block - np.diag(sd) + (block - np.diag(sd)).T + np.eye(k)
+            T = sd[:, None] * _psd_cholesky(R) / sigma
+            out.append(T[rows, cols])
+            offset += rows.size
+        return np.concatenate(out)
+
+    def jacobian(self, p: np.ndarray) -> np.ndarray:
+        """d theta / d p by central differences of the (cheap) map, one-sided at the bounds."""
+        base, columns = self.theta(p), []
+        for i in range(p.size):
+            h = 1e-6 * max(abs(p[i]), 1e-3)
+            up, down = p.copy(), p.copy()
+            up[i], down[i] = min(p[i] + h, self.upper[i]), max(p[i] - h, self.lower[i])
+            columns.append((self.theta(up) - self.theta(down)) / (up[i] - down[i]) if up[i] > down[i] else 0 * base)
+        return np.array(columns).T
+
+
+class ProfileLikelihood:
+    """zeta traces and profile limits of every parameter of an lmer fit (use :meth:`LmerFit.profile`)."""
+
+    def __init__(self, fit, *, verbose: bool = False):
+        from ..refit import HeldFixedEffect, refit
+
+        if not getattr(fit, "has_residual", False):
+            raise DataError("profile likelihood intervals are available for lmer fits")
+        self.fit = fit
+        self.ml_fit = refit(fit, reml=False) if fit.reml else fit
+        self.objective = LmmObjective(fit.problem, reml=False)
+        self.parameters = VarianceParameters(self.objective.dims)
+        self.names = list(self.ml_fit.sdcor.index) + list(self.ml_fit.design.fixed_names)
+        self.n_variance = len(self.ml_fit.sdcor)
+        self.estimate = np.concatenate([self.ml_fit.sdcor.to_numpy(), self.ml_fit._beta])
+        self.estimate[np.isnan(self.estimate)] = 0.0  # a correlation of a zero-variance column
+        self.minimum = self.ml_fit.deviance
+        self.verbose = verbose
+        self._held = {}
+        self._held_factory = HeldFixedEffect
+        self._scales = self._standard_errors()
+
+    # -- the deviance as a function of the variance parameters ------------------------------------------------
+    def deviance(self, p: np.ndarray) -> float:
+        sigma = p[-1]
+        if sigma <= 0:
+            return np.inf
+        try:
+            factor = self.objective.factor(self.parameters.theta(p))
+        except TfmixedError:
+            return np.inf
+        return factor.deviance_at_sigma(sigma * sigma, reml=False)
+
+    def deviance_and_gradient(self, p: np.ndarray) -> tuple[float, np.ndarray]:
+        value = self.deviance(p)
+        if not np.isfinite(value):
+            return 1e300, np.zeros_like(p)
+        factor, sigma = self.objective.factor(self.parameters.theta(p)), p[-1]
+        parts = factor.gradient_parts(reml=False, singular_tol=1e-12)
+        if parts is None:
+            return value, optimize.approx_fprime(p, self.deviance, 1e-7 * np.maximum(np.abs(p), 1e-3))
+        d_logdet, d_r2 = parts
+        gradient = self.parameters.jacobian(p).T @ (d_logdet + d_r2 / sigma**2)
+        gradient[-1] += -2.0 * factor.pwrss / sigma**3 + 2.0 * factor.dof(False) / sigma
+        return value, gradient
+
+    def _standard_errors(self) -> np.ndarray:
+        """Approximate standard errors (inverse Hessian of d / 2) that set the first step of each limit search."""
+        p = self.estimate[: self.n_variance].copy()
+        p[-1] = max(p[-1], 1e-12)
+        H = np.zeros((p.size, p.size))
+        for i in range(p.size):
+            h = 1e-4 * max(abs(p[i]), 1e-2)
+            up, down = p.copy(), p.copy()
+            up[i] = min(p[i] + h, self.parameters.upper[i])
+            down[i] = max(p[i] - h, self.parameters.lower[i])
+            H[:, i] = (self.deviance_and_gradient(up)[1] - self.deviance_and_gradient(down)[1]) / (up[i] - down[i])
+        H = (H + H.T) / 2
+        try:
+            variance = np.abs(np.diag(np.linalg.inv(H / 2)))
+        except np.linalg.LinAlgError:
+            variance = np.full(p.size, np.nan)
+        scale = np.where(np.isfinite(variance) & (variance > 0), np.sqrt(variance), np.maximum(np.abs(p), 1e-2) / 4)
+        return np.concatenate([scale, self.ml_fit.fixef_se.to_numpy()])
+
+    # -- zeta ----------------------------------------------------------------------------------------------------
+    def _held_variance(self, index: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+        free = np.arange(self.n_variance) != index
+        full = start.copy()
+        full[index] = value
+
+        def criterion(z):
+            full[free] = z
+            d, g = self.deviance_and_gradient(full)
+            return d, g[free]
+
+        lower = self.parameters.lower.copy()
+        lower[-1] = 1e-8 * self.estimate[self.n_variance - 1]  # sigma > 0: the deviance is infinite at 0
+        upper = np.where(np.isfinite(self.parameters.upper), self.parameters.upper, np.nan)
+        bounds = [(lo, None if np.isnan(hi) else hi) for lo, hi in zip(lower[free], upper[free])]
+        result = optimize.minimize(criterion, start[free], jac=True, method="L-BFGS-B", bounds=bounds,
+                                   options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500})
+        full[free] = result.x
+        return float(result.fun), full.copy()
+
+    def _held_fixed(self, column: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+        from ..estimators.profiled import fit_profiled
+
+        if column not in self._held:
+            self._held[column] = self._held_factory(self.ml_fit, column)
+        objective = self._held[column].objective(value)
+        optimum = fit_profiled(objective, start=start)
+        return float(optimum.criterion), optimum.theta
+
+    def zeta(self, index: int, value: float, start=None) -> tuple[float, np.ndarray]:
+        """(zeta at ``value`` of parameter ``index``, the other parameters' optimum there)."""
+        if index < self.n_variance:
+            start = self.estimate[: self.n_variance] if start is None else start
+            deviance, where = self._held_variance(index, value, start)
+        else:
+            start = self.ml_fit.theta if start is None else start
+            deviance, where = self._held_fixed(index - self.n_variance, value, start)
+        spread = max(deviance - self.minimum, 0.0)
+        return float(np.sign(value - self.estimate[index]) * np.sqrt(spread)), where
+
+    def limit(self, index: int, target: float) -> float:
+        """The value where zeta = ``target`` (a bound of the parameter where zeta never gets there)."""
+        estimate, direction = self.estimate[index], np.sign(target)
+        lower = self.parameters.lower[index] if index < self.n_variance else -np.inf
+        upper = self.parameters.upper[index] if index < self.n_variance else np.inf
+        bound = lower if direction < 0 else upper
+        step = abs(target) * self._scales[index]
+        inner, inner_zeta, start = estimate, 0.0, None
+        for _ in range(60):
+            trial = estimate + direction * step
+            if (direction < 0 and trial <= lower) or (direction > 0 and trial >= upper):
+                trial = bound
+            value, where = self.zeta(index, trial, start)
+            if abs(value) >= abs(target):
+                break
+            if trial == bound:
+                return float(bound)
+            inner, inner_zeta, start = trial, value, where
+            step *= 1.6
+        else:
+            return float(bound)
+        return optimize.brentq(lambda v: self.zeta(index, v, start)[0] - target, min(inner, trial), max(inner, trial),
+                               xtol=1e-10 * max(abs(estimate), self._scales[index]), rtol=1e-12)
+
+    def confint(self, level: float = 0.95, which=None) -> pd.DataFrame:
+        """Profile intervals at ``level`` for the parameters named in ``which`` (default all), lme4's names."""
+        z = stats.norm.ppf((1 + level) / 2)
+        names = self.names if which is None else list(which)
+        unknown = [name for name in names if name not in self.names]
+        if unknown:
+            raise DataError(f"unknown parameter(s) {unknown}; the fit has {self.names}")
+        progress = Progress("profile", verbose=self.verbose)
+        rows = []
+        for count, name in enumerate(names):
+            index = self.names.index(name)
+            rows.append((self.limit(index, -z), self.limit(index, z)))
+            progress.update(count + 1, f"{name}")
+        progress.finish(f"{len(names)} parameters")
+        return pd.DataFrame(rows, index=names, columns=["lower", "upper"])
+
+    def trace(self, name: str, points: int = 8) -> pd.DataFrame:
+        """zeta at ``points`` values on each side of the estimate, out to the 99% limits."""
+        index = self.names.index(name)
+        z = stats.norm.ppf((1 + TRACE_LEVEL) / 2)
+        rows = [(self.estimate[index], 0.0)]
+        for target in (-z, z):
+            limit, start = self.limit(index, target), None
+            for value in np.linspace(self.estimate[index], limit, points + 1)[1:]:
+                zeta, start = self.zeta(index, value, start)
+                rows.append((value, zeta))
+        frame = pd.DataFrame(rows, columns=["value", "zeta"]).sort_values("value").drop_duplicates("value")
+        return frame.reset_index(drop=True)
