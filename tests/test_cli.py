@@ -11,3 +11,51 @@ def test_demo_prints_the_sleepstudy_fit(capsys):
     assert "EM (+E Cov(b|y)" in out and "correlation 0.066" in out
     assert "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)" in out
     assert "-2 log L 184.052564" in out
+
+
+def test_fit_command_prints_the_summary_and_writes_json(tmp_path, capsys):
+    import json
+
+    import tfmixed as tm
+
+    data = tmp_path / "sleep.csv"
+    tm.datasets.load("sleepstudy").to_csv(data, index=False)
+    out = tmp_path / "fit.json"
+    code = main(["fit", str(data), "Reaction ~ Days + (Days | Subject)", "--anova", "--confint", "Wald", "--json",
+                 str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "REML criterion at convergence: 1743.6" in printed
+    assert "Type III Analysis of Variance Table with Satterthwaite's method" in printed
+    record = json.loads(out.read_text())
+    assert abs(record["deviance"] - 1743.62827196) < 1e-6
+    assert abs(record["coefficients"]["Days"]["Estimate"] - 10.467285959596) < 1e-6
+    assert abs(record["anova"]["Days"]["F value"] - 45.8529615558586) < 1e-4
+    assert record["confint"]["sigma"]["lower"] is None  # NaN for variance parameters, as lme4's Wald
+    assert main(["fit", str(data), "Reaction ~ Days + (Days | Subject)", "--ml", "--quiet"]) == 0
+    assert "AIC" in capsys.readouterr().out
+
+
+def test_glmer_command(tmp_path, capsys):
+    import tfmixed as tm
+
+    data = tmp_path / "cbpp.tsv"
+    tm.datasets.load("cbpp").to_csv(data, index=False, sep="\t")
+    assert main(["glmer", str(data), "cbind(incidence, size - incidence) ~ period + (1 | herd)", "--family",
+                 "binomial", "--quiet"]) == 0
+    assert "Family: binomial  ( logit )" in capsys.readouterr().out
+
+
+def test_fit_command_reports_bad_files_and_formulas(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("y,x,g\n1,2,a\n2,3,a\n3,1,b\n4,5,b\n5,2,c\n")
+    assert main(["fit", str(tmp_path / "missing.csv"), "y ~ x + (1 | g)"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["fit", str(data), "y ~ x + 1 | g"]) == 2
+    assert "must be enclosed in parentheses" in capsys.readouterr().err
+    assert main(["fit", str(data), "y ~ x + (1 | h)"]) == 2
+    assert "['h']" in capsys.readouterr().err
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe\x00\x00garbage\x00")
+    assert main(["fit", str(binary), "y ~ x + (1 | g)"]) == 2
+    assert "tfmixed fit: error:" in capsys.readouterr().err

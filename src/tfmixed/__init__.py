@@ -29,7 +29,8 @@ from .kernels.options import KernelOptions
 from .levels import encode_levels
 from .lmm import lmer
 from .glmm import glmer
-from .results import LmerFit
+from .results import BootstrapResult, LmerFit, Profile
+from .results.comparison import LikelihoodRatioTable, anova
 from .results.glmm import GlmerFit
 from .terms import RandomEffectsTerm
 
@@ -65,6 +66,10 @@ __all__ = [
     "CrossProducts",
     "KernelOptions",
     "LmerFit",
+    "LikelihoodRatioTable",
+    "BootstrapResult",
+    "Profile",
+    "anova",
     "MemoryLimitError",
     "RandomEffectsTerm",
     "encode_levels",

@@ -1,14 +1,20 @@
 """Command line: ``tfmixed demo`` fits sleepstudy (lmer) and cbpp (glmer) from the built-in data and prints the
-results."""
+results; ``tfmixed fit data.csv "y ~ x + (1 | g)"`` and ``tfmixed glmer data.csv "..." --family binomial`` fit a
+model to a file and print its summary (``--json`` writes the numbers)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+#: exit status of a run that met a user mistake (a bad file, formula or option)
+USAGE_ERROR = 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -66,6 +72,81 @@ def _glmm_demo(args: argparse.Namespace) -> None:
           "approximation: lme4 1.1-31 reports 184.053133, see docs/glmm.md)")
 
 
+def _read_table(path: str, separator: str | None):
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if file.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(file)
+    try:
+        return pd.read_csv(file, sep=separator or ("\t" if file.suffix.lower() in (".tsv", ".tab") else ","))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path} as a delimited text file: {error}") from None
+
+
+def _fit_from_file(args: argparse.Namespace):
+    from . import glmer, lmer
+
+    data = _read_table(args.data, args.sep)
+    options = dict(weights=args.weights, offset=args.offset, missing="drop" if args.drop_missing else "raise",
+                   verbose=not args.quiet)
+    if args.command == "glmer":
+        return glmer(args.formula, data, family=args.family, nAGQ=args.nagq, **options)
+    return lmer(args.formula, data, REML=not args.ml, **options)
+
+
+def _fit_record(fit, args: argparse.Namespace) -> dict:
+    record = {
+        "formula": fit.formula, "nobs": fit.nobs, "ngroups": fit.ngroups, "converged": bool(fit.converged),
+        "singular": bool(fit.is_singular), "theta": fit.theta.tolist(), "loglik": fit.loglik, "AIC": fit.aic,
+        "BIC": fit.bic, "deviance": fit.deviance,
+        "coefficients": json.loads(fit.coef_table.to_json(orient="index")),
+        "varcorr": json.loads(fit.varcorr.to_json(orient="records")),
+    }
+    if args.command == "fit":
+        record.update(REML=fit.reml, sigma=fit.sigma)
+    else:
+        record.update(family=fit.family.name, link=fit.family.link.name, nAGQ=fit.n_agq,
+                      minus2loglik=fit.minus2loglik)
+    return record
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .errors import TfmixedError
+
+    try:
+        fit = _fit_from_file(args)
+        print(fit.summary())
+        record = _fit_record(fit, args)
+        if getattr(args, "anova", False):
+            table = fit.anova(ddf=args.ddf)
+            print(f"\nType III Analysis of Variance Table with {args.ddf}'s method\n{table.to_string()}")
+            record["anova"] = json.loads(table.to_json(orient="index"))
+        if getattr(args, "confint", None):
+            intervals = fit.confint(args.confint, verbose=not args.quiet)
+            print(f"\n{args.confint} 95% confidence intervals\n{intervals.to_string()}")
+            record["confint"] = json.loads(intervals.to_json(orient="index"))
+    except (TfmixedError, OSError, ValueError, ImportError) as error:
+        print(f"tfmixed {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2, allow_nan=True))
+    return 0
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="a CSV (or .tsv, .parquet) file with a header row")
+    parser.add_argument("formula", help="an lme4 formula, e.g. 'y ~ x + (1 | g)'")
+    parser.add_argument("--weights", help="column of prior weights")
+    parser.add_argument("--offset", help="column of offsets (or put offset(col) in the formula)")
+    parser.add_argument("--sep", help="field separator of a text file (default: ',' or a tab for .tsv)")
+    parser.add_argument("--drop-missing", action="store_true", help="drop rows with missing values (default: refuse)")
+    parser.add_argument("--json", metavar="OUT", help="also write the estimates to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfmixed`` command."""
     parser = argparse.ArgumentParser(prog="tfmixed", description="Empirical Bayes for TensorFlow 2")
@@ -74,6 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quiet", action="store_true", help="no progress lines")
     demo.add_argument("--skip-mackay", action="store_true", help="only the lmer fit (no TensorFlow import)")
     demo.set_defaults(handler=_demo)
+    fit = commands.add_parser("fit", help="fit a linear mixed model (lmer) to a data file and print its summary")
+    _add_model_arguments(fit)
+    fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    fit.add_argument("--anova", action="store_true", help="also print lmerTest's type III F tests")
+    fit.add_argument("--ddf", default="Satterthwaite", choices=["Satterthwaite", "Kenward-Roger"])
+    fit.add_argument("--confint", choices=["profile", "Wald", "boot"], help="also print 95%% intervals")
+    fit.set_defaults(handler=_fit)
+    generalised = commands.add_parser("glmer", help="fit a binomial or Poisson GLMM (glmer) to a data file")
+    _add_model_arguments(generalised)
+    generalised.add_argument("--family", required=True, choices=["binomial", "poisson"])
+    generalised.add_argument("--nagq", type=int, default=1, help="quadrature points (1: Laplace, 0: fast)")
+    generalised.set_defaults(handler=_fit)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -89,6 +89,10 @@ class Design:
     kept_columns: np.ndarray | None = field(repr=False, default=None)
     #: lme4 names of the fixed-effect columns dropped as linear combinations of the others
     dropped_fixed: list[str] = field(default_factory=list)
+    #: the model frame: the used columns of the rows kept (lmerTest's type III contrasts re-encode its factors)
+    frame: pd.DataFrame | None = field(repr=False, default=None)
+    #: formulaic's spelling of R syntax -> R's (``C(Time)`` -> ``factor(Time)``), for R's term labels
+    fixed_renames: dict = field(repr=False, default_factory=dict)
 
     @property
     def nobs(self) -> int:
@@ -488,4 +492,6 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
         row_index=frame.index,
         kept_columns=kept,
         dropped_fixed=dropped_names,
+        frame=frame[_used_columns(parsed, frame, named)],
+        fixed_renames=renames,
     )

@@ -44,7 +44,7 @@ def _check_comparable(fits) -> None:
             first.design.weights is None or np.array_equal(first.design.weights, other.design.weights))
         if not same_weights:
             raise DataError("the models have different prior weights: their likelihoods are not comparable")
-        if getattr(first, "family", None) != getattr(other, "family", None):
+        if repr(getattr(first, "family", None)) != repr(getattr(other, "family", None)):
             raise DataError("the models have different families: their likelihoods are not comparable")
 
 

@@ -1,33 +1,78 @@
-"""Inference on the fixed effects of a fit: Satterthwaite df, t tests."""
+"""Inference on the fixed effects of a fit: Satterthwaite or Kenward-Roger df, t tests, F tests of terms."""
 
 from __future__ import annotations
 
 from functools import cached_property
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .satterthwaite import satterthwaite_df, t_pvalues
+from ..errors import DataError
+from .ftests import DDF_METHODS, anova_table
+from .kenward_roger import KenwardRoger
+from .satterthwaite import SatterthwaiteParts, t_pvalues
 
 
 class Inference:
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
 
     @cached_property
+    def _satterthwaite_parts(self) -> SatterthwaiteParts:
+        # one factorisation at theta and two per theta component, shared by every contrast
+        return SatterthwaiteParts(self.objective, self.optimum.theta, self.sigma)
+
+    @cached_property
+    def _kenward_roger(self) -> KenwardRoger:
+        return KenwardRoger.of(self)
+
+    @cached_property
     def satterthwaite_df(self) -> pd.Series:
         """Satterthwaite denominator degrees of freedom of each fixed effect (lmerTest); 2 factorisations
         per theta."""
-        df = satterthwaite_df(self.objective, self.optimum.theta, self.sigma)
+        df = self._satterthwaite_parts.contrast_df(np.eye(self.problem.p))
         return pd.Series(df, index=self.design.fixed_names, name="df")
 
     @property
     def coef_table(self) -> pd.DataFrame:
         """Estimate, Std. Error, df (Satterthwaite), t value and Pr(>|t|), as lmerTest's summary."""
-        t_values = self.fixef / self.fixef_se
-        df = self.satterthwaite_df
+        return self.coefficient_tests("Satterthwaite")
+
+    def coefficient_tests(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """t tests of each fixed effect with Satterthwaite's df, or Kenward-Roger's (``ddf="Kenward-Roger"``:
+        the SE from the adjusted covariance Phi_A, df from pbkrtest's Lb_ddf; REML fits only).
+
+        >>> import tfmixed as tm
+        >>> fit = tm.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", tm.datasets.load("Penicillin"), verbose=False)
+        >>> round(float(fit.coefficient_tests("Kenward-Roger")["df"].iloc[0]), 4)
+        5.4871
+        """
+        if ddf not in DDF_METHODS:
+            raise DataError(f"ddf must be one of {DDF_METHODS}, got {ddf!r}")
+        if ddf == "Satterthwaite":
+            se, df = self.fixef_se, self.satterthwaite_df
+        else:
+            kr = self._kenward_roger
+            identity = np.eye(self.problem.p)
+            se = pd.Series(np.sqrt(np.diag(kr.Phi_A)), index=self.design.fixed_names)
+            df = pd.Series(kr.coefficient_df(identity), index=self.design.fixed_names)
+        t_values = self.fixef / se
         return pd.DataFrame({
             "Estimate": self.fixef,
-            "Std. Error": self.fixef_se,
+            "Std. Error": se,
             "df": df,
             "t value": t_values,
             "Pr(>|t|)": t_pvalues(t_values.to_numpy(), df.to_numpy()),
         })
+
+    def anova(self, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """F tests of the fixed-effect terms as lmerTest's ``anova(fit, type, ddf)``: Sum Sq, Mean Sq, NumDF,
+        DenDF, F value, Pr(>F). ``type=3`` (marginal, lmerTest's construction) or 1 (sequential);
+        ``ddf="Satterthwaite"`` or ``"Kenward-Roger"`` (REML fits, dense in the number of rows).
+
+        >>> import tfmixed as tm
+        >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
+        >>> round(float(fit.anova()["F value"].iloc[0]), 3)
+        45.853
+        """
+        return anova_table(self, type=type, ddf=ddf)

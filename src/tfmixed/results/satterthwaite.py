@@ -63,20 +63,35 @@ def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigm
     return H, jacobian, sigma2 * M
 
 
+class SatterthwaiteParts:
+    """A = 2 H^{-1} (the asymptotic covariance of varpar = (theta, sigma)), dV/d varpar and V at the estimates:
+    what the df of any contrast need. ``A`` is None where H is not positive definite or not available."""
+
+    def __init__(self, objective: LmmObjective, theta: np.ndarray, sigma: float):
+        pieces = varpar_hessian_and_jacobian(objective, np.asarray(theta, dtype=np.float64), sigma)
+        self.A = self.jacobian = self.V = None
+        if pieces is not None:
+            H, self.jacobian, self.V = pieces
+            if np.linalg.eigvalsh(H)[0] > 0:
+                self.A = 2.0 * np.linalg.inv(H)
+
+    def contrast_df(self, L: np.ndarray) -> np.ndarray:
+        """df = 2 (l'Vl)^2 / (g'Ag), g_k = l' (dV/d varpar_k) l, for each row l of L (lmerTest's contest1D); NaN
+        where A is not available."""
+        L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+        if self.A is None:
+            return np.full(L.shape[0], np.nan)
+        gradients = np.einsum("ci,ijk,cj->ck", L, self.jacobian, L)
+        variance = np.einsum("ci,ij,cj->c", L, self.V, L)
+        return 2.0 * variance**2 / np.einsum("ck,kl,cl->c", gradients, self.A, gradients)
+
+
 def satterthwaite_df(objective: LmmObjective, theta: np.ndarray, sigma: float) -> np.ndarray:
     """Satterthwaite df of each fixed-effect coefficient: lmerTest's contest1D.
 
     NaN where the Hessian of the deviance in (theta, sigma) is not positive definite or not available.
     """
-    pieces = varpar_hessian_and_jacobian(objective, np.asarray(theta, dtype=np.float64), sigma)
-    if pieces is None:
-        return np.full(objective.problem.p, np.nan)
-    H, jacobian, V = pieces
-    if np.linalg.eigvalsh(H)[0] <= 0:
-        return np.full(objective.problem.p, np.nan)
-    A = 2.0 * np.linalg.inv(H)
-    gradients = np.einsum("iik->ik", jacobian)
-    return 2.0 * np.diag(V) ** 2 / np.einsum("ck,kl,cl->c", gradients, A, gradients)
+    return SatterthwaiteParts(objective, theta, sigma).contrast_df(np.eye(objective.problem.p))
 
 
 def t_pvalues(t_values: np.ndarray, df: np.ndarray) -> np.ndarray:
