@@ -175,6 +175,19 @@ def test_bootstrap_is_seeded_and_the_same_in_parallel(sleep):
     assert np.all(intervals["lower"] < intervals["upper"])
 
 
+def test_newton_refits_of_replicates_reach_the_optimisers_criterion(sleep):
+    from tfmixed.refit import criterion_inverse_hessian, refit
+
+    metric = criterion_inverse_hessian(sleep)
+    sims = sleep.simulate(40, seed=5).to_numpy()
+    for column in sims.T:
+        near = refit(sleep, response=column, inverse_hessian=metric)
+        full = refit(sleep, response=column)
+        assert near.converged and full.converged
+        assert near.deviance <= full.deviance + 1e-7
+        assert np.all(near.theta[[0, 2]] >= 0)  # diagonals canonical (non-negative)
+
+
 def test_simulate_has_the_model_mean_and_marginal_variance(sleep):
     sims = sleep.simulate(4000, seed=11).to_numpy()
     design = sleep.design

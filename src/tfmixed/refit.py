@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .estimators.profiled import fit_profiled, hessian_of_gradient
+from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
 from .threads import blas_threads_for
@@ -26,12 +26,13 @@ def _require_lmer(fit, what: str) -> None:
 
 
 def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, start: np.ndarray | None = None,
-          scale: np.ndarray | None = None, max_iter: int = 1000):
+          inverse_hessian: np.ndarray | None = None, max_iter: int = 1000):
     """The same model re-estimated by REML (``reml=True``) or ML, and/or on a new ``response`` vector.
 
     The new fit starts from ``start`` (default: the fit's theta) and shares the fit's design and kernel
-    strategies; ``scale`` preconditions the search (:func:`search_scale`). Refits are always by the profiled
-    estimator (lme4's ``refit``).
+    strategies. With ``inverse_hessian`` (:func:`criterion_inverse_hessian` of a fit to similar data, as for
+    bootstrap replicates) the search is Newton's from ``start`` (:func:`~tfmixed.estimators.profiled.fit_near`).
+    Refits are always by the profiled estimator (lme4's ``refit``).
 
     >>> import tfmixed as tm
     >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
@@ -52,18 +53,24 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
         problem = problem.reweighted(design.cross_products())
     objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml))
     with blas_threads_for(problem.q_rest + problem.p + 1):
-        optimum = fit_profiled(objective, start=fit.theta if start is None else start, max_iter=max_iter,
-                               scale=scale)
+        start = fit.theta if start is None else start
+        if inverse_hessian is None:
+            optimum = fit_profiled(objective, start=start, max_iter=max_iter)
+        else:
+            optimum = fit_near(objective, start, inverse_hessian)
         return LmerFit(design, objective, optimum)
 
 
-def search_scale(fit) -> np.ndarray:
-    """1 / sqrt(diag H), H the Hessian of the fit's criterion at its theta: the coordinates in which refits of
-    similar data (bootstrap replicates) need fewest evaluations (14 -> 10 on sleepstudy)."""
-    _require_lmer(fit, "search_scale")
+def criterion_inverse_hessian(fit) -> np.ndarray:
+    """H^{-1}, H the Hessian of the fit's criterion in theta (differences of the analytic gradient): the metric
+    in which refits of similar data (bootstrap replicates) converge in fewest Newton steps."""
+    _require_lmer(fit, "criterion_inverse_hessian")
     with blas_threads_for(fit.problem.q_rest + fit.problem.p + 1):
-        diagonal = np.diag(hessian_of_gradient(fit.objective, fit.theta))
-    return np.where(diagonal > 0, 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
+        H = hessian_of_gradient(fit.objective, fit.theta)
+    eigenvalues, vectors = np.linalg.eigh((H + H.T) / 2)
+    # a boundary fit can leave a flat or negative direction: keep the metric positive definite
+    floor = 1e-8 * max(float(np.max(np.abs(eigenvalues))), 1e-300)
+    return (vectors / np.maximum(eigenvalues, floor)) @ vectors.T
 
 
 class HeldFixedEffect:

@@ -1,8 +1,8 @@
 """Simulation from a fitted linear mixed model and the parametric bootstrap (lme4's ``simulate`` and ``bootMer``).
 
 A replicate draws u* ~ N(0, sigma^2 I) (b* = Lambda u*) and e*_i ~ N(0, sigma^2 / w_i), forms
-y* = X beta + Z b* + o + e*, and refits by the fit's own criterion, warm-started at its theta with the design
-and the kernel's strategies reused (:func:`tfmixed.refit.refit`). Replicate i draws from the i-th child of
+y* = X beta + Z b* + o + e*, and refits by the fit's own criterion, by Newton steps from the fit's theta in the metric of its
+Hessian, with the design and the kernel's strategies reused (:func:`tfmixed.refit.refit`). Replicate i draws from the i-th child of
 ``numpy.random.SeedSequence(seed)``, so results do not depend on how many processes run them.
 """
 
@@ -26,7 +26,12 @@ _WORKER_STATE: dict = {}
 
 def default_statistic(fit) -> pd.Series:
     """Fixed effects, random-effect SDs and correlations, and sigma (the quantities of lme4's ``confint``)."""
-    return pd.concat([fit.fixef, fit.sdcor])
+    return pd.Series(_default_values(fit), index=list(fit.design.fixed_names) + fit.sdcor_names())
+
+
+def _default_values(fit) -> np.ndarray:
+    # the replicates' statistic without building a Series each time (a third of a small refit's overhead)
+    return np.concatenate([fit._beta, fit.sdcor_values()])
 
 
 def _draw(fit, rng: np.random.Generator, condition_on_modes: bool) -> np.ndarray:
@@ -54,12 +59,12 @@ def _check_re_form(re_form) -> bool:
                     f"conditional modes), got {re_form!r}")
 
 
-def _replicate(fit, seed_sequence, statistic, condition_on_modes, scale) -> tuple[np.ndarray, bool, bool]:
+def _replicate(fit, seed_sequence, statistic, condition_on_modes, inverse_hessian) -> tuple[np.ndarray, bool, bool]:
     from ..refit import refit
 
     y_star = _draw(fit, np.random.default_rng(seed_sequence), condition_on_modes)
     try:
-        refitted = refit(fit, response=y_star, scale=scale)
+        refitted = refit(fit, response=y_star, inverse_hessian=inverse_hessian)
     except TfmixedError:
         return None, False, False
     values = np.asarray(statistic(refitted), dtype=np.float64).ravel()
@@ -68,7 +73,7 @@ def _replicate(fit, seed_sequence, statistic, condition_on_modes, scale) -> tupl
 
 def _worker(indices):
     state = _WORKER_STATE
-    return [(i, *_replicate(state["fit"], state["seeds"][i], state["statistic"], state["condition"], state["scale"]))
+    return [(i, *_replicate(state["fit"], state["seeds"][i], state["statistic"], state["condition"], state["metric"]))
             for i in indices]
 
 
@@ -143,10 +148,10 @@ class Resampling:
         """
         n = _positive_count(n, "n")
         condition = _check_re_form(re_form)
-        statistic = default_statistic if statistic is None else statistic
-        if not callable(statistic):
+        if statistic is not None and not callable(statistic):
             raise DataError("statistic must be a function of a fit, returning numbers")
-        t0 = statistic(self)
+        t0 = (statistic or default_statistic)(self)
+        statistic = statistic or _default_values
         names = list(t0.index) if isinstance(t0, pd.Series) else None
         t0_values = np.asarray(t0, dtype=np.float64).ravel()
         seeds = np.random.SeedSequence(seed).spawn(n)
@@ -167,18 +172,18 @@ class Resampling:
         return BootstrapResult(replicates, pd.Series(t0_values, index=names), failed, not_converged, singular, seed)
 
     def _run_replicates(self, seeds, statistic, condition, jobs, progress) -> list:
-        from ..refit import search_scale
+        from ..refit import criterion_inverse_hessian
 
-        n, scale = len(seeds), search_scale(self)
+        n, metric = len(seeds), criterion_inverse_hessian(self)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (ConvergenceWarning, SingularFitWarning))
             if jobs == 1:
                 out = []
                 for i, child in enumerate(seeds):
-                    out.append((i, *_replicate(self, child, statistic, condition, scale)))
+                    out.append((i, *_replicate(self, child, statistic, condition, metric)))
                     progress.update(i + 1, f"{i + 1}/{n} refits")
                 return out
-            _WORKER_STATE.update(fit=self, seeds=seeds, statistic=statistic, condition=condition, scale=scale)
+            _WORKER_STATE.update(fit=self, seeds=seeds, statistic=statistic, condition=condition, metric=metric)
             try:
                 chunks = np.array_split(np.arange(n), 4 * jobs)
                 with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:

@@ -111,21 +111,26 @@ class Estimates:
         """Random-effect standard deviations and correlations, then sigma, named and ordered as lme4's
         ``confint(fit, oldNames = FALSE)``: per term its lower triangle column by column (``sd_x|g`` on the
         diagonal, ``cor_y.x|g`` below it)."""
-        names, values = [], []
-        for group, term, G in zip(unique_names([t.name for t in self.design.terms]), self.design.terms,
-                                  self.covariance_matrices()):
-            sd = np.sqrt(np.diag(G))
+        return pd.Series(self.sdcor_values(), index=self.sdcor_names(), dtype=np.float64)
+
+    def sdcor_names(self) -> list[str]:
+        names = []
+        for group, term in zip(unique_names([t.name for t in self.design.terms]), self.design.terms):
             for i, j in zip(*lower_indices(term.n_cols)):
-                if i == j:
-                    names.append(f"sd_{term.columns[i]}|{group}")
-                    values.append(sd[i])
-                else:
-                    names.append(f"cor_{term.columns[i]}.{term.columns[j]}|{group}")
-                    values.append(G[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan)
+                names.append(f"sd_{term.columns[i]}|{group}" if i == j else f"cor_{term.columns[i]}.{term.columns[j]}|{group}")
+        return names + (["sigma"] if self.has_residual else [])
+
+    def sdcor_values(self) -> np.ndarray:
+        """The numbers of :attr:`sdcor` (NaN for the correlation of a zero-variance column)."""
+        values = []
+        for G in self.covariance_matrices():
+            sd = np.sqrt(np.diag(G))
+            rows, cols = lower_indices(G.shape[0])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values.append(np.where(rows == cols, sd[rows], G[rows, cols] / (sd[rows] * sd[cols])))
         if self.has_residual:
-            names.append("sigma")
-            values.append(self.sigma)
-        return pd.Series(values, index=names, dtype=np.float64)
+            values.append(np.array([self.sigma]))
+        return np.concatenate(values)
 
     @property
     def b(self) -> np.ndarray:
