@@ -208,6 +208,27 @@ def test_simulate_has_the_model_mean_and_marginal_variance(sleep):
         sleep.simulate(0)
 
 
+def test_glmer_simulate_bootstrap_and_wald_intervals():
+    fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+                   family="binomial", verbose=False)
+    trials = fit.design.weights
+    sims = fit.simulate(3000, seed=3, re_form=None).to_numpy()
+    assert np.all(np.isclose(sims * trials[:, None], np.rint(sims * trials[:, None])))  # whole counts of trials
+    se = np.sqrt(fit.fitted * (1 - fit.fitted) / (trials * sims.shape[1]))
+    assert np.max(np.abs(sims.mean(axis=1) - fit.fitted) / se) < 4.5
+    boot = fit.bootstrap(40, seed=2, verbose=False)
+    assert boot.n_failed == 0 and list(boot.replicates.columns[-1:]) == ["sd_(Intercept)|herd"]
+    # a robust spread: period 4 has few cases, so some replicates have a long tail that inflates the SD
+    quartiles = boot.quantiles((0.25, 0.75)).loc[fit.fixef.index]
+    assert relative((quartiles[0.75] - quartiles[0.25]) / 1.349, fit.fixef_se) < 0.35
+    wald = fit.confint()
+    z = 1.959963984540054
+    assert relative(wald.loc[fit.fixef.index, "lower"], fit.fixef - z * fit.fixef_se) < 1e-14
+    assert wald.loc["sd_(Intercept)|herd"].isna().all()
+    with pytest.raises(tm.DataError, match="profile"):
+        fit.confint("profile")
+
+
 # -- predictions ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, fixture", [("sleepstudy_reml", "sleep"), ("Penicillin_crossed", "penicillin")])
 def test_predictions_match_lme4(name, fixture, request):

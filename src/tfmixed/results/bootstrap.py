@@ -1,4 +1,4 @@
-"""Simulation from a fitted linear mixed model and the parametric bootstrap (lme4's ``simulate`` and ``bootMer``).
+"""Simulation from a fitted mixed model and the parametric bootstrap (lme4's ``simulate`` and ``bootMer``).
 
 A replicate draws u* ~ N(0, sigma^2 I) (b* = Lambda u*) and e*_i ~ N(0, sigma^2 / w_i), forms
 y* = X beta + Z b* + o + e*, and refits by the fit's own criterion, by Newton steps from the fit's theta in the metric of its
@@ -36,17 +36,12 @@ def _default_values(fit) -> np.ndarray:
 
 def _draw(fit, rng: np.random.Generator, condition_on_modes: bool) -> np.ndarray:
     design = fit.design
-    sigma = fit.sigma
     if condition_on_modes:
         random_part = design.z_times(fit.b)
     else:
-        random_part = design.z_times(fit._factor.u_to_b(sigma * rng.standard_normal(fit.problem.q)))
-    noise = sigma * rng.standard_normal(design.nobs)
-    if design.weights is not None:
-        with np.errstate(divide="ignore"):
-            noise = noise / np.sqrt(design.weights)
-        noise[design.weights == 0] = 0.0
-    return design.X @ fit._beta + design.offset_or_zero + random_part + noise
+        q = sum(term.q for term in design.terms)
+        random_part = design.z_times(fit._factor.u_to_b(fit.sigma * rng.standard_normal(q)))
+    return fit._simulated_response(design.X @ fit._beta + design.offset_or_zero + random_part, rng)
 
 
 def _check_re_form(re_form) -> bool:
@@ -59,12 +54,10 @@ def _check_re_form(re_form) -> bool:
                     f"conditional modes), got {re_form!r}")
 
 
-def _replicate(fit, seed_sequence, statistic, condition_on_modes, inverse_hessian) -> tuple[np.ndarray, bool, bool]:
-    from ..refit import refit
-
+def _replicate(fit, seed_sequence, statistic, condition_on_modes, metric) -> tuple[np.ndarray, bool, bool]:
     y_star = _draw(fit, np.random.default_rng(seed_sequence), condition_on_modes)
     try:
-        refitted = refit(fit, response=y_star, inverse_hessian=inverse_hessian)
+        refitted = fit._refit_response(y_star, metric)
     except TfmixedError:
         return None, False, False
     values = np.asarray(statistic(refitted), dtype=np.float64).ravel()
@@ -112,13 +105,35 @@ class BootstrapResult:
 
 
 class Resampling:
-    """Mixed into :class:`~tfmixed.results.LmerFit`."""
+    """Mixed into :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit`; the three hooks
+    below are the Gaussian model's (a GLMM overrides them)."""
+
+    def _simulated_response(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """y* = mean + e*, e*_i ~ N(0, sigma^2 / w_i) (rows of weight 0 get no noise)."""
+        noise = self.sigma * rng.standard_normal(mean.size)
+        weights = self.design.weights
+        if weights is not None:
+            with np.errstate(divide="ignore"):
+                noise = np.where(weights > 0, noise / np.sqrt(np.where(weights > 0, weights, 1.0)), 0.0)
+        return mean + noise
+
+    def _bootstrap_metric(self):
+        from ..refit import criterion_inverse_hessian
+
+        return criterion_inverse_hessian(self)
+
+    def _refit_response(self, response: np.ndarray, metric):
+        from ..refit import refit
+
+        return refit(self, response=response, inverse_hessian=metric)
 
     def simulate(self, n: int = 1, *, seed: int | None = None, re_form: str | None = "NA") -> pd.DataFrame:
         """``n`` responses simulated from the fitted model, one column ``sim_1``, ... each (lme4's ``simulate``).
 
         y* = X beta + Z b* + o + e*, e* ~ N(0, sigma^2 / w); ``re_form="NA"`` (default) draws new random effects
-        b* ~ N(0, sigma^2 Lambda Lambda'), ``re_form=None`` keeps the conditional modes (b* = b).
+        b* ~ N(0, sigma^2 Lambda Lambda'), ``re_form=None`` keeps the conditional modes (b* = b). For a GLMM, y*
+        is drawn from the family at the means g^{-1}(X beta + Z b* + o): binomial proportions of the trials
+        (prior weights), Poisson counts.
 
         >>> import tfmixed as tm
         >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
@@ -172,9 +187,7 @@ class Resampling:
         return BootstrapResult(replicates, pd.Series(t0_values, index=names), failed, not_converged, singular, seed)
 
     def _run_replicates(self, seeds, statistic, condition, jobs, progress) -> list:
-        from ..refit import criterion_inverse_hessian
-
-        n, metric = len(seeds), criterion_inverse_hessian(self)
+        n, metric = len(seeds), self._bootstrap_metric()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (ConvergenceWarning, SingularFitWarning))
             if jobs == 1:
