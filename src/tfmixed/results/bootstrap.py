@@ -194,7 +194,7 @@ class Resampling:
                 out = []
                 for i, child in enumerate(seeds):
                     out.append((i, *_replicate(self, child, statistic, condition, metric)))
-                    progress.update(i + 1, f"{i + 1}/{n} refits")
+                    progress.update(i + 1, f"of {n} refits")
                 return out
             _WORKER_STATE.update(fit=self, seeds=seeds, statistic=statistic, condition=condition, metric=metric)
             try:
@@ -204,7 +204,7 @@ class Resampling:
                     for batch in pool.map(_worker, [chunk for chunk in chunks if chunk.size]):
                         out.extend(batch)
                         done += len(batch)
-                        progress.update(done, f"{done}/{n} refits")
+                        progress.update(done, f"of {n} refits")
                 return out
             finally:
                 _WORKER_STATE.clear()
