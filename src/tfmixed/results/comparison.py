@@ -33,6 +33,12 @@ class LikelihoodRatioTable:
 
 
 def _check_comparable(fits) -> None:
+    from . import LmerFit
+    from .glmm import GlmerFit
+
+    strangers = [type(fit).__name__ for fit in fits if not isinstance(fit, (LmerFit, GlmerFit))]
+    if strangers:
+        raise DataError(f"anova compares fits of tfmixed.lmer or tfmixed.glmer, got {strangers}")
     first = fits[0]
     for other in fits[1:]:
         if type(other) is not type(first):
