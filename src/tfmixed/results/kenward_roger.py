@@ -25,8 +25,8 @@ from scipy import stats
 from ..errors import DataError, MemoryLimitError
 from ..kernels.covariance import lower_indices
 
-#: dense n x n matrices the computation holds at once (Sigma^{-1}, two Sigma_r Sigma^{-1} products, a temporary)
-DENSE_COPIES = 4
+#: dense n x n matrices held besides one Sigma_r Sigma^{-1} per covariance parameter (Sigma^{-1}, two temporaries)
+DENSE_COPIES = 3
 
 
 @dataclass
@@ -44,7 +44,8 @@ class KenwardRoger:
             raise DataError("Kenward-Roger's method is only available for REML fits (refit with REML=True)")
         design = fit.design
         n = design.nobs
-        needed = DENSE_COPIES * 8 * n * n
+        n_parameters = sum(t.n_cols * (t.n_cols + 1) // 2 for t in design.terms) + 1
+        needed = (DENSE_COPIES + n_parameters) * 8 * n * n
         if needed > fit.problem.options.memory_limit:
             raise MemoryLimitError(
                 f"Kenward-Roger needs dense {n:,} x {n:,} matrices ({needed / 2**30:.1f} GiB; limit "

@@ -17,9 +17,11 @@ import pandas as pd
 from scipy import optimize, stats
 
 from ..errors import DataError, TfmixedError
+from ..estimators.profiled import fit_profiled
 from ..kernels.covariance import lower_indices
 from ..objective import LmmObjective
 from ..progress import Progress
+from ..refit import HeldFixedEffect, refit
 
 #: how far beyond the limit at the highest level the traces of ``fit.profile()`` reach
 TRACE_LEVEL = 0.99
@@ -80,8 +82,6 @@ class ProfileLikelihood:
     """zeta traces and profile limits of every parameter of an lmer fit (use :meth:`LmerFit.profile`)."""
 
     def __init__(self, fit, *, verbose: bool = False):
-        from ..refit import HeldFixedEffect, refit
-
         if not getattr(fit, "has_residual", False):
             raise DataError("profile likelihood intervals are available for lmer fits")
         self.fit = fit
@@ -94,8 +94,7 @@ class ProfileLikelihood:
         self.estimate[np.isnan(self.estimate)] = 0.0  # a correlation of a zero-variance column
         self.minimum = self.ml_fit.deviance
         self.verbose = verbose
-        self._held = {}
-        self._held_factory = HeldFixedEffect
+        self._held: dict[int, HeldFixedEffect] = {}
         self._scales = self._standard_errors()
 
     # -- the deviance as a function of the variance parameters ------------------------------------------------
@@ -162,10 +161,8 @@ class ProfileLikelihood:
         return float(result.fun), full.copy()
 
     def _held_fixed(self, column: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
-        from ..estimators.profiled import fit_profiled
-
         if column not in self._held:
-            self._held[column] = self._held_factory(self.ml_fit, column)
+            self._held[column] = HeldFixedEffect(self.ml_fit, column)
         objective = self._held[column].objective(value)
         optimum = fit_profiled(objective, start=start)
         return float(optimum.criterion), optimum.theta
