@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import pandas as pd
 
 from ..errors import ConvergenceWarning, DataError, SingularFitWarning, TfmixedError
 from ..progress import Progress
+
+#: below this many replicates a bootstrap runs in one process by default (starting workers costs ~0.1 s)
+PARALLEL_MIN_REPLICATES = 200
 
 #: the fit a forked worker process refits (set in the parent just before the workers start)
 _WORKER_STATE: dict = {}
@@ -147,12 +151,14 @@ class Resampling:
         return pd.DataFrame(columns, index=self.design.row_index)
 
     def bootstrap(self, n: int = 1000, *, seed: int | None = None, statistic=None, re_form: str | None = "NA",
-                  n_jobs: int = 1, verbose: bool = True) -> BootstrapResult:
+                  n_jobs: int | None = None, verbose: bool = True) -> BootstrapResult:
         """Parametric bootstrap: ``n`` responses simulated as :meth:`simulate` does, each refitted, and
         ``statistic(refit)`` recorded (lme4's ``bootMer``, ``type = "parametric"``).
 
         ``statistic`` maps a fit to numbers (a Series keeps its names); the default is fixed effects, SDs,
-        correlations and sigma. ``n_jobs`` processes share the replicates (-1: one per core); the numbers
+        correlations and sigma. ``n_jobs`` processes share the replicates (-1: one per core; None: one per core
+        for at least :data:`PARALLEL_MIN_REPLICATES` replicates unless TensorFlow is loaded, which forked
+        workers must not inherit; else 1); the numbers
         depend only on ``seed``. Refits that fail give NaN rows (counted in ``n_failed``).
 
         >>> import tfmixed as tm
@@ -170,7 +176,7 @@ class Resampling:
         names = list(t0.index) if isinstance(t0, pd.Series) else None
         t0_values = np.asarray(t0, dtype=np.float64).ravel()
         seeds = np.random.SeedSequence(seed).spawn(n)
-        jobs = (os.cpu_count() or 1) if n_jobs == -1 else _positive_count(n_jobs, "n_jobs")
+        jobs = _job_count(n_jobs, n)
         progress = Progress("bootstrap", verbose=verbose)
         results = self._run_replicates(seeds, statistic, condition, min(jobs, n), progress)
         table = np.full((n, t0_values.size), np.nan)
@@ -208,6 +214,13 @@ class Resampling:
                 return out
             finally:
                 _WORKER_STATE.clear()
+
+
+def _job_count(n_jobs, n: int) -> int:
+    if n_jobs is None:
+        forkable = "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods()
+        return (os.cpu_count() or 1) if forkable and n >= PARALLEL_MIN_REPLICATES else 1
+    return (os.cpu_count() or 1) if n_jobs == -1 else _positive_count(n_jobs, "n_jobs")
 
 
 def _positive_count(value, name: str) -> int:
