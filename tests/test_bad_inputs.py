@@ -328,6 +328,11 @@ SAME = [
     ("zero offset", lambda: lmer(offset=np.zeros(180)), lambda: fit()),
     ("offset in formula and as argument", lambda: lmer("Reaction ~ Days + offset(off) + (Days | Subject)", SLEEP_W), lambda: lmer(data=SLEEP_W, offset="off")),
     ("integer grouping codes", lambda: lmer(data=SLEEP.assign(Subject=SLEEP.Subject.astype(int))), lambda: fit()),
+    # pandas' NA-valued "string" dtype: formulaic used to encode such a factor as garbage (2 of 4 coefficients)
+    ("nullable string factor", lambda: lmer("Reaction ~ phase + (1 | Subject)", SLEEP.assign(phase=(SLEEP.Days // 4).astype(str).astype("string"))),
+        lambda: lmer("Reaction ~ phase + (1 | Subject)", SLEEP.assign(phase=(SLEEP.Days // 4).astype(str)))),
+    ("Arrow string factor", lambda: lmer("Reaction ~ phase + (1 | Subject)", SLEEP.assign(phase=(SLEEP.Days // 4).astype(str).astype("string[pyarrow]"))),
+        lambda: lmer("Reaction ~ phase + (1 | Subject)", SLEEP.assign(phase=(SLEEP.Days // 4).astype(str)))),
     ("categorical grouping", lambda: lmer(data=SLEEP.assign(Subject=SLEEP.Subject.astype("category"))), lambda: fit()),
     ("float grouping codes", lambda: lmer(data=SLEEP.assign(Subject=SLEEP.Subject.astype(float))), lambda: fit()),
     ("nullable integers", lambda: lmer(data=SLEEP.assign(Days=SLEEP.Days.astype("Int64"))), lambda: fit()),

@@ -76,6 +76,51 @@ class CrossProducts:
             self.sum_log_weights + other.sum_log_weights, self.shift,
         )
 
+    def with_shift(self, shift) -> "CrossProducts":
+        """The same statistics for another response shift: y~' = y~ - X delta with delta = shift' - shift.
+
+        Only the y~ rows change: Z'W y~' = Z'W y~ - Z'WX delta, X'W y~' = X'W y~ - X'WX delta and
+        y~''W y~' = y~'W y~ - 2 delta'X'W y~ + delta'X'WX delta. Between shifts near the least-squares fit (those
+        of row chunks) the corrections are of the size of the residuals, so nothing cancels: chunks with their
+        own shifts can be added exactly.
+
+        >>> import numpy as np
+        >>> from tfmixed.terms import RandomEffectsTerm
+        >>> term = RandomEffectsTerm.intercept(np.array([0, 0, 1, 1]), 2)
+        >>> X, y = np.column_stack([np.ones(4), np.arange(4.0)]), np.array([1.0, 2.0, 4.0, 3.0])
+        >>> a = CrossProducts.from_rows(X, y, [term], shift=[0.0, 0.0])
+        >>> b = CrossProducts.from_rows(X, y, [term], shift=[1.0, 0.5])
+        >>> bool(np.allclose(a.with_shift([1.0, 0.5]).xy_xy, b.xy_xy))
+        True
+        """
+        shift = np.asarray(shift, dtype=np.float64)
+        if shift.shape != self.shift.shape:
+            raise ShapeError(f"shift must have {self.shift.size} values, got {shift.shape}")
+        delta = shift - self.shift
+        if not np.any(delta):
+            return self
+        XWX, XWy = self.xy_xy[:-1, :-1], self.xy_xy[:-1, -1]
+        xy_xy = self.xy_xy.copy()
+        xy_xy[:-1, -1] = xy_xy[-1, :-1] = XWy - XWX @ delta
+        xy_xy[-1, -1] = self.xy_xy[-1, -1] - 2.0 * delta @ XWy + delta @ XWX @ delta
+        xy_first, xy_rest = self.xy_first.copy(), self.xy_rest.copy()
+        xy_first[-1] -= delta @ self.xy_first[:-1]
+        xy_rest[-1] -= delta @ self.xy_rest[:-1]
+        return CrossProducts(self.dims, self.n, self.first_blocks, self.rest_first, xy_first, self.rest_rest, xy_rest,
+                             xy_xy, self.sum_log_weights, shift)
+
+    def select_fixed(self, kept) -> "CrossProducts":
+        """The statistics of the model with only the fixed-effect columns ``kept`` (aliased ones dropped): the
+        dropped columns' shift is moved into y~ first, so y~ stays the same response."""
+        kept = np.asarray(kept, dtype=np.int64)
+        shift = np.zeros_like(self.shift)
+        shift[kept] = self.shift[kept]
+        moved = self.with_shift(shift)
+        rows = np.concatenate([kept, [self.p]])
+        return CrossProducts(self.dims, self.n, self.first_blocks, self.rest_first, moved.xy_first[rows],
+                             self.rest_rest, moved.xy_rest[rows], moved.xy_xy[np.ix_(rows, rows)],
+                             self.sum_log_weights, shift[kept])
+
     def __radd__(self, other):
         # sum() starts from 0
         return self if isinstance(other, int) and other == 0 else NotImplemented

@@ -119,6 +119,14 @@ class Design:
     def offset_or_zero(self) -> np.ndarray:
         return np.zeros(self.nobs) if self.offset is None else self.offset
 
+    #: whether the rows are held here (a design of partitioned data holds only its cross-products)
+    in_memory = True
+
+    @property
+    def response_variance(self) -> float:
+        """Variance of y - offset (the scale of the default starts and of the degenerate-fit check)."""
+        return float(np.var(self.y - self.offset_or_zero))
+
     def z_times(self, b: np.ndarray) -> np.ndarray:
         """Z b without forming Z."""
         out = np.zeros(self.nobs)
@@ -156,6 +164,28 @@ def frames_by_factor(terms: list[RandomEffectsTerm], per_term: list[np.ndarray])
     return frames
 
 
+def _is_nullable_text(dtype) -> bool:
+    """pandas' "string" dtype (NA-valued) or an Arrow string: formulaic does not treat them as categorical and
+    silently encodes them as garbage, so they are converted to plain Python strings."""
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.na_value is pd.NA
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+    return False
+
+
+#: pandas' default string dtype (NaN-valued "str" from pandas 3, object before): what formulaic encodes as a factor
+PLAIN_TEXT = pd.StringDtype(na_value=np.nan) if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+def plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with NA-valued string columns in pandas' default string dtype (missing values stay missing)."""
+    text = [name for name, dtype in frame.dtypes.items() if _is_nullable_text(dtype)]
+    return frame.astype({name: object for name in text}).astype({name: PLAIN_TEXT for name in text}) if text else frame
+
+
 def as_frame(data: Any) -> pd.DataFrame:
     """The one entry point for user data: a pandas DataFrame, a dict of equally long columns, or any eager data
     frame narwhals knows (polars, pyarrow Table, modin, cuDF...), converted once to pandas.
@@ -164,12 +194,12 @@ def as_frame(data: Any) -> pd.DataFrame:
     (2, 2)
     """
     if isinstance(data, pd.DataFrame):
-        return data
+        return plain_strings(data)
     if isinstance(data, dict):
         lengths = {name: len(np.atleast_1d(column)) for name, column in data.items()}
         if len(set(lengths.values())) > 1:
             raise ShapeError(f"the columns of a dict must have equal lengths, got {lengths}")
-        return pd.DataFrame(data)
+        return plain_strings(pd.DataFrame(data))
     try:
         import narwhals as nw
 
@@ -180,7 +210,7 @@ def as_frame(data: Any) -> pd.DataFrame:
         ) from None
     if isinstance(frame, nw.Series):
         raise DataError("data must be a data frame with named columns, got a single series")
-    return frame.to_pandas()
+    return plain_strings(frame.to_pandas())
 
 
 def grouping_codes(data: pd.DataFrame, names: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:

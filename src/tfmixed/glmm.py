@@ -21,6 +21,7 @@ from .estimators.laplace_em import fit_laplace_em
 from .estimators.profiled import fit_profiled
 from .families import Binomial, get_family
 from .kernels.options import KernelOptions
+from .partitioned import is_partitioned
 from .laplace import GlmmObjective, JointCriterion, ThetaCriterion
 from .results.glmm import GlmerFit
 from .threads import blas_threads_for
@@ -84,6 +85,9 @@ def glmer(
         raise DataError(f"tol must be a number in (0, 1), got {tol!r}")
     if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
         raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if is_partitioned(data):
+        raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
+                        "iteration; fit lmer, or glmer on the data in memory")
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
                           rank_deficient=rank_deficient, binomial=isinstance(family, Binomial))
     if not design.terms:

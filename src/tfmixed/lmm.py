@@ -21,6 +21,7 @@ from .estimators.profiled import fit_profiled
 from .kernels.options import KernelOptions
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
+from .partitioned import build_partitioned_design, is_partitioned
 from .results import LmerFit
 from .threads import blas_threads_for
 
@@ -85,6 +86,7 @@ def lmer(
     rank_deficient: str = "drop",
     verbose: bool = True,
     kernel_options: KernelOptions | None = None,
+    client=None,
 ) -> LmerFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer`` does.
 
@@ -102,6 +104,11 @@ def lmer(
     of earlier ones with a :class:`RankDeficiencyWarning` (``fit.design.dropped_fixed`` names them), "raise"
     raises; ``verbose`` prints progress of long fits.
 
+    ``data`` may be a Dask data frame or a path (glob) of Parquet files: the cross-products are then computed
+    partition by partition on a ``dask.distributed`` client (``client``, the current one, or a LocalCluster
+    started for the fit) and summed, never collecting the rows (:mod:`tfmixed.partitioned`); fitted values,
+    residuals and predictions on Dask frames are Dask series.
+
     >>> from tfmixed import datasets
     >>> fit = lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"), verbose=False)
     >>> round(fit.deviance, 3), fit.fixef.round(3).tolist()
@@ -111,7 +118,17 @@ def lmer(
                                    "tol": tol, "covariance": covariance})
     if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
         raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
-    design = build_design(formula, data, missing=missing, weights=weights, offset=offset, rank_deficient=rank_deficient)
+    if is_partitioned(data):
+        if method != "profiled":
+            raise DataError(f"method={method!r} needs the rows in memory; partitioned (Dask) data are fitted by the "
+                            "profiled method from their cross-products")
+        design = build_partitioned_design(formula, data, missing=missing, weights=weights, offset=offset,
+                                          rank_deficient=rank_deficient, client=client, verbose=verbose)
+    else:
+        if client is not None:
+            raise DataError("client= applies to partitioned (Dask) data only")
+        design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
+                              rank_deficient=rank_deficient)
     problem = problem_from_design(design, kernel_options)
     objective = LmmObjective(problem, reml=REML)
     with blas_threads_for(problem.q_rest + problem.p + 1):
@@ -129,7 +146,7 @@ def lmer(
 def _flag_degenerate(fit: LmerFit) -> None:
     """A residual variance of ~0 means the response is (nearly) a function of the random effects: the
     likelihood is unbounded (sigma -> 0, theta -> infinity) and no variance estimate is meaningful."""
-    spread = float(np.var(fit.design.y - fit.design.offset_or_zero))
+    spread = fit.design.response_variance
     optimum = fit.optimum
     if optimum.status == "degenerate" or fit.sigma**2 > 1e-10 * spread or fit.method != "profiled":
         return
@@ -142,7 +159,7 @@ def _flag_degenerate(fit: LmerFit) -> None:
 
 
 def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, covariance, tol, max_iter, verbose):
-    initial = default_start(problem, G0, sigma2_0, response_variance=float(np.var(design.y)))
+    initial = default_start(problem, G0, sigma2_0, response_variance=design.response_variance)
     return fit_fixed_point(
         problem, initial, method=method, reml=reml, acceleration=acceleration,
         covariance=covariance or ("full" if method == "em" else "diagonal"),

@@ -43,6 +43,9 @@ def _check_comparable(fits) -> None:
     for other in fits[1:]:
         if type(other) is not type(first):
             raise DataError(f"cannot compare a {type(first).__name__} with a {type(other).__name__}")
+        if not (first.design.in_memory and other.design.in_memory):
+            _check_partitioned_comparable(first, other)
+            continue
         if other.nobs != first.nobs or not np.array_equal(other.design.y, first.design.y):
             raise DataError("the models were not fitted to the same data (the responses differ): a likelihood-ratio "
                             f"test needs the same observations ({first.nobs} and {other.nobs} rows)")
@@ -54,8 +57,24 @@ def _check_comparable(fits) -> None:
             raise DataError("the models have different families: their likelihoods are not comparable")
 
 
+def _check_partitioned_comparable(first, other) -> None:
+    """Partitioned data are compared by what their reductions kept: row count, variance of y - offset, weights."""
+    same = (first.nobs == other.nobs and first.design.weights == other.design.weights
+            and np.isclose(first.design.response_variance, other.design.response_variance, rtol=1e-12, atol=0))
+    if not same:
+        raise DataError("the models were not fitted to the same data (row counts, weights or the response's variance "
+                        f"differ: {first.nobs} and {other.nobs} rows)")
+
+
 def _check_nested_fixed(small, big) -> None:
-    """The column space of the smaller model's X must lie inside the larger one's."""
+    """The column space of the smaller model's X must lie inside the larger one's (for partitioned data, whose
+    rows are not here: its coefficient names among the larger one's)."""
+    if not (small.design.in_memory and big.design.in_memory):
+        missing = sorted(set(small.design.fixed_names) - set(big.design.fixed_names))
+        if missing:
+            raise DataError(f"the models are not nested in their fixed effects: {missing} of {small.formula!r} are not "
+                            f"fixed effects of {big.formula!r}")
+        return
     X_small, X_big = small.design.X, big.design.X
     if X_small.shape[1] == 0:
         return

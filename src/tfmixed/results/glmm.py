@@ -18,7 +18,7 @@ from scipy import stats
 from ..errors import DataError
 from .estimates import Estimates
 from .likelihood import Likelihood
-from .prediction import Prediction
+from .prediction import Prediction, is_dask_frame, on_partitions
 from .bootstrap import Resampling
 from .plots import Plots
 from .printing import Printing
@@ -129,6 +129,9 @@ class GlmerFit(Estimates, Likelihood, Prediction, Resampling, Plots, Printing):
         """
         if type not in ("link", "response"):
             raise DataError(f"type must be 'link' or 'response', got {type!r}")
+        if is_dask_frame(newdata):
+            return on_partitions(self, newdata, "linear_predictor", dict(re_form=re_form, allow_new_levels=allow_new_levels),
+                                 pd.Series([], dtype=float), self.family.link.inverse if type == "response" else None)
         eta = self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         return self.family.link.inverse(eta) if type == "response" else eta
 

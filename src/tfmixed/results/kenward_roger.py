@@ -43,6 +43,9 @@ class KenwardRoger:
         if not fit.reml:
             raise DataError("Kenward-Roger's method is only available for REML fits (refit with REML=True)")
         design = fit.design
+        if not design.in_memory:
+            raise DataError("Kenward-Roger needs the model's rows in memory (dense n x n matrices); this fit's data "
+                            "are partitioned: use ddf='Satterthwaite'")
         n = design.nobs
         n_parameters = sum(t.n_cols * (t.n_cols + 1) // 2 for t in design.terms) + 1
         needed = (DENSE_COPIES + n_parameters) * 8 * n * n

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import sys
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +22,25 @@ from ..levels import encode_levels
 
 
 _NO_RANDOM = ("fixed", "~0", "~ 0", "NA")
+TABLE_COLUMNS = ("fit", "se_fit", "lower", "upper")
+
+
+def is_dask_frame(data) -> bool:
+    dataframe = sys.modules.get("dask.dataframe")
+    return dataframe is not None and isinstance(data, dataframe.DataFrame)
+
+
+def _predict_partition(frame: pd.DataFrame, predictor, method: str, options: dict, transform):
+    result = getattr(predictor, method)(frame, **options)
+    if transform is not None:
+        result = transform(result)
+    return result.set_axis(frame.index) if isinstance(result, pd.DataFrame) else pd.Series(result, index=frame.index)
+
+
+def on_partitions(fit, frame, method: str, options: dict, meta, transform=None):
+    """``method(partition, **options)`` of the fit's :class:`Predictor` on each partition of a Dask frame (then
+    ``transform``, such as a GLMM's inverse link), as a Dask collection."""
+    return frame.map_partitions(_predict_partition, Predictor(fit), method, options, transform, meta=meta)
 INTERVALS = ("confidence", "prediction")
 
 
@@ -52,6 +73,13 @@ class Prediction:
         >>> fit.predict(new, allow_new_levels=True, interval="prediction").round(1).to_dict("list")["upper"]
         [309.3, 334.3]
         """
+        newdata = self._default_rows(newdata)
+        if is_dask_frame(newdata):
+            table = interval is not None or se_fit
+            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in (TABLE_COLUMNS if interval else TABLE_COLUMNS[:2])}) \
+                if table else pd.Series([], dtype=float)
+            return on_partitions(self, newdata, "predict", dict(re_form=re_form, allow_new_levels=allow_new_levels,
+                                                                interval=interval, level=level, se_fit=se_fit), meta)
         if interval is None and not se_fit:
             return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         if interval not in (None, *INTERVALS):
@@ -74,8 +102,17 @@ class Prediction:
 
     def linear_predictor(self, newdata: Any = None, *, re_form: str | None = None,
                          allow_new_levels: bool = False) -> np.ndarray:
-        """X beta + Z b + offset on ``newdata`` (the training data when None); arguments as :meth:`predict`."""
+        """X beta + Z b + offset on ``newdata`` (the training data when None); arguments as :meth:`predict`.
+        A Dask frame gives a Dask series, computed partition by partition."""
+        newdata = self._default_rows(newdata)
+        if is_dask_frame(newdata):
+            return on_partitions(self, newdata, "linear_predictor",
+                                 dict(re_form=re_form, allow_new_levels=allow_new_levels), pd.Series([], dtype=float))
         return self._prediction_rows(newdata, re_form, allow_new_levels)[2]
+
+    def _default_rows(self, newdata):
+        """A fit to partitioned data predicts on its own Dask frame when no newdata is given."""
+        return self.design.dask_frame if newdata is None and not self.design.in_memory else newdata
 
     def _included_terms(self, re_form) -> list[bool]:
         """Which random-effects terms a prediction conditions on."""
@@ -161,7 +198,11 @@ class Prediction:
 
     @cached_property
     def _joint_system(self) -> JointSystem:
-        return JointSystem(self.problem.cross_products, self.factors)
+        return JointSystem(self._prediction_cross_products, self.factors)
+
+    @property
+    def _prediction_cross_products(self):
+        return self.problem.cross_products
 
     def _fixed_rows(self, frame) -> tuple[np.ndarray, np.ndarray]:
         """(X, offset) of ``newdata``."""
@@ -221,3 +262,29 @@ class Prediction:
                 f"newdata has level(s) {examples} of {term.name!r} not seen in training; pass allow_new_levels=True"
             )
         return codes
+
+
+def _rowless(design):
+    """The design without its rows: what predicting on new data reads (specs, levels, names), light to ship."""
+    if not design.in_memory:
+        return design  # a partitioned design pickles without its Dask frame
+    return dataclasses.replace(
+        design, X=np.zeros((0, design.n_fixed)), y=np.zeros(0), terms=[t.rows(slice(0, 0)) for t in design.terms],
+        weights=None, offset=None if design.offset is None else np.zeros(0), frame=None, row_index=None)
+
+
+class Predictor(Prediction):
+    """The part of a fit that predicts, without its rows or kernel factorisations (picklable): what Dask workers
+    receive to predict on their partitions."""
+
+    def __init__(self, fit):
+        self.design, self.formula, self.has_residual = _rowless(fit.design), fit.formula, fit.has_residual
+        self._beta, self._b, self.factors, self._sigma2 = fit._beta, fit._b, fit.factors, fit._sigma2
+        self._cross_products = fit.problem.cross_products if fit.has_residual else None
+
+    @property
+    def _prediction_cross_products(self):
+        return self._cross_products
+
+    def __dask_tokenize__(self):
+        return ("Predictor", self.formula, self._beta.tobytes(), self._b.tobytes(), self._sigma2)

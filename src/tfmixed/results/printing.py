@@ -39,16 +39,20 @@ class Printing:
             lines.append(
                 f"{self.aic:9.1f}{self.bic:9.1f}{self.loglik:9.1f}{self.deviance:9.1f}{self.nobs - self.n_params:9d}"
             )
-        scaled = self.residuals / self.sigma
+        scaled = self.residuals / self.sigma if self.design.in_memory else None
         table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
         return "\n".join(lines + self._summary_body(scaled, table))
 
     def _summary_body(self, scaled_residuals, coefficients) -> list[str]:
         """The part of lme4's summary after the fit criteria: residual quantiles, random effects, coefficients,
         singular-fit and convergence notes."""
-        quantiles = np.quantile(scaled_residuals, [0, 0.25, 0.5, 0.75, 1])
-        lines = ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),
-                 "".join(f"{q:9.4f}" for q in quantiles), "", "Random effects:", self._random_effects_table()]
+        if scaled_residuals is None:  # partitioned data: quantiles would need another pass over the rows
+            lines = ["", "Scaled residuals: not computed (partitioned data; fit.residuals is a Dask series)"]
+        else:
+            quantiles = np.quantile(scaled_residuals, [0, 0.25, 0.5, 0.75, 1])
+            lines = ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),
+                     "".join(f"{q:9.4f}" for q in quantiles)]
+        lines += ["", "Random effects:", self._random_effects_table()]
         groups = ", ".join(f"{name}, {count}" for name, count in self.ngroups.items())
         lines += [f"Number of obs: {self.nobs}, groups:  {groups}", "", "Fixed effects:",
                   coefficients.to_string(float_format=lambda v: f"{v:.4g}")]
