@@ -283,6 +283,28 @@ def test_prediction_intervals_add_what_the_prediction_does_not_condition_on(peni
         fit.predict(new, re_form="~ (1 | batch)")
 
 
+def test_glmm_prediction_standard_errors_at_the_modes():
+    """Link scale: Henderson's equations with the working weights at the modes; response scale: the delta method."""
+    fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+                   family="binomial", verbose=False)
+    X, Z = fit.design.X, fit.design.Z.toarray()
+    mode = fit._mode
+    w = fit.family.working_weights(mode.mu, mode.eta, fit.objective.pirls.prior)
+    G = fit.covariance_matrices()[0][0, 0] * np.eye(Z.shape[1])
+    C = np.block([[X.T @ (w[:, None] * X), X.T @ (w[:, None] * Z)], [Z.T @ (w[:, None] * X), Z.T @ (w[:, None] * Z) + np.linalg.inv(G)]])
+    W = np.hstack([X, Z])
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", W, np.linalg.inv(C), W))
+    link = fit.predict(se_fit=True)
+    assert relative(link["se_fit"], expected) < 1e-8
+    response = fit.predict(type="response", interval="confidence")
+    assert relative(response["fit"], fit.fitted) < 1e-12
+    assert relative(response["se_fit"], expected * fit.fitted * (1 - fit.fitted)) < 1e-8
+    assert np.all((response["lower"] < response["fit"]) & (response["fit"] < response["upper"]))
+    assert response["upper"].max() < 1 and response["lower"].min() > 0
+    with pytest.raises(tm.DataError, match="confidence"):
+        fit.predict(interval="prediction")
+
+
 # -- F tests ----------------------------------------------------------------------------------------------------
 def test_lmertest_type3_tables_on_sleepstudy(sleep):
     ref = reference("sleepstudy_reml")

@@ -82,6 +82,12 @@ class PIRLS:
         self._problems.setdefault(stats.p, problem)
         return problem
 
+    def weighted_cross_products(self, mode: Mode):
+        """Cross-products of [Z | X] with the working weights at ``mode``: the mixed-model equations of the
+        Laplace approximation's Gaussian (prediction variances of a GLMM)."""
+        weights = self.family.working_weights(mode.mu, mode.eta, self.prior)
+        return self.pattern.compute(self.X, mode.eta - self.offset, weights=weights)
+
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""
         return lambda_times(u, factors, self._levels)

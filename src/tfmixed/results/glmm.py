@@ -117,9 +117,15 @@ class GlmerFit(Estimates, Likelihood, Prediction, Resampling, Plots, Printing):
         return (self.design.y - mu) * np.sqrt(self._prior / self.family.variance(mu))
 
     def predict(self, newdata: Any = None, *, type: str = "link", re_form: str | None = None,
-                allow_new_levels: bool = False) -> np.ndarray:
+                allow_new_levels: bool = False, interval: str | None = None, level: float = 0.95,
+                se_fit: bool = False):
         """Predictions on the link scale (``type="link"``, lme4's default) or the response scale
         (``type="response"``: means, probabilities for binomial); other arguments as ``LmerFit.predict``.
+
+        ``se_fit=True`` or ``interval="confidence"`` give a DataFrame (fit, se_fit, lower, upper): on the link
+        scale the prediction-error variance a'A^{-1}a of the mixed-model equations at the conditional modes, with
+        the PIRLS weights (the Laplace approximation's Gaussian); on the response scale the interval's limits
+        through the inverse link and se_fit by the delta method (d mu / d eta times the link-scale SE).
 
         >>> import tfmixed as tm
         >>> fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
@@ -129,11 +135,27 @@ class GlmerFit(Estimates, Likelihood, Prediction, Resampling, Plots, Printing):
         """
         if type not in ("link", "response"):
             raise DataError(f"type must be 'link' or 'response', got {type!r}")
+        if interval is not None or se_fit:
+            if is_dask_frame(newdata):
+                raise DataError("intervals of a GLMM's predictions on a Dask frame: compute the frame first")
+            table = Prediction.predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels,
+                                       interval=interval, level=level, se_fit=True)
+            if type == "response":
+                link = self.family.link
+                table["se_fit"] = table["se_fit"] * link.mu_eta(table["fit"].to_numpy())
+                for column in ("fit", "lower", "upper")[: 3 if interval else 1]:
+                    table[column] = link.inverse(table[column].to_numpy())
+            return table
         if is_dask_frame(newdata):
             return on_partitions(self, newdata, "linear_predictor", dict(re_form=re_form, allow_new_levels=allow_new_levels),
                                  pd.Series([], dtype=float), self.family.link.inverse if type == "response" else None)
         eta = self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         return self.family.link.inverse(eta) if type == "response" else eta
+
+    @property
+    def _prediction_cross_products(self):
+        # the mixed-model equations at the conditional modes: [Z | X] with the PIRLS weights there
+        return self.objective.pirls.weighted_cross_products(self._mode)
 
     def _simulated_response(self, mean_eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Binomial proportions of the trials (the prior weights) or Poisson counts at mu = g^{-1}(eta)."""

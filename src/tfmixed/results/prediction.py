@@ -86,8 +86,9 @@ class Prediction:
             raise DataError(f"interval must be None, 'confidence' or 'prediction', got {interval!r}")
         if not 0 < level < 1:
             raise DataError(f"level must be between 0 and 1, got {level!r}")
-        if not self.has_residual:
-            raise DataError("standard errors and intervals of predictions are available for lmer fits only")
+        if interval == "prediction" and not self.has_residual:
+            raise DataError("prediction intervals of a new observation are for lmer fits; a GLMM's intervals are for "
+                            "its mean (interval='confidence')")
         X, rows, fit = self._prediction_rows(newdata, re_form, allow_new_levels)
         variance = self._prediction_variance(X, rows)
         frame = pd.DataFrame({"fit": fit, "se_fit": np.sqrt(variance[0])})
