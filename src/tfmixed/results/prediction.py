@@ -22,6 +22,7 @@ from ..levels import encode_levels
 
 
 _NO_RANDOM = ("fixed", "~0", "~ 0", "NA")
+INTERVALS = ("confidence", "prediction")
 TABLE_COLUMNS = ("fit", "se_fit", "lower", "upper")
 
 
@@ -41,7 +42,6 @@ def on_partitions(fit, frame, method: str, options: dict, meta, transform=None):
     """``method(partition, **options)`` of the fit's :class:`Predictor` on each partition of a Dask frame (then
     ``transform``, such as a GLMM's inverse link), as a Dask collection."""
     return frame.map_partitions(_predict_partition, Predictor(fit), method, options, transform, meta=meta)
-INTERVALS = ("confidence", "prediction")
 
 
 class Prediction:
@@ -73,15 +73,6 @@ class Prediction:
         >>> fit.predict(new, allow_new_levels=True, interval="prediction").round(1).to_dict("list")["upper"]
         [309.3, 334.3]
         """
-        newdata = self._default_rows(newdata)
-        if is_dask_frame(newdata):
-            table = interval is not None or se_fit
-            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in (TABLE_COLUMNS if interval else TABLE_COLUMNS[:2])}) \
-                if table else pd.Series([], dtype=float)
-            return on_partitions(self, newdata, "predict", dict(re_form=re_form, allow_new_levels=allow_new_levels,
-                                                                interval=interval, level=level, se_fit=se_fit), meta)
-        if interval is None and not se_fit:
-            return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         if interval not in (None, *INTERVALS):
             raise DataError(f"interval must be None, 'confidence' or 'prediction', got {interval!r}")
         if not 0 < level < 1:
@@ -89,6 +80,15 @@ class Prediction:
         if interval == "prediction" and not self.has_residual:
             raise DataError("prediction intervals of a new observation are for lmer fits; a GLMM's intervals are for "
                             "its mean (interval='confidence')")
+        newdata = self._default_rows(newdata)
+        if is_dask_frame(newdata):
+            columns = TABLE_COLUMNS if interval else TABLE_COLUMNS[:2]
+            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in columns}) if interval or se_fit \
+                else pd.Series([], dtype=float)
+            return on_partitions(self, newdata, "predict", dict(re_form=re_form, allow_new_levels=allow_new_levels,
+                                                                interval=interval, level=level, se_fit=se_fit), meta)
+        if interval is None and not se_fit:
+            return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         X, rows, fit = self._prediction_rows(newdata, re_form, allow_new_levels)
         variance = self._prediction_variance(X, rows)
         frame = pd.DataFrame({"fit": fit, "se_fit": np.sqrt(variance[0])})
