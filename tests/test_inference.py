@@ -221,12 +221,45 @@ def test_glmer_simulate_bootstrap_and_wald_intervals():
     # a robust spread: period 4 has few cases, so some replicates have a long tail that inflates the SD
     quartiles = boot.quantiles((0.25, 0.75)).loc[fit.fixef.index]
     assert relative((quartiles[0.75] - quartiles[0.25]) / 1.349, fit.fixef_se) < 0.35
-    wald = fit.confint()
+    wald = fit.confint("Wald")
     z = 1.959963984540054
     assert relative(wald.loc[fit.fixef.index, "lower"], fit.fixef - z * fit.fixef_se) < 1e-14
     assert wald.loc["sd_(Intercept)|herd"].isna().all()
-    with pytest.raises(tm.DataError, match="profile"):
-        fit.confint("profile")
+    assert list(fit.confint("profile", which=["period2"], verbose=False).index) == ["period2"]
+
+
+def test_glmer_profile_intervals_match_lme4():
+    """lme4 refitted with a tight PIRLS tolerance (tools/glmm_confint_references.R). On grouseticks two YEAR limits
+    differ by 3e-3 and 4e-3: a glmer fit with YEAR96 held at lme4's limit by an offset has zeta -1.9696, not -1.96,
+    so the difference is lme4's (its spline through the profile), and those two are allowed 5e-3."""
+    ref = reference("glmm_confint")
+    cbpp = tm.glmer(ref["cbpp_binomial_laplace"]["formula"], tm.datasets.load("cbpp"), family="binomial", verbose=False)
+    expected = pd.DataFrame(ref["cbpp_binomial_laplace"]["profile"]).set_index("parm")
+    ours = cbpp.confint(verbose=False)
+    assert list(ours.index) == list(expected.index)
+    assert relative(ours, expected) < 1e-3
+    data = pd.read_csv(Path(__file__).parent / "reference" / "set2" / "data" / "grouseticks.csv",
+                       dtype={"BROOD": str, "LOCATION": str, "YEAR": str})
+    grouse = tm.glmer(ref["grouseticks_poisson_crossed"]["formula"], data, family="poisson", verbose=False)
+    expected = pd.DataFrame(ref["grouseticks_poisson_crossed"]["profile"]).set_index("parm")
+    ours = grouse.confint(verbose=False)
+    assert ours.loc["sd_(Intercept)|LOCATION", "lower"] == 0.0 == expected.loc["sd_(Intercept)|LOCATION", "lower"]
+    nonzero = expected.drop(index="sd_(Intercept)|LOCATION")
+    close = nonzero.drop(index=["YEAR96", "YEAR97"])
+    assert relative(ours.loc[close.index], close) < 1e-3
+    assert relative(ours.loc[["YEAR96", "YEAR97"]], nonzero.loc[["YEAR96", "YEAR97"]]) < 5e-3
+    limit = expected.loc["YEAR96", "lower"]
+    held = tm.glmer("TICKS ~ y97 + cHEIGHT + offset(off) + (1 | BROOD) + (1 | LOCATION)",
+                    data.assign(y97=(data.YEAR == "97").astype(float), off=limit * (data.YEAR == "96")),
+                    family="poisson", verbose=False)
+    from tfmixed.results.profile import GlmmProfileLikelihood
+
+    profile = GlmmProfileLikelihood(grouse)
+    zeta, _ = profile.zeta(profile.names.index("YEAR96"), limit)
+    assert zeta == pytest.approx(-np.sqrt(held.minus2loglik - grouse.minus2loglik), rel=1e-6)
+    with pytest.raises(tm.DataError, match="nAGQ = 0"):
+        tm.glmer(ref["cbpp_binomial_laplace"]["formula"], tm.datasets.load("cbpp"), family="binomial", nAGQ=0,
+                 verbose=False).confint(verbose=False)
 
 
 # -- predictions ------------------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ from .estimates import Estimates
 from .likelihood import Likelihood
 from .prediction import Prediction, is_dask_frame, on_partitions
 from .bootstrap import Resampling
+from .intervals import Intervals
 from .plots import Plots
 from .printing import Printing
 
 
-class GlmerFit(Estimates, Likelihood, Prediction, Resampling, Plots, Printing):
+class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, Printing):
     """A fitted GLMM: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``, ``varcorr``, ``ranef``,
     ``ranef_frame()``, ``fitted`` (means), ``linear_predictor()``, ``predict(type=)``, ``residuals``
     (deviance residuals), ``deviance`` (lme4's conditional deviance), ``minus2loglik``, ``loglik``, ``aic``,
@@ -179,32 +180,6 @@ class GlmerFit(Estimates, Likelihood, Prediction, Resampling, Plots, Printing):
         from ..glmm import refit_glmer
 
         return refit_glmer(self, response)
-
-    def confint(self, method: str = "Wald", level: float = 0.95, *, n_boot: int = 500, seed: int | None = None,
-                verbose: bool = True) -> pd.DataFrame:
-        """Intervals for the random-effect SDs and correlations and the fixed effects, lme4's names: ``"Wald"``
-        (beta +- z SE from the Hessian-based covariance; NaN for the variance parameters, as lme4) or ``"boot"``
-        (percentiles of ``n_boot`` parametric bootstrap refits). Profile intervals of GLMMs are not available.
-
-        >>> import tfmixed as tm
-        >>> fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
-        ...                family="binomial", verbose=False)
-        >>> fit.confint().loc["period2"].round(3).tolist()
-        [-1.593, -0.391]
-        """
-        if method == "profile":
-            raise DataError("profile intervals are available for lmer fits; for a glmer fit use method='Wald' or "
-                            "'boot'")
-        if method not in ("Wald", "boot"):
-            raise DataError(f"method must be 'Wald' or 'boot', got {method!r}")
-        if not 0 < level < 1:
-            raise DataError(f"level must be between 0 and 1, got {level!r}")
-        if method == "boot":
-            return self.bootstrap(n_boot, seed=seed, verbose=verbose).confint(level)
-        z = stats.norm.ppf((1 + level) / 2)
-        variance = pd.DataFrame(np.nan, index=self.sdcor.index, columns=["lower", "upper"])
-        return pd.concat([variance, pd.DataFrame({"lower": self.fixef - z * self.fixef_se,
-                                                  "upper": self.fixef + z * self.fixef_se})])
 
     def report(self) -> str:
         """Convergence report: approximation, status, evaluations, time and criterion."""

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError
-from .profile import ProfileLikelihood
+from .profile import _ProfileBase, profile_likelihood
 
 CONFINT_METHODS = ("profile", "Wald", "boot")
 
@@ -19,7 +19,7 @@ class Profile:
     """zeta traces of every parameter (lme4's ``profile``): ``traces[name]`` has columns value and zeta."""
 
     traces: dict[str, pd.DataFrame]
-    likelihood: ProfileLikelihood
+    likelihood: _ProfileBase
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
         """Profile intervals at ``level`` (limits solved exactly, not read off the traces)."""
@@ -33,7 +33,7 @@ class Profile:
 
 
 class Intervals:
-    """Mixed into :class:`~tfmixed.results.LmerFit`."""
+    """Mixed into :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit`."""
 
     def confint(self, method: str = "profile", level: float = 0.95, *, which=None, n_boot: int = 500,
                 seed: int | None = None, verbose: bool = True) -> pd.DataFrame:
@@ -54,7 +54,7 @@ class Intervals:
         if not 0 < level < 1:
             raise DataError(f"level must be between 0 and 1, got {level!r}")
         if method == "profile":
-            return ProfileLikelihood(self, verbose=verbose).confint(level, which)
+            return profile_likelihood(self, verbose=verbose).confint(level, which)
         if method == "Wald":
             table = self._wald_intervals(level)
         else:
@@ -81,7 +81,7 @@ class Intervals:
         >>> list(fit.profile(verbose=False).traces)
         ['sd_(Intercept)|Batch', 'sigma', '(Intercept)']
         """
-        likelihood = ProfileLikelihood(self, verbose=verbose)
+        likelihood = profile_likelihood(self, verbose=verbose)
         names = likelihood.names if which is None else list(which)
         unknown = [name for name in names if name not in likelihood.names]
         if unknown:

@@ -78,7 +78,65 @@ class VarianceParameters:
         return np.array(columns).T
 
 
-class ProfileLikelihood:
+class _ProfileBase:
+    """What every profile shares: limits by Brent's method on zeta(v) = +-z, intervals, traces. A subclass sets
+    ``names``, ``estimate``, ``minimum``, ``verbose``, ``_scales`` (first steps) and provides ``bounds(index)``
+    and ``zeta(index, value, start)``."""
+
+    def limit(self, index: int, target: float) -> float:
+        """The value where zeta = ``target`` (a bound of the parameter where zeta never gets there)."""
+        estimate, direction = self.estimate[index], np.sign(target)
+        lower, upper = self.bounds(index)
+        bound = lower if direction < 0 else upper
+        step = abs(target) * self._scales[index]
+        inner, inner_zeta, start = estimate, 0.0, None
+        for _ in range(60):
+            trial = estimate + direction * step
+            if (direction < 0 and trial <= lower) or (direction > 0 and trial >= upper):
+                trial = bound
+            value, where = self.zeta(index, trial, start)
+            if abs(value) >= abs(target):
+                break
+            if trial == bound:
+                return float(bound)
+            inner, inner_zeta, start = trial, value, where
+            step *= 1.6
+        else:
+            return float(bound)
+        return optimize.brentq(lambda v: self.zeta(index, v, start)[0] - target, min(inner, trial), max(inner, trial),
+                               xtol=1e-10 * max(abs(estimate), self._scales[index]), rtol=1e-12)
+
+    def confint(self, level: float = 0.95, which=None) -> pd.DataFrame:
+        """Profile intervals at ``level`` for the parameters named in ``which`` (default all), lme4's names."""
+        z = stats.norm.ppf((1 + level) / 2)
+        names = self.names if which is None else list(which)
+        unknown = [name for name in names if name not in self.names]
+        if unknown:
+            raise DataError(f"unknown parameter(s) {unknown}; the fit has {self.names}")
+        progress = Progress("profile", verbose=self.verbose)
+        rows = []
+        for count, name in enumerate(names):
+            index = self.names.index(name)
+            rows.append((self.limit(index, -z), self.limit(index, z)))
+            progress.update(count + 1, f"{name}")
+        progress.finish(f"{len(names)} parameters")
+        return pd.DataFrame(rows, index=names, columns=["lower", "upper"])
+
+    def trace(self, name: str, points: int = 8) -> pd.DataFrame:
+        """zeta at ``points`` values on each side of the estimate, out to the 99% limits."""
+        index = self.names.index(name)
+        z = stats.norm.ppf((1 + TRACE_LEVEL) / 2)
+        rows = [(self.estimate[index], 0.0)]
+        for target in (-z, z):
+            limit, start = self.limit(index, target), None
+            for value in np.linspace(self.estimate[index], limit, points + 1)[1:]:
+                zeta, start = self.zeta(index, value, start)
+                rows.append((value, zeta))
+        frame = pd.DataFrame(rows, columns=["value", "zeta"]).sort_values("value").drop_duplicates("value")
+        return frame.reset_index(drop=True)
+
+
+class ProfileLikelihood(_ProfileBase):
     """zeta traces and profile limits of every parameter of an lmer fit (use :meth:`LmerFit.profile`)."""
 
     def __init__(self, fit, *, verbose: bool = False):
@@ -140,6 +198,11 @@ class ProfileLikelihood:
         scale = np.where(np.isfinite(variance) & (variance > 0), np.sqrt(variance), np.maximum(np.abs(p), 1e-2) / 4)
         return np.concatenate([scale, self.ml_fit.fixef_se.to_numpy()])
 
+    def bounds(self, index: int) -> tuple[float, float]:
+        if index < self.n_variance:
+            return float(self.parameters.lower[index]), float(self.parameters.upper[index])
+        return -np.inf, np.inf
+
     # -- zeta ----------------------------------------------------------------------------------------------------
     def _held_variance(self, index: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
         free = np.arange(self.n_variance) != index
@@ -178,55 +241,89 @@ class ProfileLikelihood:
         spread = max(deviance - self.minimum, 0.0)
         return float(np.sign(value - self.estimate[index]) * np.sqrt(spread)), where
 
-    def limit(self, index: int, target: float) -> float:
-        """The value where zeta = ``target`` (a bound of the parameter where zeta never gets there)."""
-        estimate, direction = self.estimate[index], np.sign(target)
-        lower = self.parameters.lower[index] if index < self.n_variance else -np.inf
-        upper = self.parameters.upper[index] if index < self.n_variance else np.inf
-        bound = lower if direction < 0 else upper
-        step = abs(target) * self._scales[index]
-        inner, inner_zeta, start = estimate, 0.0, None
-        for _ in range(60):
-            trial = estimate + direction * step
-            if (direction < 0 and trial <= lower) or (direction > 0 and trial >= upper):
-                trial = bound
-            value, where = self.zeta(index, trial, start)
-            if abs(value) >= abs(target):
-                break
-            if trial == bound:
-                return float(bound)
-            inner, inner_zeta, start = trial, value, where
-            step *= 1.6
-        else:
-            return float(bound)
-        return optimize.brentq(lambda v: self.zeta(index, v, start)[0] - target, min(inner, trial), max(inner, trial),
-                               xtol=1e-10 * max(abs(estimate), self._scales[index]), rtol=1e-12)
 
-    def confint(self, level: float = 0.95, which=None) -> pd.DataFrame:
-        """Profile intervals at ``level`` for the parameters named in ``which`` (default all), lme4's names."""
-        z = stats.norm.ppf((1 + level) / 2)
-        names = self.names if which is None else list(which)
-        unknown = [name for name in names if name not in self.names]
-        if unknown:
-            raise DataError(f"unknown parameter(s) {unknown}; the fit has {self.names}")
-        progress = Progress("profile", verbose=self.verbose)
-        rows = []
-        for count, name in enumerate(names):
-            index = self.names.index(name)
-            rows.append((self.limit(index, -z), self.limit(index, z)))
-            progress.update(count + 1, f"{name}")
-        progress.finish(f"{len(names)} parameters")
-        return pd.DataFrame(rows, index=names, columns=["lower", "upper"])
 
-    def trace(self, name: str, points: int = 8) -> pd.DataFrame:
-        """zeta at ``points`` values on each side of the estimate, out to the 99% limits."""
-        index = self.names.index(name)
-        z = stats.norm.ppf((1 + TRACE_LEVEL) / 2)
-        rows = [(self.estimate[index], 0.0)]
-        for target in (-z, z):
-            limit, start = self.limit(index, target), None
-            for value in np.linspace(self.estimate[index], limit, points + 1)[1:]:
-                zeta, start = self.zeta(index, value, start)
-                rows.append((value, zeta))
-        frame = pd.DataFrame(rows, columns=["value", "zeta"]).sort_values("value").drop_duplicates("value")
-        return frame.reset_index(drop=True)
+class GlmmProfileLikelihood(_ProfileBase):
+    """The profile of a glmer fit's approximate deviance (Laplace or quadrature) in p = (SDs and correlations of
+    each term; beta), as lme4's ``profile`` of a glmerMod: for a parameter held at v, L-BFGS-B over all the
+    others, with the criterion's analytic gradient mapped through the Jacobian of p -> theta."""
+
+    def __init__(self, fit, *, verbose: bool = False):
+        from ..laplace import JointCriterion
+
+        if fit.n_agq == 0:
+            raise DataError("profile intervals need the Laplace or quadrature likelihood; this fit used nAGQ = 0")
+        self.fit, self.verbose = fit, verbose
+        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit._beta]))
+        self.parameters = VarianceParameters(fit.objective.dims)  # its last entry (sigma) is held at 1
+        self.n_variance, self.n_theta = len(fit.sdcor_names()), fit.theta.size
+        self.names = fit.sdcor_names() + list(fit.design.fixed_names)
+        self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit._beta])
+        self.minimum = fit.criterion
+        self._scales = self._standard_errors()
+
+    def bounds(self, index: int) -> tuple[float, float]:
+        if index < self.n_variance:
+            return float(self.parameters.lower[index]), float(self.parameters.upper[index])
+        return -np.inf, np.inf
+
+    def _split(self, z: np.ndarray):
+        variance = np.concatenate([z[: self.n_variance], [1.0]])
+        return variance, z[self.n_variance :]
+
+    def deviance_and_gradient(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        variance, beta = self._split(z)
+        value, gradient = self.criterion.value_and_gradient(np.concatenate([self.parameters.theta(variance), beta]))
+        if not np.isfinite(value):
+            return 1e300, np.zeros_like(z)
+        jacobian = self.parameters.jacobian(variance)[:, :-1]
+        return value, np.concatenate([jacobian.T @ gradient[: self.n_theta], gradient[self.n_theta :]])
+
+    def _standard_errors(self) -> np.ndarray:
+        """First steps of the limit searches: Wald SEs of beta, and of the SDs from the fit's Hessian in theta."""
+        se_beta = self.fit.fixef_se.to_numpy()
+        hessian = getattr(self.fit, "_hessian", None)
+        theta_se = np.full(self.n_variance, np.nan)
+        if hessian is not None:
+            with np.errstate(invalid="ignore"):
+                theta_se = np.sqrt(np.abs(np.diag(2.0 * np.linalg.pinv(hessian))))[: self.n_variance]
+        fallback = np.maximum(np.abs(self.estimate[: self.n_variance]), 1e-2) / 4
+        return np.concatenate([np.where(np.isfinite(theta_se) & (theta_se > 0), theta_se, fallback), se_beta])
+
+    def zeta(self, index: int, value: float, start=None) -> tuple[float, np.ndarray]:
+        full = (self.estimate if start is None else start).copy()
+        full[index] = value
+        free = np.arange(full.size) != index
+        lower = np.concatenate([self.parameters.lower[: self.n_variance], np.full(full.size - self.n_variance, -np.inf)])
+        upper = np.concatenate([self.parameters.upper[: self.n_variance], np.full(full.size - self.n_variance, np.inf)])
+        bounds = [(None if not np.isfinite(lo) else lo, None if not np.isfinite(hi) else hi)
+                  for lo, hi in zip(lower[free], upper[free])]
+
+        scale = self._scales[free]  # covariates on different scales: search in units of approximate SEs
+
+        def criterion(z):
+            full[free] = z * scale
+            d, g = self.deviance_and_gradient(full)
+            return d, g[free] * scale
+
+        bounds = [(None if lo is None else lo / s, None if hi is None else hi / s) for (lo, hi), s in zip(bounds, scale)]
+        options = {"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500}
+        result = optimize.minimize(criterion, full[free] / scale, jac=True, method="L-BFGS-B", bounds=bounds,
+                                   options=options)
+        # an SD left at 0 may be a saddle (a scalar term's criterion is even in its SD): try again from inside
+        at_zero = np.array([lo == 0.0 for lo, _ in bounds]) & (result.x <= 0.0)
+        if np.any(at_zero):
+            inside = result.x.copy()
+            inside[at_zero] = 0.1
+            retry = optimize.minimize(criterion, inside, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+            result = retry if retry.fun < result.fun else result
+        full[free] = result.x * scale
+        spread = max(float(result.fun) - self.minimum, 0.0)
+        return float(np.sign(value - self.estimate[index]) * np.sqrt(spread)), full.copy()
+
+
+def profile_likelihood(fit, *, verbose: bool = False) -> _ProfileBase:
+    """The profile of an lmer or glmer fit."""
+    if getattr(fit, "has_residual", False):
+        return ProfileLikelihood(fit, verbose=verbose)
+    return GlmmProfileLikelihood(fit, verbose=verbose)
