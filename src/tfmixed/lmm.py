@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from .design import Design, build_design
-from .errors import ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, ShapeError, SingularFitWarning
+from .errors import (ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, MemoryLimitError, ShapeError,
+                     SingularFitWarning)
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
-from .estimators.profiled import fit_profiled
+from .estimators.profiled import fit_derivative_free, fit_profiled
+from .kernels.iterative import IterativeOptions, IterativeProblem
 from .kernels.options import KernelOptions
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
@@ -34,14 +36,28 @@ _METHOD_OPTIONS = {
 }
 
 
-def problem_from_design(design: Design, options: KernelOptions | None = None) -> PLSProblem:
-    """The penalised least-squares problem (cross-products, chosen strategies) of a design."""
+BACKENDS = ("exact", "iterative", "auto")
+
+
+def problem_from_design(design: Design, options: KernelOptions | None = None, backend: str = "exact",
+                        iterative_options: IterativeOptions | None = None):
+    """The penalised least-squares problem (cross-products, chosen strategies) of a design: the exact kernel,
+    the iterative one, or (``"auto"``) the exact one unless its blocks exceed the memory limit."""
     if not design.terms:
         raise FormulaError(
             f"formula {design.formula!r} has no random-effects term such as (1 | group); "
             "use tfmixed.LinearRegression for a fixed-effects-only model"
         )
-    return PLSProblem(design.cross_products(), options)
+    if backend not in BACKENDS:
+        raise DataError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "iterative":
+        return IterativeProblem(design.cross_products(), iterative_options)
+    try:
+        return PLSProblem(design.cross_products(), options)
+    except MemoryLimitError:
+        if backend == "exact":
+            raise
+        return IterativeProblem(design.cross_products(), iterative_options)
 
 
 def default_start(problem: PLSProblem, G0=None, sigma2_0: float | None = None, response_variance: float = 1.0) -> VarianceState:
@@ -87,6 +103,8 @@ def lmer(
     verbose: bool = True,
     kernel_options: KernelOptions | None = None,
     client=None,
+    backend: str = "exact",
+    iterative_options: IterativeOptions | None = None,
 ) -> LmerFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer`` does.
 
@@ -103,6 +121,11 @@ def lmer(
     'drop'; ``rank_deficient="drop"`` (lme4's default) drops fixed-effect columns that are linear combinations
     of earlier ones with a :class:`RankDeficiencyWarning` (``fit.design.dropped_fixed`` names them), "raise"
     raises; ``verbose`` prints progress of long fits.
+
+    ``backend="iterative"`` solves by preconditioned conjugate gradients and estimates log-determinants by
+    stochastic Lanczos quadrature in TensorFlow (:mod:`tfmixed.kernels.iterative`, accuracy set by
+    ``iterative_options``), for random-effects structures too large for the exact kernel; ``"auto"`` uses it only
+    where the exact kernel's blocks would exceed the memory limit.
 
     ``data`` may be a Dask data frame or a path (glob) of Parquet files: the cross-products are then computed
     partition by partition on a ``dask.distributed`` client (``client``, the current one, or a LocalCluster
@@ -129,10 +152,17 @@ def lmer(
             raise DataError("client= applies to partitioned (Dask) data only")
         design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
                               rank_deficient=rank_deficient)
-    problem = problem_from_design(design, kernel_options)
+    if iterative_options is not None and backend == "exact":
+        raise DataError("iterative_options apply to backend='iterative' or 'auto'")
+    problem = problem_from_design(design, kernel_options, backend, iterative_options)
+    iterative = isinstance(problem, IterativeProblem)
+    if iterative and method != "profiled":
+        raise DataError(f"method={method!r} needs the exact kernel; the iterative backend fits by the profiled method")
     objective = LmmObjective(problem, reml=REML)
     with blas_threads_for(problem.q_rest + problem.p + 1):
-        if method == "profiled":
+        if iterative:
+            optimum = fit_derivative_free(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
+        elif method == "profiled":
             optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
         else:
             optimum = _fit_fixed_point(design, problem, method, REML, G0, sigma2_0, acceleration, covariance,

@@ -99,7 +99,8 @@ class _Search:
                           options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-8, "maxls": 50})
         return str(result.message)  # the best point is the search's, not necessarily the last iterate
 
-    def cobyqa(self, start, scale, max_iter):
+    def cobyqa(self, start, scale, max_iter, final_radius: float = 1e-10):
+        """COBYQA from ``start``; returns scipy's result (the best point is the search's)."""
         lower = self.objective.lower
 
         def fun(z):
@@ -109,9 +110,8 @@ class _Search:
             return value if np.isfinite(value) else 1e300
 
         bounds = [(lo / s if np.isfinite(lo) else -np.inf, np.inf) for lo, s in zip(lower, scale)]
-        result = minimize(fun, start / scale, method="COBYQA", bounds=bounds,
-                          options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10})
-        return f"COBYQA: {result.message}"
+        return minimize(fun, start / scale, method="COBYQA", bounds=bounds,
+                        options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": final_radius})
 
 
 def _boundary_probe(objective, theta, value):
@@ -174,7 +174,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
         start_here = search.best_theta if search.history else theta
         try:
             if stage == "cobyqa":
-                message = search.cobyqa(start_here, scale, max_iter)
+                message = f"COBYQA: {search.cobyqa(start_here, scale, max_iter).message}"
             else:
                 message = search.lbfgsb(start_here, scale, max_iter, ftol=gradient_tol**2)
             # a theta left on a zero bound may be a saddle (a scalar term's derivative is 0 there): probe inside
@@ -263,3 +263,34 @@ def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.nda
     return EstimatorResult(method=method, theta=theta, criterion=objective(theta), converged=True, status="converged",
                            message=f"Newton decrement below {decrement_tol:g}", n_evaluations=len(history),
                            seconds=time.perf_counter() - started, iterations=1, history=history)
+
+
+def fit_derivative_free(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
+                        verbose: bool = False, method: str = "profiled", final_radius: float = 1e-6) -> EstimatorResult:
+    """Minimise a criterion that has no gradient (the iterative kernel's) by COBYQA alone, from ``start``
+    (lme4's start by default) to a trust region of ``final_radius`` in theta.
+
+    >>> from tfmixed import datasets, build_design
+    >>> from tfmixed.kernels.pls import PLSProblem
+    >>> d = build_design("Yield ~ 1 + (1 | Batch)", datasets.load("Dyestuff"))
+    >>> round(float(fit_derivative_free(LmmObjective(PLSProblem(d.cross_products()))).theta[0]), 4)
+    0.8483
+    """
+    theta = objective.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
+    progress = Progress(objective.label, verbose=verbose)
+    started = time.perf_counter()
+    search = _Search(objective, progress)
+    try:
+        result = search.cobyqa(theta, np.ones_like(theta), max_iter, final_radius=final_radius)
+        converged, status, message = bool(result.success), None, f"COBYQA: {result.message}"
+    except _Degenerate:
+        converged, status = False, "degenerate"
+        message = "the penalised residual sum of squares vanishes as theta grows: the likelihood has no maximum"
+    theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
+    progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
+    return EstimatorResult(
+        method=method, theta=theta, criterion=value, converged=converged,
+        status=status or ("converged" if converged else "not converged"), message=message,
+        n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=1,
+        history=search.history,
+    )

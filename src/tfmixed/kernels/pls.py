@@ -35,6 +35,7 @@ from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, block_diagonal_matrix, choose_coupling
 from .covariance import lambda_times, lower_indices
+from .criterion import ProfiledCriterion
 from .dense_block import DenseFactor
 from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
@@ -267,7 +268,7 @@ class PLSProblem:
 
 
 @dataclass
-class PLSFactor:
+class PLSFactor(ProfiledCriterion):
     """The blocked Cholesky factor of Omega(theta) and the quantities derived from it."""
 
     problem: PLSProblem
@@ -289,26 +290,6 @@ class PLSFactor:
     def pwrss(self) -> float:
         """Penalised weighted residual sum of squares r^2(theta) = ||y - X beta - Z b||_W^2 + ||u||^2."""
         return self.rest.last_pivot() ** 2
-
-    def dof(self, reml: bool) -> int:
-        return self.problem.n - self.problem.p if reml else self.problem.n
-
-    def deviance(self, reml: bool) -> float:
-        """Profiled deviance (ML) or REML criterion at this theta (lme4's, with its weights term)."""
-        dof = self.dof(reml)
-        value = self.logdet_L + dof * (1.0 + np.log(2.0 * np.pi * self.pwrss / dof))
-        value -= self.problem.cross_products.sum_log_weights
-        return float(value + self.logdet_RX) if reml else float(value)
-
-    def deviance_at_sigma(self, sigma2: float, reml: bool) -> float:
-        """Deviance with sigma explicit: log|L|^2 + r^2/sigma^2 + dof log(2 pi sigma^2) - sum log w [+ log|R_X|^2]."""
-        value = self.logdet_L + self.pwrss / sigma2 + self.dof(reml) * np.log(2 * np.pi * sigma2)
-        value -= self.problem.cross_products.sum_log_weights
-        return float(value + self.logdet_RX) if reml else float(value)
-
-    def sigma2(self, reml: bool) -> float:
-        """Profiled residual variance r^2 / (n - p) for REML, r^2 / n for ML."""
-        return self.pwrss / self.dof(reml)
 
     def vcov_beta_unscaled(self) -> np.ndarray:
         """(R_X' R_X)^{-1}; multiply by sigma^2 for the covariance of the fixed-effects estimates."""
