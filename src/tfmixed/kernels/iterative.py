@@ -90,6 +90,65 @@ class IterativeProblem:
         self._diagonal_blocks = self._blocks_of(ZWZ.tocsr())
         rng = np.random.default_rng(self.options.seed)
         self._probes = rng.choice([-1.0, 1.0], size=(self.q, self.options.probes))
+        self._compile()
+
+    def _compile(self):
+        """The per-iteration work as tf.functions of (tensors, factor tensors): one call per CG or Lanczos step
+        instead of dozens of eager operations (traced once per problem; theta enters as tensors)."""
+        tf = self.tf
+        matrix = tf.TensorSpec([None, None], tf.float64)
+        factor_specs = [tf.TensorSpec([k, k], tf.float64) for k in self.dims]
+        chol_specs = [tf.TensorSpec([t.n_levels, t.n_cols, t.n_cols], tf.float64) for t in self.terms]
+
+        @tf.function(input_signature=[matrix, factor_specs])
+        def apply(V, factors):
+            return self._apply(V, factors)
+
+        @tf.function(input_signature=[matrix, matrix, matrix, tf.TensorSpec([None], tf.float64), factor_specs, chol_specs])
+        def cg_step(X, R, D, rz, factors, chol):
+            MD = self._apply(D, factors)
+            alpha = rz / tf.maximum(tf.reduce_sum(D * MD, axis=0), 1e-300)
+            X = X + D * alpha
+            R = R - MD * alpha
+            Z = self._per_term(R, chol, lambda L, b: tf.linalg.cholesky_solve(L, b))
+            rz_new = tf.reduce_sum(R * Z, axis=0)
+            D = Z + D * (rz_new / tf.maximum(rz, 1e-300))
+            return X, R, D, rz_new, tf.norm(R, axis=0)
+
+        steps = min(self.options.lanczos_steps, self.q)
+
+        @tf.function(input_signature=[matrix, factor_specs, chol_specs])
+        def lanczos(Q, factors, chol):
+            """``steps`` Lanczos steps of L_P^{-1} M L_P^{-T} from the columns of Q (unit vectors), all probes at
+            once: the diagonals (alphas) and off-diagonals (betas) of their tridiagonal matrices."""
+            Q_previous, beta = tf.zeros_like(Q), tf.zeros(tf.shape(Q)[1:], tf.float64)
+            alphas, betas = [], []
+            for _ in range(steps):
+                upper = self._per_term(Q, chol, lambda L, b: tf.linalg.triangular_solve(L, b, lower=True, adjoint=True))
+                W = self._per_term(self._apply(upper, factors), chol,
+                                   lambda L, b: tf.linalg.triangular_solve(L, b, lower=True)) - Q_previous * beta
+                alpha = tf.reduce_sum(Q * W, axis=0)
+                W = W - Q * alpha
+                beta = tf.norm(W, axis=0)
+                alphas.append(alpha)
+                betas.append(beta)
+                Q_previous, Q = Q, W / tf.maximum(beta, 1e-300)
+            return tf.stack(alphas), tf.stack(betas)
+
+        @tf.function(input_signature=[matrix, chol_specs])
+        def precondition(V, chol):
+            return self._per_term(V, chol, lambda L, b: tf.linalg.cholesky_solve(L, b))
+
+        self.apply_compiled, self.cg_step, self.lanczos, self.precondition = apply, cg_step, lanczos, precondition
+
+    def _per_term(self, V, chol, solve):
+        tf = self.tf
+        pieces, start = [], 0
+        for term, L in zip(self.terms, chol):
+            block = tf.reshape(V[start : start + term.q], (term.n_levels, term.n_cols, -1))
+            pieces.append(tf.reshape(solve(L, block), (term.q, -1)))
+            start += term.q
+        return tf.concat(pieces, axis=0)
 
     def _blocks_of(self, ZWZ: sp.csr_matrix) -> list[np.ndarray]:
         """The k x k diagonal blocks of Z'WZ per level of each term (the preconditioner's)."""
@@ -111,56 +170,32 @@ class IterativeProblem:
 
     # -- the operator ----------------------------------------------------------------------------------------
     def lambda_apply(self, V, factors, transpose: bool = False):
-        """Lambda V (or Lambda' V) for a q x m tensor, term by term."""
+        """Lambda V (or Lambda' V) for a q x m tensor, term by term (``factors``: tensors T_t)."""
         tf = self.tf
         pieces, start = [], 0
         for term, T in zip(self.terms, factors):
             block = tf.reshape(V[start : start + term.q], (term.n_levels, term.n_cols, -1))
-            matrix = tf.constant(T.T if transpose else T, dtype=tf.float64)
-            pieces.append(tf.reshape(tf.einsum("ab,lbm->lam", matrix, block), (term.q, -1)))
+            pieces.append(tf.reshape(tf.einsum("ba,lbm->lam" if transpose else "ab,lbm->lam", T, block), (term.q, -1)))
             start += term.q
         return tf.concat(pieces, axis=0)
 
-    def apply(self, V, factors):
+    def _apply(self, V, factors):
         """M V = Lambda'Z'WZ Lambda V + V."""
-        tf = self.tf
-        inner = tf.sparse.sparse_dense_matmul(self._zwz, self.lambda_apply(V, factors))
+        inner = self.tf.sparse.sparse_dense_matmul(self._zwz, self.lambda_apply(V, factors))
         return self.lambda_apply(inner, factors, transpose=True) + V
 
 
 class _Preconditioner:
-    """P = blockdiag(T' D_j T + I): exact Cholesky factors per level and term, applied in TensorFlow."""
+    """P = blockdiag(T' D_j T + I): exact Cholesky factors per level and term (as tensors) and log|P|."""
 
     def __init__(self, problem: IterativeProblem, factors):
         tf = problem.tf
-        self.tf, self.terms = tf, problem.terms
         self.chol, self.logdet = [], 0.0
         for term, T, D in zip(problem.terms, factors, problem._diagonal_blocks):
             A = T.T[None] @ D @ T[None] + np.eye(term.n_cols)[None]
             L = np.linalg.cholesky(A)
             self.logdet += float(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))))
             self.chol.append(tf.constant(L, dtype=tf.float64))
-
-    def _per_term(self, V, solve):
-        tf = self.tf
-        pieces, start = [], 0
-        for term, L in zip(self.terms, self.chol):
-            block = tf.reshape(V[start : start + term.q], (term.n_levels, term.n_cols, -1))
-            pieces.append(tf.reshape(solve(L, block), (term.q, -1)))
-            start += term.q
-        return tf.concat(pieces, axis=0)
-
-    def solve(self, V):
-        """P^{-1} V."""
-        return self._per_term(V, lambda L, b: self.tf.linalg.cholesky_solve(L, b))
-
-    def lower_solve(self, V):
-        """L_P^{-1} V."""
-        return self._per_term(V, lambda L, b: self.tf.linalg.triangular_solve(L, b, lower=True))
-
-    def upper_solve(self, V):
-        """L_P^{-T} V."""
-        return self._per_term(V, lambda L, b: self.tf.linalg.triangular_solve(L, b, lower=True, adjoint=True))
 
 
 class IterativeFactor(ProfiledCriterion):
@@ -169,8 +204,9 @@ class IterativeFactor(ProfiledCriterion):
     def __init__(self, problem: IterativeProblem, factors: list[np.ndarray]):
         self.problem, self.factors = problem, factors
         tf = problem.tf
+        self._tensors = [tf.constant(T, dtype=tf.float64) for T in factors]
         self._preconditioner = _Preconditioner(problem, factors)
-        B = problem.lambda_apply(tf.constant(problem._zw_xy), factors, transpose=True)
+        B = problem.lambda_apply(tf.constant(problem._zw_xy), self._tensors, transpose=True)
         U, self.cg_iterations = self._conjugate_gradients(B)
         cp = problem.cross_products
         S = cp.xy_xy - (tf.transpose(B) @ U).numpy()
@@ -186,24 +222,16 @@ class IterativeFactor(ProfiledCriterion):
     # -- solves ----------------------------------------------------------------------------------------------
     def _conjugate_gradients(self, B):
         """M U = B column by column (vectorised), preconditioned by P; stops at relative residual cg_tol."""
-        tf, options = self.problem.tf, self.problem.options
-        X = tf.zeros_like(B)
-        R = B
-        Z = self._preconditioner.solve(R)
-        D = Z
-        rz = tf.reduce_sum(R * Z, axis=0)
-        norm_b = tf.maximum(tf.norm(B, axis=0), 1e-300)
+        tf, problem = self.problem.tf, self.problem
+        options, chol = problem.options, self._preconditioner.chol
+        X, R = tf.zeros_like(B), B
+        D = problem.precondition(R, chol)
+        rz = tf.reduce_sum(R * D, axis=0)
+        norm_b = np.maximum(tf.norm(B, axis=0).numpy(), 1e-300)
         for iteration in range(1, options.cg_max_iter + 1):
-            MD = self.problem.apply(D, self.factors)
-            alpha = rz / tf.maximum(tf.reduce_sum(D * MD, axis=0), 1e-300)
-            X = X + D * alpha
-            R = R - MD * alpha
-            if float(tf.reduce_max(tf.norm(R, axis=0) / norm_b)) < options.cg_tol:
+            X, R, D, rz, residual = problem.cg_step(X, R, D, rz, self._tensors, chol)
+            if float(np.max(residual.numpy() / norm_b)) < options.cg_tol:
                 return X, iteration
-            Z = self._preconditioner.solve(R)
-            rz_new = tf.reduce_sum(R * Z, axis=0)
-            D = Z + D * (rz_new / tf.maximum(rz, 1e-300))
-            rz = rz_new
         import warnings
 
         warnings.warn(f"conjugate gradients stopped after {options.cg_max_iter} iterations above the tolerance "
@@ -213,28 +241,10 @@ class IterativeFactor(ProfiledCriterion):
     def _logdet(self) -> float:
         """log|P| + the stochastic Lanczos estimate of log|L_P^{-1} M L_P^{-T}|."""
         tf, problem = self.problem.tf, self.problem
-        steps, probes = problem.options.lanczos_steps, problem._probes
-        steps = min(steps, problem.q)
-        precond = self._preconditioner
-
-        def operator(V):
-            return precond.lower_solve(problem.apply(precond.upper_solve(V), self.factors))
-
-        Z = tf.constant(probes)
-        norms = tf.norm(Z, axis=0)
-        Q, Q_previous = Z / norms, tf.zeros_like(Z)
-        alphas, betas = [], []
-        beta = tf.zeros(Z.shape[1], dtype=tf.float64)
-        for j in range(steps):
-            W = operator(Q) - Q_previous * beta
-            alpha = tf.reduce_sum(Q * W, axis=0)
-            W = W - Q * alpha
-            alphas.append(alpha.numpy())
-            beta = tf.norm(W, axis=0)
-            if j < steps - 1:
-                betas.append(beta.numpy())
-                Q_previous, Q = Q, W / tf.maximum(beta, 1e-300)
-        alphas, betas = np.array(alphas), np.array(betas).reshape(-1, probes.shape[1])
+        probes = problem._probes
+        norms = np.linalg.norm(probes, axis=0)
+        alphas, betas = problem.lanczos(tf.constant(probes / norms), self._tensors, self._preconditioner.chol)
+        alphas, betas = alphas.numpy(), betas.numpy()[:-1]
         total = 0.0
         for i in range(probes.shape[1]):
             # an invariant subspace reached early (tiny beta) ends that probe's quadrature there
@@ -242,8 +252,8 @@ class IterativeFactor(ProfiledCriterion):
             m = int(small[0]) + 1 if small.size else alphas.shape[0]
             T = np.diag(alphas[:m, i]) + np.diag(betas[: m - 1, i], 1) + np.diag(betas[: m - 1, i], -1)
             values, vectors = np.linalg.eigh(T)
-            total += float(norms[i].numpy() ** 2 * np.sum(vectors[0] ** 2 * np.log(np.maximum(values, 1e-300))))
-        return precond.logdet + total / probes.shape[1]
+            total += float(norms[i] ** 2 * np.sum(vectors[0] ** 2 * np.log(np.maximum(values, 1e-300))))
+        return self._preconditioner.logdet + total / probes.shape[1]
 
     # -- what results read -------------------------------------------------------------------------------------
     @property

@@ -27,6 +27,9 @@ class Printing:
             f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
             f"Formula: {self.formula}",
         ]
+        backend = getattr(self.problem, "options", None)
+        if hasattr(backend, "describe"):  # the iterative kernel states its accuracy settings
+            lines.append(f"Backend: {backend.describe()}; conditional variances not available")
         if self.design.weights is not None:
             lines.append("Weights: prior weights (residual variance sigma^2 / w)")
         if self.design.offset is not None:

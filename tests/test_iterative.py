@@ -1,0 +1,79 @@
+"""The iterative (matrix-free, TensorFlow) backend against the exact kernel on designs both can fit (issue 10's
+accuracy targets: variance components to 0.5%, fixed effects to 0.1 SE, the REML criterion to 1e-4 relative)."""
+
+import numpy as np
+import pytest
+
+import tfmixed as tm
+from tfmixed.kernels.iterative import IterativeOptions
+
+FAST = IterativeOptions(probes=32, lanczos_steps=40)
+
+
+@pytest.fixture(scope="module")
+def crossed():
+    return tm.datasets.simulate_crossed(n_obs=5000, levels=(300, 120), sds=(0.6, 0.4), residual_sd=1.0, seed=3,
+                                        frequencies="zipf", zipf_exponent=0.7)
+
+
+def assert_close(iterative, exact):
+    assert iterative.converged
+    assert abs(iterative.deviance - exact.deviance) < 1e-4 * abs(exact.deviance)
+    ours, theirs = iterative.varcorr, exact.varcorr
+    variance = theirs["var2"].isna().to_numpy()
+    np.testing.assert_allclose(ours["vcov"][variance], theirs["vcov"][variance], rtol=5e-3)
+    np.testing.assert_allclose(ours["sdcor"][~variance], theirs["sdcor"][~variance], atol=0.01)  # correlations
+    assert np.all(np.abs((iterative.fixef - exact.fixef) / exact.fixef_se) < 0.1)
+    # the optimum is the exact criterion's: evaluated exactly there it is within 1e-5 relative of the minimum
+    assert exact.objective(iterative.theta) - exact.deviance < 1e-5 * abs(exact.deviance)
+
+
+def test_crossed_intercepts_with_zipf_levels(crossed):
+    formula = "y ~ service + (1 | g1) + (1 | g2)"
+    exact = tm.lmer(formula, crossed, verbose=False)
+    iterative = tm.lmer(formula, crossed, backend="iterative", iterative_options=FAST, verbose=False)
+    assert_close(iterative, exact)
+    assert "Backend: iterative: PCG to 1e-10" in iterative.summary()
+    assert np.isnan(iterative.ranef_frame()["condsd"]).all()
+    assert np.isnan(iterative.satterthwaite_df).all()
+
+
+def test_random_slope_and_three_factors(crossed):
+    rng = np.random.default_rng(1)
+    g3 = rng.integers(0, 12, len(crossed))
+    data = crossed.assign(x=rng.normal(size=len(crossed)), g3=g3.astype(str))
+    slopes = rng.normal(scale=0.3, size=300)
+    data["y"] = data["y"] + 0.3 * data["x"] + slopes[data["g1"].cat.codes] * data["x"] + rng.normal(scale=0.4, size=12)[g3]
+    formula = "y ~ x + (1 + x | g1) + (1 | g2) + (1 | g3)"
+    exact = tm.lmer(formula, data, REML=False, verbose=False)
+    iterative = tm.lmer(formula, data, REML=False, backend="iterative", iterative_options=FAST, verbose=False)
+    assert_close(iterative, exact)
+
+
+def test_auto_takes_the_iterative_backend_only_when_the_exact_one_does_not_fit(crossed):
+    formula = "y ~ service + (1 | g1) + (1 | g2)"
+    small = tm.KernelOptions(memory_bytes=10**5)
+    with pytest.raises(tm.MemoryLimitError):
+        tm.lmer(formula, crossed, kernel_options=small, verbose=False)
+    auto = tm.lmer(formula, crossed, kernel_options=small, backend="auto", iterative_options=FAST, verbose=False)
+    assert "Backend: iterative" in auto.summary()
+    roomy = tm.lmer(formula, crossed, backend="auto", verbose=False)
+    assert "Backend" not in roomy.summary()
+    with pytest.raises(tm.DataError, match="backend"):
+        tm.lmer(formula, crossed, backend="matrix-free", verbose=False)
+    with pytest.raises(tm.DataError, match="exact kernel"):
+        tm.lmer(formula, crossed, backend="iterative", method="em", verbose=False)
+    with pytest.raises(tm.DataError, match="iterative_options"):
+        tm.lmer(formula, crossed, iterative_options=FAST, verbose=False)
+
+
+def test_the_criterion_is_deterministic_for_a_seed(crossed):
+    formula = "y ~ service + (1 | g1) + (1 | g2)"
+    design = tm.build_design(formula, crossed)
+    from tfmixed.kernels.iterative import IterativeProblem
+
+    one = IterativeProblem(design.cross_products(), FAST).factorize([np.eye(1) * 0.5, np.eye(1) * 0.4])
+    two = IterativeProblem(design.cross_products(), FAST).factorize([np.eye(1) * 0.5, np.eye(1) * 0.4])
+    assert one.deviance(True) == two.deviance(True)
+    other = IterativeProblem(design.cross_products(), IterativeOptions(probes=32, lanczos_steps=40, seed=7))
+    assert other.factorize([np.eye(1) * 0.5, np.eye(1) * 0.4]).deviance(True) != one.deviance(True)
