@@ -157,7 +157,7 @@ RAISES = [
     ("G0 not definite", lambda: lmer(method="em", G0=[[1.0, 3.0], [3.0, 1.0]]), SingularCovarianceError, "positive semi-definite"),
     ("sigma2_0 negative", lambda: lmer(method="em", sigma2_0=-1.0), DataError, "sigma2_0"),
     ("memory limit", lambda: lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", tm.datasets.load("Penicillin"),
-                                  kernel_options=tm.KernelOptions(memory_bytes=100)), MemoryLimitError, "GiB"),
+                                  kernel_options=tm.KernelOptions(memory_bytes=100), backend="exact"), MemoryLimitError, "GiB"),
     ("coupling option", lambda: tm.KernelOptions(coupling="cholmod"), DataError, "coupling"),
     ("rest option", lambda: tm.KernelOptions(rest="cholmod"), DataError, "rest"),
     # --- predict ---------------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_a_dense_block_over_the_memory_limit_is_refused_up_front():
     data = tm.datasets.load("Penicillin")
     with pytest.raises(tm.MemoryLimitError, match="GiB"):
         tm.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", data, kernel_options=KernelOptions(memory_bytes=1000),
-                verbose=False)
+                backend="exact", verbose=False)
 
 
 def test_one_level_encoder_for_lmer_and_keras():

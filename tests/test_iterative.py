@@ -54,7 +54,7 @@ def test_auto_takes_the_iterative_backend_only_when_the_exact_one_does_not_fit(c
     formula = "y ~ service + (1 | g1) + (1 | g2)"
     small = tm.KernelOptions(memory_bytes=10**5)
     with pytest.raises(tm.MemoryLimitError):
-        tm.lmer(formula, crossed, kernel_options=small, verbose=False)
+        tm.lmer(formula, crossed, kernel_options=small, backend="exact", verbose=False)
     auto = tm.lmer(formula, crossed, kernel_options=small, backend="auto", iterative_options=FAST, verbose=False)
     assert "Backend: iterative" in auto.summary()
     roomy = tm.lmer(formula, crossed, backend="auto", verbose=False)
@@ -64,7 +64,7 @@ def test_auto_takes_the_iterative_backend_only_when_the_exact_one_does_not_fit(c
     with pytest.raises(tm.DataError, match="exact kernel"):
         tm.lmer(formula, crossed, backend="iterative", method="em", verbose=False)
     with pytest.raises(tm.DataError, match="iterative_options"):
-        tm.lmer(formula, crossed, iterative_options=FAST, verbose=False)
+        tm.lmer(formula, crossed, iterative_options=FAST, backend="exact", verbose=False)
 
 
 def test_the_criterion_is_deterministic_for_a_seed(crossed):

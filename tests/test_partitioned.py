@@ -155,3 +155,18 @@ def test_what_partitioned_data_cannot_do_is_refused(client):
                   lambda: fit.confint(verbose=False)):
         with pytest.raises(tm.DataError, match="in memory"):
             thunk()
+
+
+def test_the_iterative_backend_fits_the_reduced_statistics(client):
+    """What issue 11 asks where the structure is too large for the exact kernel: the iterative backend on the
+    partitions' summed cross-products (here forced by a small memory limit)."""
+    from tfmixed.kernels.iterative import IterativeOptions
+
+    data = tm.datasets.simulate_crossed(n_obs=3000, levels=(200, 80), sds=(0.6, 0.4), residual_sd=1.0, seed=4)
+    formula = "y ~ service + (1 | g1) + (1 | g2)"
+    fit = tm.lmer(formula, uneven(data, [700, 11, 1500]), backend="auto", kernel_options=tm.KernelOptions(memory_bytes=10**5),
+                  iterative_options=IterativeOptions(probes=32, lanczos_steps=40), verbose=False)
+    memory = tm.lmer(formula, data, verbose=False)
+    assert "Backend: iterative" in fit.summary()
+    assert abs(fit.deviance - memory.deviance) < 1e-4 * abs(memory.deviance)
+    np.testing.assert_allclose(fit.varcorr["vcov"], memory.varcorr["vcov"], rtol=5e-3)

@@ -103,7 +103,7 @@ def lmer(
     verbose: bool = True,
     kernel_options: KernelOptions | None = None,
     client=None,
-    backend: str = "exact",
+    backend: str = "auto",
     iterative_options: IterativeOptions | None = None,
 ) -> LmerFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer`` does.
@@ -122,10 +122,10 @@ def lmer(
     of earlier ones with a :class:`RankDeficiencyWarning` (``fit.design.dropped_fixed`` names them), "raise"
     raises; ``verbose`` prints progress of long fits.
 
-    ``backend="iterative"`` solves by preconditioned conjugate gradients and estimates log-determinants by
-    stochastic Lanczos quadrature in TensorFlow (:mod:`tfmixed.kernels.iterative`, accuracy set by
-    ``iterative_options``), for random-effects structures too large for the exact kernel; ``"auto"`` uses it only
-    where the exact kernel's blocks would exceed the memory limit.
+    ``backend="auto"`` (default) uses the exact kernel unless its blocks would exceed the memory limit, and then
+    the iterative one (the summary says which); ``"iterative"`` forces it: preconditioned conjugate gradients and
+    log-determinants by stochastic Lanczos quadrature in TensorFlow (:mod:`tfmixed.kernels.iterative`, accuracy
+    set by ``iterative_options``); ``"exact"`` refuses such a model with :class:`MemoryLimitError`.
 
     ``data`` may be a Dask data frame or a path (glob) of Parquet files: the cross-products are then computed
     partition by partition on a ``dask.distributed`` client (``client``, the current one, or a LocalCluster

@@ -190,7 +190,7 @@ class PLSProblem:
                 f"the exact kernel needs a dense {size:,} x {size:,} block for the random effects after the "
                 f"first term ({needed / 2**30:.1f} GiB with its working copies; limit "
                 f"{self.options.memory_limit / 2**30:.1f} GiB). Put the factor with the most levels first is "
-                "automatic; reduce the levels of the other factors, or use a scalable (iterative) backend"
+                "automatic; reduce the levels of the other factors, or fit with lmer(..., backend='auto') (the iterative backend)"
             )
 
     @property
