@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import tfmixed as tm
-from common import write_block
+from common import emit
 
 FORMULA = "y ~ x1 + x2 + f + (1 | g1) + (1 | g2)"
 LEVELS = (10_000, 2_000)
@@ -111,9 +111,7 @@ def main() -> None:
     table = "\n".join(rows)
     footer = (f"\n`python benchmarks/bench_dask.py --rows {args.rows} --workers {args.workers}`, LocalCluster of "
               f"{args.workers} worker processes x 1 thread, {os.cpu_count()} cores.")
-    print(table + footer)
-    if args.write:
-        write_block("bench_dask", f"{table}\n{footer}")
+    emit("bench_dask", table, footer, args.write)
 
 
 if __name__ == "__main__":

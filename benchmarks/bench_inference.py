@@ -17,7 +17,7 @@ import platform
 import time
 
 import tfmixed as tm
-from common import arguments, lme4_available, run_r, warm_median, write_block
+from common import arguments, emit, lme4_available, run_r, warm_median
 
 R_SCRIPT = r"""
 suppressMessages({library(lme4); library(lmerTest)})
@@ -73,9 +73,7 @@ def main() -> None:
     table = "\n".join(rows)
     footer = (f"\nMedian of {args.repeats} runs (the bootstraps once each), warm process, {platform.machine()} with "
               f"{os.cpu_count()} cores; lme4 1.1-31 / lmerTest 3.1-3 in the same run (`bootMer` with set.seed(1)).")
-    print(table + footer)
-    if args.write:
-        write_block("bench_inference", f"{table}\n{footer}")
+    emit("bench_inference", table, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ def write_block(marker: str, block: str) -> None:
     results.write_text(text)
 
 
+def emit(marker: str, table: str, footer: str, write: bool) -> None:
+    """Print a benchmark's table and footer, and with ``write`` put them into RESULTS.md between the markers."""
+    print(table + footer)
+    if write:
+        write_block(marker, f"{table}\n{footer}")
+
+
 def warm_median(fit, repeats: int):
     """(median wall time of ``repeats`` calls of ``fit`` after one warm-up call, the last result)."""
     result = fit()

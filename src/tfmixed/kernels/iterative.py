@@ -29,6 +29,7 @@ from ..errors import ConvergenceWarning, TfmixedError
 from .coupling import block_diagonal_matrix
 from .covariance import lambda_times
 from .criterion import ProfiledCriterion
+from .pls import BlockShape
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,6 @@ class IterativeOptions:
     def describe(self) -> str:
         return (f"iterative: PCG to {self.cg_tol:g}, log-determinant by stochastic Lanczos quadrature "
                 f"({self.probes} probes, {self.lanczos_steps} steps, seed {self.seed})")
-
-
-class _Shape:
-    def __init__(self, n_levels: int, n_cols: int):
-        self.n_levels, self.n_cols = n_levels, n_cols
-
-    @property
-    def q(self) -> int:
-        return self.n_levels * self.n_cols
 
 
 class IterativeProblem:
@@ -77,7 +69,7 @@ class IterativeProblem:
         self.tf = tf
         self.options = options or IterativeOptions()
         self.cross_products = cp = cross_products
-        self.terms = [_Shape(levels, cols) for levels, cols in cp.dims]
+        self.terms = [BlockShape(levels, cols) for levels, cols in cp.dims]
         self.dims = [t.n_cols for t in self.terms]
         self.n, self.p, self.q = cp.n, cp.p, cp.q
         self.q_rest = cp.q_rest
