@@ -11,6 +11,8 @@ def test_demo_prints_the_sleepstudy_fit(capsys):
     assert "EM (+E Cov(b|y)" in out and "correlation 0.066" in out
     assert "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)" in out
     assert "-2 log L 184.052564" in out
+    assert "refitting model(s) with ML (instead of REML)" in out and "42.1393" in out
+    assert "14.381" in out and "37.716" in out  # lme4's profile interval of the intercept SD: 14.381, 37.716
 
 
 def test_fit_command_prints_the_summary_and_writes_json(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""Command line: ``tfmixed demo`` fits sleepstudy (lmer) and cbpp (glmer) from the built-in data and prints the
-results; ``tfmixed fit data.csv "y ~ x + (1 | g)"`` and ``tfmixed glmer data.csv "..." --family binomial`` fit a
+"""Command line: ``tfmixed demo`` fits sleepstudy (lmer: with a likelihood-ratio test, profile intervals and
+prediction intervals) and cbpp (glmer) from the built-in data and prints the results; ``tfmixed fit data.csv "y ~ x + (1 | g)"`` and ``tfmixed glmer data.csv "..." --family binomial`` fit a
 model to a file and print its summary (``--json`` writes the numbers)."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n(fit in {elapsed * 1000:.1f} ms; lme4 1.1-31 reports REML criterion 1743.6, the same model)")
     print("\nConditional modes (first 5 subjects):")
     print(fit.ranef["Subject"].head().round(4).to_string())
+    _analysis_demo(fit, data, args)
     _glmm_demo(args)
     if args.skip_mackay:
         return 0
@@ -57,6 +58,19 @@ def _demo(args: argparse.Namespace) -> int:
         "\nSee docs/mackay.md for why MacKay's loop comes up short and why the full-covariance loop collapses."
     )
     return 0
+
+
+def _analysis_demo(fit, data, args: argparse.Namespace) -> None:
+    """After the fit: a likelihood-ratio test, profile intervals, a prediction interval for a new subject."""
+    from . import anova, lmer
+
+    print("\nIs the random slope needed? (lme4's anova: both models refitted by ML)")
+    print(anova(lmer("Reaction ~ 1 + Days + (1 | Subject)", data, verbose=False), fit))
+    print("\nProfile 95% confidence intervals (lme4's confint):")
+    print(fit.confint(verbose=not args.quiet).round(3).to_string())
+    new = {"Days": [0, 9], "Subject": ["a new subject", "a new subject"]}
+    print("\nPredictions for a new subject, with 95% prediction intervals (lme4 has none):")
+    print(fit.predict(new, allow_new_levels=True, interval="prediction").round(1).to_string())
 
 
 def _glmm_demo(args: argparse.Namespace) -> None:
