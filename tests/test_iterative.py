@@ -36,6 +36,14 @@ def test_crossed_intercepts_with_zipf_levels(crossed):
     assert "Backend: iterative: PCG to 1e-10" in iterative.summary()
     assert np.isnan(iterative.ranef_frame()["condsd"]).all()
     assert np.isnan(iterative.satterthwaite_df).all()
+    for thunk in (lambda: iterative.confint(verbose=False), lambda: iterative.bootstrap(3, verbose=False)):
+        with pytest.raises(tm.DataError, match="iterative backend"):
+            thunk()
+    assert iterative.confint("Wald").loc["serviceyes"].notna().all()
+    small = tm.lmer("y ~ service + (1 | g2)", crossed, backend="iterative", iterative_options=FAST, verbose=False)
+    lrt = tm.anova(small, iterative).table  # refits by ML, derivative-free on the iterative kernel
+    exact_lrt = tm.anova(tm.lmer("y ~ service + (1 | g2)", crossed, verbose=False), exact).table
+    assert lrt["Chisq"].iloc[1] == pytest.approx(exact_lrt["Chisq"].iloc[1], rel=1e-2)
 
 
 def test_random_slope_and_three_factors(crossed):

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
+from .estimators.profiled import fit_derivative_free, fit_near, fit_profiled, hessian_of_gradient
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
 from .threads import blas_threads_for
@@ -23,6 +23,13 @@ from .threads import blas_threads_for
 def _require_lmer(fit, what: str) -> None:
     if getattr(fit, "has_residual", False) is not True or not hasattr(fit, "problem"):
         raise DataError(f"{what} needs a fit of tfmixed.lmer (a linear mixed model), got {type(fit).__name__}")
+
+
+def require_exact_kernel(fit, what: str) -> None:
+    """Profiles and bootstraps lean on the exact kernel's gradient; the iterative backend has none."""
+    if getattr(fit.problem, "strategy", None) == "iterative":
+        raise DataError(f"{what} needs the exact kernel's gradient; this fit used the iterative backend "
+                        "(use confint('Wald'), or refit with backend='exact' where the model fits in memory)")
 
 
 def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, start: np.ndarray | None = None,
@@ -54,7 +61,9 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
     objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml))
     with blas_threads_for(problem.q_rest + problem.p + 1):
         start = fit.theta if start is None else start
-        if inverse_hessian is None:
+        if getattr(problem, "strategy", None) == "iterative":  # no gradient: the derivative-free search
+            optimum = fit_derivative_free(objective, start=start, max_iter=max_iter)
+        elif inverse_hessian is None:
             optimum = fit_profiled(objective, start=start, max_iter=max_iter)
         else:
             optimum = fit_near(objective, start, inverse_hessian)

@@ -122,8 +122,9 @@ class Resampling:
         return mean + noise
 
     def _bootstrap_metric(self):
-        from ..refit import criterion_inverse_hessian
+        from ..refit import criterion_inverse_hessian, require_exact_kernel
 
+        require_exact_kernel(self, "the bootstrap")
         return criterion_inverse_hessian(self)
 
     def _refit_response(self, response: np.ndarray, metric):

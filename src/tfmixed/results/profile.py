@@ -21,7 +21,7 @@ from ..estimators.profiled import fit_profiled
 from ..kernels.covariance import lower_indices
 from ..objective import LmmObjective
 from ..progress import Progress
-from ..refit import HeldFixedEffect, refit
+from ..refit import HeldFixedEffect, refit, require_exact_kernel
 
 #: how far beyond the limit at the highest level the traces of ``fit.profile()`` reach
 TRACE_LEVEL = 0.99
@@ -142,6 +142,7 @@ class ProfileLikelihood(_ProfileBase):
     def __init__(self, fit, *, verbose: bool = False):
         if not getattr(fit, "has_residual", False):
             raise DataError("profile likelihood intervals are available for lmer fits")
+        require_exact_kernel(fit, "a profile")
         self.fit = fit
         self.ml_fit = refit(fit, reml=False) if fit.reml else fit
         self.objective = LmmObjective(fit.problem, reml=False)
