@@ -76,6 +76,18 @@ class CrossProducts:
             self.sum_log_weights + other.sum_log_weights, self.shift,
         )
 
+    def z_gram(self, format: str = "csr") -> sp.spmatrix:
+        """Z'WZ as one sparse q x q matrix (the first term's blocks, then the rest), for kernels that need it whole
+        (the joint system of predictions, the iterative strategy)."""
+        first = block_diagonal_matrix(self.first_blocks)
+        if not self.q_rest:
+            return first.asformat(format)
+        return sp.bmat([[first, self.rest_first.T], [self.rest_first, self.rest_rest]], format=format)
+
+    def xy_z(self) -> np.ndarray:
+        """[X y~]'WZ as one dense (p + 1) x q array."""
+        return np.hstack([self.xy_first, self.xy_rest])
+
     def with_shift(self, shift) -> "CrossProducts":
         """The same statistics for another response shift: y~' = y~ - X delta with delta = shift' - shift.
 
@@ -140,6 +152,12 @@ class CrossProducts:
         (True, [2.0, 2.0])
         """
         return CrossProductPattern(terms).compute(X, y, weights=weights, offset=offset, shift=shift)
+
+
+def block_diagonal_matrix(blocks: np.ndarray) -> sp.bsr_matrix:
+    """Sparse block-diagonal matrix from an (L, k, k) array of blocks."""
+    count, k, _ = blocks.shape
+    return sp.bsr_matrix((blocks, np.arange(count), np.arange(count + 1)), shape=(count * k, count * k))
 
 
 def least_squares_shift(X, y, weights=None, offset=None) -> np.ndarray:

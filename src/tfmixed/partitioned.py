@@ -291,7 +291,7 @@ class PartitionedDesign:
 def _first_pass(parsed: ParsedFormula, ddf, used: list, drop_missing: bool, categorical: list):
     import dask
 
-    frame = ddf[used].dropna() if drop_missing else ddf[used]
+    frame = model_rows(ddf, used, drop_missing)
     nulls = ddf[used].isna().sum()
     # one output partition: a tree reduction (levels are held whole anyway), not a shuffle
     groups = {spec.group: frame[list(spec.group)].drop_duplicates(split_out=1) for spec in parsed.random}
@@ -445,11 +445,11 @@ def _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficie
     terms = [RandomEffectsTerm(np.zeros(0, np.int64), np.zeros((0, len(t.piece))), t.levels, name=t.spec.name,
                                columns=t.columns, spec=t.spec, expr_spec=(t.expr_spec, t.piece)) for t in plan.terms]
     fixed_names = names if kept is None else [names[j] for j in kept]
-    return PartitionedDesign(formula, parsed, plan, plan_rows(ddf, plan), statistics, fixed_names, renames, terms,
+    return PartitionedDesign(formula, parsed, plan, model_rows(ddf, plan.used, plan.drop_missing), statistics, fixed_names, renames, terms,
                              kept, [names[j] for j in dropped])
 
 
-def plan_rows(ddf, plan: PartitionPlan):
+def model_rows(ddf, used: list, drop_missing: bool):
     """The data frame restricted to the model's columns (and rows, with missing='drop')."""
-    frame = ddf[plan.used]
-    return frame.dropna() if plan.drop_missing else frame
+    frame = ddf[used]
+    return frame.dropna() if drop_missing else frame

@@ -51,6 +51,7 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
     _require_lmer(fit, "refit")
     design, problem = fit.design, fit.problem
     if response is not None:
+        require_exact_kernel(fit, "a refit on a new response")
         response = np.asarray(response, dtype=np.float64).ravel()
         if response.shape != design.y.shape:
             raise ShapeError(f"response must have {design.y.size} values (one per row of the fit), got {response.size}")

@@ -19,11 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-
-def block_diagonal_matrix(blocks: np.ndarray) -> sp.bsr_matrix:
-    """Sparse block-diagonal matrix from an (L, k, k) array of blocks."""
-    count, k, _ = blocks.shape
-    return sp.bsr_matrix((blocks, np.arange(count), np.arange(count + 1)), shape=(count * k, count * k))
+from ..cross_products import block_diagonal_matrix
 
 
 def sparse_block_sums(C: sp.csr_matrix, M: sp.spmatrix, n_levels: int, k: int) -> np.ndarray:

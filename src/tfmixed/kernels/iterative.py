@@ -26,7 +26,6 @@ import scipy.sparse as sp
 
 from ..cross_products import CrossProducts
 from ..errors import ConvergenceWarning, TfmixedError
-from .coupling import block_diagonal_matrix
 from .covariance import lambda_times
 from .criterion import ProfiledCriterion
 from .pls import BlockShape
@@ -73,12 +72,10 @@ class IterativeProblem:
         self.dims = [t.n_cols for t in self.terms]
         self.n, self.p, self.q = cp.n, cp.p, cp.q
         self.q_rest = cp.q_rest
-        first = block_diagonal_matrix(cp.first_blocks)
-        ZWZ = sp.bmat([[first, cp.rest_first.T], [cp.rest_first, cp.rest_rest]], format="coo") if cp.q_rest \
-            else sp.coo_matrix(first)
+        ZWZ = cp.z_gram(format="coo")
         self._zwz = tf.sparse.reorder(tf.sparse.SparseTensor(
             np.column_stack([ZWZ.row, ZWZ.col]).astype(np.int64), ZWZ.data.astype(np.float64), ZWZ.shape))
-        self._zw_xy = np.ascontiguousarray(np.hstack([cp.xy_first, cp.xy_rest]).T)  # q x (p + 1)
+        self._zw_xy = np.ascontiguousarray(cp.xy_z().T)  # q x (p + 1)
         self._diagonal_blocks = self._blocks_of(ZWZ.tocsr())
         rng = np.random.default_rng(self.options.seed)
         self._probes = rng.choice([-1.0, 1.0], size=(self.q, self.options.probes))
@@ -91,10 +88,6 @@ class IterativeProblem:
         matrix = tf.TensorSpec([None, None], tf.float64)
         factor_specs = [tf.TensorSpec([k, k], tf.float64) for k in self.dims]
         chol_specs = [tf.TensorSpec([t.n_levels, t.n_cols, t.n_cols], tf.float64) for t in self.terms]
-
-        @tf.function(input_signature=[matrix, factor_specs])
-        def apply(V, factors):
-            return self._apply(V, factors)
 
         @tf.function(input_signature=[matrix, matrix, matrix, tf.TensorSpec([None], tf.float64), factor_specs, chol_specs])
         def cg_step(X, R, D, rz, factors, chol):
@@ -131,7 +124,7 @@ class IterativeProblem:
         def precondition(V, chol):
             return self._per_term(V, chol, lambda L, b: tf.linalg.cholesky_solve(L, b))
 
-        self.apply_compiled, self.cg_step, self.lanczos, self.precondition = apply, cg_step, lanczos, precondition
+        self.cg_step, self.lanczos, self.precondition = cg_step, lanczos, precondition
 
     def _per_term(self, V, chol, solve):
         tf = self.tf

@@ -19,7 +19,6 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..cross_products import CrossProducts
-from .coupling import block_diagonal_matrix
 
 
 def _lambda_matrix(factors: list[np.ndarray], levels: list[int]) -> sp.csr_matrix:
@@ -45,9 +44,8 @@ class JointSystem:
         cp = cross_products
         levels = [count for count, _ in cp.dims]
         Lam = _lambda_matrix(factors, levels)
-        ZWZ = sp.bmat([[block_diagonal_matrix(cp.first_blocks), cp.rest_first.T], [cp.rest_first, cp.rest_rest]],
-                      format="csr") if cp.q_rest else sp.csr_matrix(block_diagonal_matrix(cp.first_blocks))
-        XWZ = np.hstack([cp.xy_first[:-1], cp.xy_rest[:-1]])
+        ZWZ = cp.z_gram()
+        XWZ = cp.xy_z()[:-1]
         upper = Lam.T @ ZWZ @ Lam + sp.identity(cp.q, format="csr")
         coupling = sp.csr_matrix(XWZ @ Lam) if cp.p else sp.csr_matrix((0, cp.q))
         A = sp.bmat([[upper, coupling.T], [coupling, sp.csr_matrix(cp.xy_xy[:-1, :-1])]], format="csc")

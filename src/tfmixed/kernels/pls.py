@@ -29,11 +29,11 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from ..cross_products import CrossProducts
+from ..cross_products import CrossProducts, block_diagonal_matrix
 from ..errors import MemoryLimitError, ShapeError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
-from .coupling import PatternCoupling, block_diagonal_matrix, choose_coupling
+from .coupling import PatternCoupling, choose_coupling
 from .covariance import lambda_times, lower_indices
 from .criterion import ProfiledCriterion
 from .dense_block import DenseFactor

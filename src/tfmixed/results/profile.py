@@ -80,8 +80,14 @@ class VarianceParameters:
 
 class _ProfileBase:
     """What every profile shares: limits by Brent's method on zeta(v) = +-z, intervals, traces. A subclass sets
-    ``names``, ``estimate``, ``minimum``, ``verbose``, ``_scales`` (first steps) and provides ``bounds(index)``
-    and ``zeta(index, value, start)``."""
+    ``names``, ``estimate``, ``minimum``, ``verbose``, ``_scales`` (first steps), ``parameters`` and
+    ``n_variance`` and provides ``zeta(index, value, start)``."""
+
+    def bounds(self, index: int) -> tuple[float, float]:
+        """The range of parameter ``index``: an SD >= 0, a correlation in [-1, 1], a fixed effect free."""
+        if index < self.n_variance:
+            return float(self.parameters.lower[index]), float(self.parameters.upper[index])
+        return -np.inf, np.inf
 
     def limit(self, index: int, target: float) -> float:
         """The value where zeta = ``target`` (a bound of the parameter where zeta never gets there)."""
@@ -199,11 +205,6 @@ class ProfileLikelihood(_ProfileBase):
         scale = np.where(np.isfinite(variance) & (variance > 0), np.sqrt(variance), np.maximum(np.abs(p), 1e-2) / 4)
         return np.concatenate([scale, self.ml_fit.fixef_se.to_numpy()])
 
-    def bounds(self, index: int) -> tuple[float, float]:
-        if index < self.n_variance:
-            return float(self.parameters.lower[index]), float(self.parameters.upper[index])
-        return -np.inf, np.inf
-
     # -- zeta ----------------------------------------------------------------------------------------------------
     def _held_variance(self, index: int, value: float, start: np.ndarray) -> tuple[float, np.ndarray]:
         free = np.arange(self.n_variance) != index
@@ -262,11 +263,6 @@ class GlmmProfileLikelihood(_ProfileBase):
         self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit._beta])
         self.minimum = fit.criterion
         self._scales = self._standard_errors()
-
-    def bounds(self, index: int) -> tuple[float, float]:
-        if index < self.n_variance:
-            return float(self.parameters.lower[index]), float(self.parameters.upper[index])
-        return -np.inf, np.inf
 
     def _split(self, z: np.ndarray):
         variance = np.concatenate([z[: self.n_variance], [1.0]])
