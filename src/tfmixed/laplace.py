@@ -315,6 +315,8 @@ class _Criterion:
         if not np.isfinite(value):
             return np.inf, np.zeros_like(params)
         gradient = self.analytic_gradient(mode)
+        if gradient is None and self.objective.family.canonical:
+            gradient = self._gradient_inside(params)
         if gradient is not None:
             return value, gradient
         gradient = np.empty_like(params)
@@ -326,6 +328,26 @@ class _Criterion:
             gradient[i] = (self(plus) - self(minus)) / (2 * h)
         self(params)  # the centre's mode stays the warm start of the next evaluation
         return value, gradient
+
+    #: how far inside the boundary the gradient of a singular relative covariance factor is taken
+    inside_step = 1e-7
+
+    def _gradient_inside(self, params):
+        """The gradient where a vector-valued term's T is singular (a diagonal element on its bound 0, where the
+        closed form needs T^{-1}): the criterion depends on T T' only and is smooth there, so the gradient at a
+        point ``inside_step`` inside (error of that order) replaces the 2 n PIRLS runs of central differences
+        that an optimiser's trial point on the boundary would otherwise cost. None if the gradient is still
+        unavailable there."""
+        lower = self.lower
+        on_bound = np.isfinite(lower) & (params <= lower)
+        if not np.any(on_bound):
+            return None
+        inside = params.copy()
+        inside[on_bound] = lower[on_bound] + self.inside_step * max(1.0, float(np.max(np.abs(params))))
+        try:
+            return self.analytic_gradient(self.mode_at(inside))
+        except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):
+            return None
 
     def is_degenerate(self, params) -> bool:
         return False

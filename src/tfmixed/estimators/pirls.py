@@ -33,6 +33,10 @@ from ..kernels.pls import PLSFactor, PLSProblem
 #: converges quadratically, so the mode is then exact to rounding)
 PIRLS_TOL = 1e-13
 MAX_HALVINGS = 30
+#: under a canonical link PIRLS is Newton's method: decreases d_k shrink quadratically, d_{k+1} ~ d_k^3 / d_{k-1}^2.
+#: A step whose predicted successor is below PIRLS_TOL * QUADRATIC_MARGIN has reached the mode to rounding, which
+#: saves the last, confirming step of every run (about a fifth of a fit's factorisations)
+QUADRATIC_MARGIN = 1e-6
 
 
 @dataclass
@@ -114,7 +118,7 @@ class PIRLS:
             eta = self.design.fitted(current_beta, self.to_b(start.u, factors))
             pdev, mu = self.penalised_deviance(eta, start.u)
             current = (current_beta, start.u, eta, mu, pdev)
-        converged = False
+        converged, decreases = False, []
         for iteration in range(1, 101):
             mu_eta = self.family.link.mu_eta(eta)
             weights = self.family.working_weights(mu, eta, self.prior)
@@ -126,12 +130,23 @@ class PIRLS:
                 break
             new_beta, new_u = factor.solve()
             new_beta = new_beta if joint else np.asarray(beta, dtype=np.float64)
+            previous = None if current is None else current[4]
             current, converged = self._step(current, new_beta, new_u, factors)
+            if previous is not None and not converged:
+                decreases.append(previous - current[4])
+                converged = self._quadratically_converged(decreases, current[4])
             eta, mu = current[2], current[3]
         else:
             raise ConvergenceError(f"PIRLS did not converge in 100 iterations at theta={theta.tolist()}")
         beta_out, u, eta, mu, pdev = current
         return Mode(theta, beta_out, u, self.to_b(u, factors), eta, mu, pdev, factor, iteration)
+
+    def _quadratically_converged(self, decreases: list[float], pdev: float) -> bool:
+        """Whether Newton's quadratic convergence puts the next decrease below the tolerance (canonical links)."""
+        if not self.family.canonical or len(decreases) < 2 or decreases[-2] <= 0:
+            return False
+        last = decreases[-1]
+        return 0 <= last <= decreases[-2] and last**3 / decreases[-2] ** 2 <= PIRLS_TOL * QUADRATIC_MARGIN * (1.0 + abs(pdev))
 
     def _step(self, current, new_beta, new_u, factors):
         """Move towards the least-squares solution, halving the step until the penalised deviance decreases."""

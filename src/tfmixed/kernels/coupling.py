@@ -16,6 +16,8 @@ C_j' M C_j per level (``sparse_block_sums`` for a sparse M), ``transpose_times(z
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -144,13 +146,25 @@ class PatternCoupling(SparseCoupling):
             rows, cols = np.divmod(QT.indices, self.size)
             strict = rows != cols
         self._strict = strict
-        # block sums read the strictly-lower and diagonal positions apart (k > 1 needs the strict part's
-        # transpose); for k = 1 one matrix with the strictly-lower entries doubled does it
-        if k == 1:
-            self.sums_matrix = sp.csr_matrix((np.where(strict, 2.0, 1.0) * QT.data, QT.indices, QT.indptr), shape=QT.shape)
-        else:
-            self.strict_matrix = sp.csr_matrix((np.where(strict, QT.data, 0.0), QT.indices, QT.indptr), shape=QT.shape)
-            self.diagonal_matrix = sp.csr_matrix((np.where(strict, 0.0, QT.data), QT.indices, QT.indptr), shape=QT.shape)
+
+    # block sums read the strictly-lower and diagonal positions apart (k > 1 needs the strict part's
+    # transpose); for k = 1 one matrix with the strictly-lower entries doubled does it. Built on first use: a
+    # PIRLS iteration refills the coupling and factors it, only the gradient reads block sums.
+    @cached_property
+    def sums_matrix(self) -> sp.csr_matrix:
+        return self._masked(np.where(self._strict, 2.0, 1.0))
+
+    @cached_property
+    def strict_matrix(self) -> sp.csr_matrix:
+        return self._masked(self._strict.astype(np.float64))
+
+    @cached_property
+    def diagonal_matrix(self) -> sp.csr_matrix:
+        return self._masked((~self._strict).astype(np.float64))
+
+    def _masked(self, factor: np.ndarray) -> sp.csr_matrix:
+        QT = self.QT
+        return sp.csr_matrix((factor * QT.data, QT.indices, QT.indptr), shape=QT.shape)
 
     @staticmethod
     def pair_count(C: sp.csc_matrix, k: int) -> int:

@@ -41,8 +41,10 @@ from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
 
 
-#: below this many entries (rest x first columns) inverse_entries holds S^{-1} M' dense
+#: below this many entries (rest x first columns) inverse_entries may hold S^{-1} M' dense
 DENSE_COUPLING_INVERSE = 4_000_000
+#: a BLAS flop of the dense S^{-1} M' costs about this fraction of one indexed product of the per-pair path
+DENSE_FLOP_COST = 0.01
 
 
 @dataclass(frozen=True)
@@ -410,7 +412,7 @@ class PLSFactor(ProfiledCriterion):
         out[both_first] = self.first.A_inv[a[both_first] // k1, a[both_first] % k1, b[both_first] % k1]
         if qr:
             first_rest, rest_first = (a < q1) & (b >= q1), (a >= q1) & (b < q1)
-            if isinstance(self.rest, DenseFactor) and qr * q1 <= DENSE_COUPLING_INVERSE:
+            if self._dense_coupling_inverse_pays(a[both_first], b[both_first], first_rest | rest_first):
                 # small enough to hold S^{-1} M' dense: every entry is a lookup or one length-qr dot product
                 S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
                 coupled = problem.coupling.times_block_diagonal(self.factors[0][None, :, :] @ self.first.A_inv)[:qr]
@@ -429,6 +431,20 @@ class PLSFactor(ProfiledCriterion):
             both_rest = (a >= q1) & (b >= q1)
             out[both_rest] = lookup(a[both_rest] - q1, b[both_rest] - q1)
         return out
+
+    def _dense_coupling_inverse_pays(self, left: np.ndarray, right: np.ndarray, mixed: np.ndarray) -> bool:
+        """Whether forming S^{-1} M' whole (q_rest^2 q1 flops) is cheaper than the per-pair sums (a product of
+        the pair's nonzero counts in M' each): the dense way wins on small blocks, the per-pair one where the
+        coupling is sparse (a nested-like factor: one nonzero per column, as mothers within communities)."""
+        problem = self.problem
+        qr, q1 = problem.q_rest, problem.first.q
+        if not isinstance(self.rest, DenseFactor) or qr * q1 > DENSE_COUPLING_INVERSE:
+            return False
+        # M' has C's pattern widened by each rest term's k: count per first column, times the largest k
+        counts = np.bincount(sp.csr_matrix(problem.cross_products.rest_first).indices, minlength=q1)
+        counts = counts * max(term.n_cols for term in problem.rest)
+        per_pair = float(np.sum(counts[left] * counts[right])) + float(np.count_nonzero(mixed)) * float(np.max(counts, initial=0))
+        return DENSE_FLOP_COST * qr * qr * q1 <= per_pair + q1
 
     def _coupling_times_inverse(self) -> sp.csc_matrix:
         """M' = Lambda_r' Zr'WZ1 T1 A11^{-1} as a sparse qr x q1 matrix (the pattern of the coupling)."""
