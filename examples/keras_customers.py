@@ -10,7 +10,10 @@ Compares the test MSE of
   (b) no penalty (one run),
   (c) learned per-factor penalties, tfmixed.keras.EmpiricalBayes, corrected rule (one run),
   (d) the same with the seed's quick-and-dirty rule (one run),
-and the oracle MSE of the true mean function. Usage: python examples/keras_customers.py [--epochs 20]
+  (e) as (c), with the two hidden layers' weight decay learned too (EmpiricalBayesDecay, one run),
+  (f) as (c), with one hidden-layer weight decay chosen on a validation grid (one run per grid value + a refit),
+and the oracle MSE of the true mean function.
+Usage: python examples/keras_customers.py [--epochs 20] [--methods abcdef]
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from tfmixed.keras import EmpiricalBayes, RandomEffects
+from tfmixed.keras import EmpiricalBayes, EmpiricalBayesDecay, RandomEffects
 
 N_CUSTOMERS, N_STATES, ROWS = 10_000, 50, 80_000
 GRID = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+#: lambda of the hidden layers' L2 penalty lambda ||W||^2 / n_train (the scale EmpiricalBayesDecay learns on)
+HIDDEN_GRID = [0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
 
 def simulate(seed: int = 0):
@@ -43,12 +48,22 @@ def simulate(seed: int = 0):
     return part(~test), part(test)
 
 
-def build(penalty: float, y_mean: float, decay_steps: int) -> keras.Model:
+def hidden_regulariser(hidden, n_train: int):
+    """None, a learned EmpiricalBayesDecay ("learned") or a fixed L2 penalty lambda ||W||^2 / n_train."""
+    if hidden is None:
+        return None
+    if hidden == "learned":
+        return EmpiricalBayesDecay(initial_penalty=1.0, n_train=n_train)
+    return keras.regularizers.L2(hidden / n_train)
+
+
+def build(penalty: float, y_mean: float, decay_steps: int, hidden=None, n_train: int = 1) -> keras.Model:
     x = keras.Input((4,), name="x")
     customer = keras.Input((), name="customer", dtype="int32")
     state = keras.Input((), name="state", dtype="int32")
-    hidden = keras.layers.Dense(32, activation="relu")(x)
-    hidden = keras.layers.Dense(32, activation="relu")(hidden)
+    hidden_layer = keras.layers.Dense(32, activation="relu", kernel_regularizer=hidden_regulariser(hidden, n_train))(x)
+    hidden_layer = keras.layers.Dense(32, activation="relu", kernel_regularizer=hidden_regulariser(hidden, n_train))(hidden_layer)
+    hidden = hidden_layer
     fixed = keras.layers.Dense(1, name="fixed", bias_initializer=keras.initializers.Constant(y_mean))(hidden)
     effects = RandomEffects({"customer": N_CUSTOMERS, "state": N_STATES}, initial_penalty=penalty, name="effects")(
         {"customer": customer, "state": state}
@@ -60,9 +75,9 @@ def build(penalty: float, y_mean: float, decay_steps: int) -> keras.Model:
     return model
 
 
-def train(x, y, penalty: float, epochs: int, callback=None, seed: int = 0) -> keras.Model:
+def train(x, y, penalty: float, epochs: int, callback=None, seed: int = 0, hidden=None) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    model = build(penalty, float(y.mean()), decay_steps=epochs * int(np.ceil(len(y) / 256)))
+    model = build(penalty, float(y.mean()), decay_steps=epochs * int(np.ceil(len(y) / 256)), hidden=hidden, n_train=len(y))
     callbacks = [callback] if callback is not None else []
     if callback is None:  # a fixed penalty still needs n_train for the lambda ||E||^2 / n scaling
         model.get_layer("effects").n_train.assign(float(len(y)))
@@ -77,35 +92,56 @@ def mse(model, x, y) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--methods", default="abcdef", help="which of the methods (a)-(f) to run")
     args = parser.parse_args()
     (x_train, y_train, _), (x_test, y_test, mean_test) = simulate()
-    rows = []
-
-    started = time.perf_counter()
+    rows, scores, hidden_scores = [], {}, {}
     rng = np.random.default_rng(1)
     validation = rng.random(len(y_train)) < 0.2
     fit_x = {k: v[~validation] for k, v in x_train.items()}
     val_x = {k: v[validation] for k, v in x_train.items()}
-    scores = {}
-    for penalty in GRID:
-        model = train(fit_x, y_train[~validation], penalty, args.epochs)
-        scores[penalty] = mse(model, val_x, y_train[validation])
-    best = min(scores, key=scores.get)
-    model = train(x_train, y_train, best, args.epochs)
-    rows.append(("(a) shared penalty, validation grid", len(GRID) + 1, f"lambda = {best:g} (grid {GRID})",
-                 mse(model, x_test, y_test), time.perf_counter() - started))
 
-    started = time.perf_counter()
-    model = train(x_train, y_train, 0.0, args.epochs)
-    rows.append(("(b) no penalty", 1, "lambda = 0", mse(model, x_test, y_test), time.perf_counter() - started))
+    def learned(x, y, hidden=None):
+        callback = EmpiricalBayes(x, y, rule="corrected", update_every=1, warmup_epochs=2)
+        return train(x, y, 1.0, args.epochs, callback=callback, hidden=hidden), callback
 
-    for label, rule in (("(c) learned, corrected rule", "corrected"), ("(d) learned, quick-and-dirty rule", "quick_and_dirty")):
+    def describe(callback):
+        return ", ".join(f"lambda[{k}] = {v:.3g}" for k, v in callback.penalties().items()) + f"; sigma2 = {callback.sigma2:.3f}"
+
+    if "a" in args.methods:
         started = time.perf_counter()
-        callback = EmpiricalBayes(x_train, y_train, rule=rule, update_every=1, warmup_epochs=2)
-        model = train(x_train, y_train, 1.0, args.epochs, callback=callback)
-        penalties = callback.penalties()
-        rows.append((label, 1, ", ".join(f"lambda[{k}] = {v:.3g}" for k, v in penalties.items())
-                     + f"; sigma2 = {callback.sigma2:.3f}", mse(model, x_test, y_test), time.perf_counter() - started))
+        for penalty in GRID:
+            model = train(fit_x, y_train[~validation], penalty, args.epochs)
+            scores[penalty] = mse(model, val_x, y_train[validation])
+        best = min(scores, key=scores.get)
+        model = train(x_train, y_train, best, args.epochs)
+        rows.append(("(a) shared penalty, validation grid", len(GRID) + 1, f"lambda = {best:g} (grid {GRID})",
+                     mse(model, x_test, y_test), time.perf_counter() - started))
+    if "b" in args.methods:
+        started = time.perf_counter()
+        model = train(x_train, y_train, 0.0, args.epochs)
+        rows.append(("(b) no penalty", 1, "lambda = 0", mse(model, x_test, y_test), time.perf_counter() - started))
+    for key, label, rule in (("c", "(c) learned, corrected rule", "corrected"), ("d", "(d) learned, quick-and-dirty rule", "quick_and_dirty")):
+        if key in args.methods:
+            started = time.perf_counter()
+            callback = EmpiricalBayes(x_train, y_train, rule=rule, update_every=1, warmup_epochs=2)
+            model = train(x_train, y_train, 1.0, args.epochs, callback=callback)
+            rows.append((label, 1, describe(callback), mse(model, x_test, y_test), time.perf_counter() - started))
+    if "e" in args.methods:
+        started = time.perf_counter()
+        model, callback = learned(x_train, y_train, hidden="learned")
+        rows.append(("(e) learned, hidden layers' decay learned too", 1, describe(callback), mse(model, x_test, y_test),
+                     time.perf_counter() - started))
+    if "f" in args.methods:
+        started = time.perf_counter()
+        for value in HIDDEN_GRID:
+            model, _ = learned(fit_x, y_train[~validation], hidden=value)
+            hidden_scores[value] = mse(model, val_x, y_train[validation])
+        best = min(hidden_scores, key=hidden_scores.get)
+        model, callback = learned(x_train, y_train, hidden=best)
+        rows.append(("(f) learned, hidden decay from a validation grid", len(HIDDEN_GRID) + 1,
+                     f"hidden lambda = {best:g} (grid {HIDDEN_GRID}); " + describe(callback), mse(model, x_test, y_test),
+                     time.perf_counter() - started))
 
     table = pd.DataFrame(rows, columns=["method", "training runs", "penalties", "test MSE", "seconds"]).set_index("method")
     oracle = float(np.mean((mean_test[:, None] - y_test) ** 2))
@@ -113,7 +149,10 @@ def main() -> None:
         print(table.round({"test MSE": 4, "seconds": 1}).to_string())
     print(f"\noracle test MSE (true mean function, noise only): {oracle:.4f}")
     print(f"true penalties: lambda[customer] = {1 / 0.6**2:.3g}, lambda[state] = {1 / 0.8**2:.3g} (sigma2 = 1)")
-    print(f"validation MSE per grid value: { {k: round(v, 4) for k, v in scores.items()} }")
+    if scores:
+        print(f"validation MSE per grid value: { {k: round(v, 4) for k, v in scores.items()} }")
+    if hidden_scores:
+        print(f"validation MSE per hidden-decay value: { {k: round(v, 4) for k, v in hidden_scores.items()} }")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_save_load_and_tf_data(sleep, tmp_path):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(180, seed=0).batch(45)
     callback = EmpiricalBayes(dataset, update_every=2, warmup_epochs=2)
     model.fit(dataset, epochs=12, verbose=0, shuffle=False, callbacks=[callback])
-    assert callback.sigma2 > 0 and len(callback.y) == 180
+    assert callback.sigma2 > 0 and callback.rows.n_rows == 180
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path)

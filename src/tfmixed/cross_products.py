@@ -154,6 +154,123 @@ class CrossProducts:
         return CrossProductPattern(terms).compute(X, y, weights=weights, offset=offset, shift=shift)
 
 
+class CrossProductsSum:
+    """Cross-products summed over a stream of row chunks that each touch few levels of large factors (the
+    minibatches of a training set): each chunk's statistics are computed on its own levels only and scattered
+    into the totals, so a chunk costs O(its rows), not O(levels); the sparse blocks collect entries that are
+    compacted whenever they outgrow the total (amortised linear). Memory: the totals (O(levels) dense parts,
+    the sparse blocks' nonzeros), whatever the number of rows.
+
+    >>> import numpy as np
+    >>> from tfmixed.terms import RandomEffectsTerm
+    >>> codes = np.array([0, 3, 3, 1, 0, 2])
+    >>> X, y = np.ones((6, 1)), np.arange(6.0)
+    >>> running = CrossProductsSum(((4, 1),), p=1)
+    >>> for rows in (slice(0, 2), slice(2, 6)):
+    ...     running.add(X[rows], y[rows], [RandomEffectsTerm.intercept(codes[rows], 4)])
+    >>> whole = CrossProducts.from_rows(X, y, [RandomEffectsTerm.intercept(codes, 4)], shift=[0.0])
+    >>> bool(np.allclose(running.total().xy_first, whole.xy_first))
+    True
+    """
+
+    def __init__(self, dims, p: int):
+        self.dims, self.p = tuple((int(levels), int(cols)) for levels, cols in dims), int(p)
+        (l1, k1), rest = self.dims[0], self.dims[1:]
+        self.rest_offsets = np.cumsum([0] + [levels * cols for levels, cols in rest])
+        q1, qr = l1 * k1, int(self.rest_offsets[-1])
+        self.first_blocks = np.zeros((l1, k1, k1))
+        # [X y~]'WZ transposed, so that a chunk's levels are scattered as contiguous rows
+        self.first_xy = np.zeros((q1, p + 1))
+        self.rest_xy = np.zeros((qr, p + 1))
+        self.xy_xy = np.zeros((p + 1, p + 1))
+        self.rest_first, self.rest_rest = _SparseSum((qr, q1)), _SparseSum((qr, qr))
+        self.n, self.sum_log_weights = 0, 0.0
+
+    def add(self, X, y, terms: list[RandomEffectsTerm], *, weights=None) -> None:
+        """Add the rows (X, y, the terms' codes in the global levels), response shift 0."""
+        if tuple((t.n_levels, t.n_cols) for t in terms) != self.dims:
+            raise ShapeError(f"terms of structure {[(t.n_levels, t.n_cols) for t in terms]} cannot join {self.dims}")
+        local, columns = [], []
+        for term, offset in zip(terms, np.concatenate([[0], self.rest_offsets[:-1]])):
+            present, codes = np.unique(term.codes, return_inverse=True)
+            local.append(RandomEffectsTerm(codes.ravel(), term.values, np.arange(present.size)))
+            columns.append(offset + (present[:, None] * term.n_cols + np.arange(term.n_cols)).ravel())
+        chunk = CrossProducts.from_rows(X, y, local, weights=weights, shift=np.zeros(self.p))
+        first, rest = columns[0], np.concatenate(columns[1:]) if len(columns) > 1 else np.zeros(0, np.int64)
+        self.first_blocks[first[:: self.dims[0][1]] // self.dims[0][1]] += chunk.first_blocks
+        self.first_xy[first] += chunk.xy_first.T
+        self.rest_xy[rest] += chunk.xy_rest.T
+        self.xy_xy += chunk.xy_xy
+        for total, block, left, right in ((self.rest_first, chunk.rest_first, rest, first),
+                                          (self.rest_rest, chunk.rest_rest, rest, rest)):
+            entries = block.tocoo()
+            total.add(left[entries.row], right[entries.col], entries.data)
+        self.n += chunk.n
+        self.sum_log_weights += chunk.sum_log_weights
+
+    def add_level_sums(self, levels, blocks, level_xy, xy_xy, n: int, *, distinct: bool = False) -> None:
+        """Add rows already summed per level (a single-term model; the sums made elsewhere, e.g. in a network's
+        graph): for level j = ``levels[m]`` the k x k block sum_i v_i v_i' and the k x (p + 1) block
+        sum_i v_i [x_i y_i]', with [X y]'[X y] and the rows' count. ``distinct``: no level repeats."""
+        if len(self.dims) != 1:
+            raise ShapeError("per-level sums describe a model with one random-effects term")
+        k = self.dims[0][1]
+        levels = np.asarray(levels, dtype=np.int64)
+        columns = (levels[:, None] * k + np.arange(k)).ravel()
+        flat = np.asarray(level_xy, dtype=np.float64).reshape(-1, self.p + 1)
+        if distinct:
+            self.first_blocks[levels] += blocks
+            self.first_xy[columns] += flat
+        else:
+            np.add.at(self.first_blocks, levels, blocks)
+            np.add.at(self.first_xy, columns, flat)
+        self.xy_xy += xy_xy
+        self.n += int(n)
+
+    def total(self) -> CrossProducts:
+        """The cross-products of every row added so far."""
+        return CrossProducts(self.dims, self.n, self.first_blocks.copy(), self.rest_first.matrix(), self.first_xy.T.copy(),
+                             self.rest_rest.matrix(), self.rest_xy.T.copy(), self.xy_xy.copy(), self.sum_log_weights,
+                             np.zeros(self.p))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the dense totals and the sparse blocks (compacted and pending)."""
+        dense = self.first_blocks.nbytes + self.first_xy.nbytes + self.rest_xy.nbytes + self.xy_xy.nbytes
+        return dense + self.rest_first.nbytes + self.rest_rest.nbytes
+
+
+class _SparseSum:
+    """A sparse matrix summed from (row, column, value) entries: pending entries are compacted into the
+    total when they outnumber its nonzeros (each entry is compacted O(log) times at most)."""
+
+    def __init__(self, shape):
+        self.shape, self._total = shape, sp.csr_matrix(shape)
+        self._pending, self._count = [], 0
+
+    def add(self, rows, cols, values) -> None:
+        if rows.size:
+            self._pending.append((rows, cols, values))
+            self._count += rows.size
+        if self._count > max(self._total.nnz, 1 << 16):
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._pending:
+            rows, cols, values = (np.concatenate(parts) for parts in zip(*self._pending))
+            self._total = (self._total + sp.csr_matrix((values, (rows, cols)), shape=self.shape)).tocsr()
+            self._pending, self._count = [], 0
+
+    def matrix(self) -> sp.csr_matrix:
+        self._fold()
+        return self._total.copy()
+
+    @property
+    def nbytes(self) -> int:
+        total = self._total.data.nbytes + self._total.indices.nbytes + self._total.indptr.nbytes
+        return total + sum(r.nbytes + c.nbytes + v.nbytes for r, c, v in self._pending)
+
+
 def block_diagonal_matrix(blocks: np.ndarray) -> sp.bsr_matrix:
     """Sparse block-diagonal matrix from an (L, k, k) array of blocks."""
     count, k, _ = blocks.shape

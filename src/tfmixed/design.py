@@ -283,6 +283,35 @@ def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> list[int]:
     return dropped
 
 
+def aliased_from_gram(gram: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns that are (numerically) combinations of earlier ones, from X'WX: the same rule as
+    :func:`aliased_columns` (residual norm of the unit-scaled column below ``tol``), for statistics summed over
+    row chunks where X itself is never whole.
+
+    >>> X = np.column_stack([np.ones(4), np.arange(4.0), 2 * np.arange(4.0)])
+    >>> aliased_from_gram(X.T @ X)
+    [2]
+    """
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    unit = gram / np.outer(np.where(norms > 0, norms, 1.0), np.where(norms > 0, norms, 1.0))
+    kept, dropped = [], []
+    for j in range(gram.shape[0]):
+        if norms[j] == 0:
+            dropped.append(j)
+            continue
+        if kept:
+            block = unit[np.ix_(kept, kept)]
+            cross = unit[kept, j]
+            residual = unit[j, j] - cross @ np.linalg.solve(block, cross)
+        else:
+            residual = unit[j, j]
+        if residual < tol * tol:
+            dropped.append(j)
+        else:
+            kept.append(j)
+    return dropped
+
+
 def check_rank(X: np.ndarray, names: list[str], policy: str = "raise") -> list[int]:
     """The columns of X to drop as aliased (``policy="drop"``, with a :class:`RankDeficiencyWarning` as lme4's
     message) or a :class:`RankDeficientError` naming them (``"raise"``)."""

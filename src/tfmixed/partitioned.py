@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .cross_products import CrossProducts
-from .design import (R_FUNCTIONS, _lme4_name, _response, _used_columns, evaluate, grouping_codes, offset_values,
-                     plain_strings)
+from .design import (R_FUNCTIONS, _lme4_name, _response, _used_columns, aliased_from_gram, evaluate, grouping_codes,
+                     offset_values, plain_strings)
 from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, TfmixedWarning
 from .formula import ParsedFormula, parse_formula
 from .levels import encode_levels
@@ -334,29 +334,6 @@ def _refuse_stateful(spec, what: str) -> None:
                         "...); on partitioned data compute that column first (its state would come from one partition)")
 
 
-def _aliased_from_gram(gram: np.ndarray, tol: float = 1e-7) -> list[int]:
-    """Columns that are (numerically) combinations of earlier ones, from X'WX: the same rule as
-    :func:`tfmixed.design.aliased_columns` (residual norm of the unit-scaled column below ``tol``)."""
-    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
-    unit = gram / np.outer(np.where(norms > 0, norms, 1.0), np.where(norms > 0, norms, 1.0))
-    kept, dropped = [], []
-    for j in range(gram.shape[0]):
-        if norms[j] == 0:
-            dropped.append(j)
-            continue
-        if kept:
-            block = unit[np.ix_(kept, kept)]
-            cross = unit[kept, j]
-            residual = unit[j, j] - cross @ np.linalg.solve(block, cross)
-        else:
-            residual = unit[j, j]
-        if residual < tol * tol:
-            dropped.append(j)
-        else:
-            kept.append(j)
-    return dropped
-
-
 def build_partitioned_design(formula: str, data: Any, *, missing: str = "raise", weights=None, offset=None,
                              rank_deficient: str = "drop", client=None, verbose: bool = True) -> PartitionedDesign:
     """The design of ``formula`` on partitioned ``data`` (a Dask data frame or Parquet path): two passes over
@@ -431,7 +408,7 @@ def _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficie
         if levels * k >= nobs:
             raise DataError(f"number of observations ({nobs}) <= number of random effects ({levels * k}) for term "
                             f"({term_plan.spec.expr} | {term_plan.spec.name}) (lme4's check.nobs.vs.nRE)")
-    dropped = _aliased_from_gram(cp.xy_xy[:-1, :-1]) if cp.p else []
+    dropped = aliased_from_gram(cp.xy_xy[:-1, :-1]) if cp.p else []
     kept = None
     if dropped:
         labels = [names[j] for j in dropped]
