@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 import tfmixed as tm
-from common import HERE, SET2, arguments, lme4_available, run_r, warm_median, write_block
+from common import HERE, SET2, arguments, emit, lme4_available, run_r, warm_median
 
 GLMM = HERE.parent / "tests" / "reference" / "glmm" / "lme4_default"
 
@@ -112,9 +112,7 @@ def main() -> None:
               f"{platform.machine()} with {os.cpu_count()} cores. -2 log L on one scale (lme4's nAGQ > 1 value plus "
               "the saturated model's term); negative: tfmixed's is lower. lme4 (tight): glmerControl(optimizer = "
               "'bobyqa', tolPwrss = 1e-12, rhoend = 1e-10), not timed.")
-    print("\n" + table + footer)
-    if args.write:
-        write_block("bench_glmer", f"{table}\n{footer}")
+    emit("bench_glmer", table, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from common import write_block
+from common import emit
 
 
 def simulate(n: int, seed: int = 0):
@@ -87,9 +87,7 @@ def main() -> None:
     footer = (f"\nSeconds per epoch after a compiling one (Adam, batch 1,024), the update timed at its second run, {platform.machine()} with {__import__('os').cpu_count()} cores; "
               "the update streams the rows in batches of 16,384; statistics: the bytes the update held; peak RSS of the "
               "whole process (data, model, TensorFlow).")
-    print("\n" + table + footer)
-    if args.write:
-        write_block("bench_keras", f"{table}\n{footer}")
+    emit("bench_keras", table, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 import tfmixed as tm
-from common import SET2, arguments, lme4_available, run_r, warm_median, write_block
+from common import SET2, arguments, emit, lme4_available, run_r, warm_median
 
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
@@ -81,9 +81,7 @@ def main() -> None:
     footer = (f"\nMedian of {args.repeats} fits ({max(1, args.repeats // 3)} for star and InstEval), warm process, "
               f"{platform.machine()} with {__import__('os').cpu_count()} cores; criterion difference = tfmixed - lme4 "
               "(negative: tfmixed found a lower REML criterion).")
-    print("\n" + table + footer)
-    if args.write:
-        write_block("bench_lmer", f"{table}\n{footer}")
+    emit("bench_lmer", table, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ the columns of every group but the largest). ``coupling="within_factor"`` fits o
 columns jointly, with the fixed layer): exact for a single factor, and for several it leaves out how the
 posteriors of crossed factors correlate, which the data's crossing makes small when each level has many rows;
 it is what scales to a million-level factor crossed with a ten-thousand-level one. ``"auto"`` takes the exact
-model when the columns outside the largest group number at most ``EXACT_REST_COLUMNS``.
+model when the columns outside the largest group number at most ``EXACT_REST_COLUMNS`` and, times the largest
+group's levels, at most ``EXACT_COUPLING_ENTRIES`` (the kernel's coupling block).
 
 Penalised Dense kernels use the diagonal Gauss-Newton posterior, its curvature from random-sign probes
 (:meth:`~tfmixed.keras.linearisation.Linearisation.decay_curvature`) over at most ``max_probes`` groups of
@@ -33,8 +34,10 @@ from ..errors import DataError, TfmixedError, TfmixedWarning
 from ..kernels.pls import PLSProblem
 from ..terms import RandomEffectsTerm
 
-#: "auto" couples the groups exactly while the kernel's Schur complement stays this small
+#: "auto" couples the groups exactly while the kernel's Schur complement stays this small and its coupling
+#: block (largest group's levels x the other columns) this small
 EXACT_REST_COLUMNS = 4000
+EXACT_COUPLING_ENTRIES = 20_000_000
 COUPLINGS = ("auto", "exact", "within_factor")
 
 
@@ -55,7 +58,8 @@ def choose_coupling(coupling: str, groups: list[Group]) -> str:
     if coupling != "auto":
         return coupling
     sizes = sorted((g.n_levels for g in groups), reverse=True)
-    return "exact" if sum(sizes[1:]) <= EXACT_REST_COLUMNS else "within_factor"
+    rest = sum(sizes[1:])
+    return "exact" if rest <= EXACT_REST_COLUMNS and sizes[0] * rest <= EXACT_COUPLING_ENTRIES else "within_factor"
 
 
 class RandomEffectsEvidence:

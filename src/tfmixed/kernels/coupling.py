@@ -81,13 +81,22 @@ class SparseCoupling:
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         return (self.C @ block_diagonal_matrix(weights) @ self.C.T).toarray()
 
+    #: entries of the dense M C formed at a time by block_sums (its memory, 8 bytes each)
+    block_sums_chunk = 4_000_000
+
     def block_sums(self, M: np.ndarray) -> np.ndarray:
+        """C_j' M C_j per level, M C formed for a chunk of levels at a time (whole, it is dense rows x q1)."""
         k = self.k
         sums = np.zeros((self.n_levels, k, k))
-        MC = (self.C.T @ M).T
-        for a in range(k):
-            for b in range(k):
-                sums[:, a, b] = np.asarray(self.C[:, a::k].multiply(MC[:, b::k]).sum(axis=0)).ravel()
+        Ccsc = sp.csc_matrix(self.C)
+        per_chunk = max(1, self.block_sums_chunk // max(1, self.C.shape[0] * k))
+        for start in range(0, self.n_levels, per_chunk):
+            stop = min(self.n_levels, start + per_chunk)
+            C = Ccsc[:, start * k : stop * k]
+            MC = C.T @ M  # (columns, rows): M symmetric
+            for a in range(k):
+                for b in range(k):
+                    sums[start:stop, a, b] = np.asarray(C[:, a::k].multiply(MC[b::k].T).sum(axis=0)).ravel()
         return sums
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
