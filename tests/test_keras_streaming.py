@@ -207,3 +207,25 @@ def test_mirrored_strategy_update_matches_the_single_device_update(tmp_path):
     assert out["replicas"] == 2 and out["updates"] == 2
     assert_records_equal(out["distributed"], out["single"], rtol=1e-6)
     assert_records_equal(out["distributed_within"], out["single_within"], rtol=1e-6)
+
+
+def test_later_updates_refill_the_first_updates_kernel_problem(float64):
+    rows, y, levels = crossed_rows(n=2000, users=120, items=15)
+    keras.utils.set_random_seed(5)
+    model = network(levels, slopes={"user": ["z"]})
+    model.fit(rows, y, epochs=2, batch_size=128, verbose=0)
+    callback = EmpiricalBayes(rows, y, batch_size=300)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.update()
+    problem = callback._problems[0]
+    fresh = EmpiricalBayes(rows, y, batch_size=700)
+    fresh.set_model(model)
+    fresh.on_train_begin()
+    fresh.sigma2, fresh.tau2 = callback.sigma2, dict(callback.tau2)
+    second = callback.update()
+    refilled = callback._problems[0]
+    # refilled (PLSProblem.reweighted keeps the strategies chosen for the first update), not rebuilt
+    assert refilled is not problem and refilled.rest_strategy == problem.rest_strategy
+    assert all(refilled.__dict__[key] is problem.__dict__[key] for key in ("rest", "first", "scalar_rest"))
+    assert_records_equal(second, fresh.update(), rtol=1e-10)

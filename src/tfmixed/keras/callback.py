@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
         self.coupling = choose_coupling(self.coupling_option, self.groups) if self.groups else None
         self.linearisation = Linearisation(model, self.random_layers, self.fixed_layer, self.decays)
         self._fixed_rank = None
+        self._problems: dict = {}  # the kernel's problems, refilled by later updates
 
     def _find_fixed_layer(self):
         option = self.fixed_layer_option
@@ -160,51 +162,60 @@ class EmpiricalBayes(keras.callbacks.Callback):
             X = lin.fixed_sensitivity[:, None] * np.column_stack([lin.features, np.ones(len(lin.prediction))])
         return codes, values, X
 
-    def _pass(self):
+    def _pass(self) -> "_PassStatistics":
         """Stream the rows once: residual sums and the statistics the rule needs."""
-        gaussian, corrected = self.family == "gaussian", self.rule == "corrected"
-        decay = (DecayEvidence([tuple(l.kernel.shape) for l in self.decays], self.rows.n_rows, max_probes=self.decay_probes,
-                                seed=self.seed + len(self.history)) if corrected and self.decays else None)
-        random = None
-        observed = {key: np.zeros(n, dtype=bool) for key, n in ((g.factor, g.n_levels) for g in self.groups)}
-        kept_rows = [] if not gaussian else None
-        sums = np.zeros(3)  # n, sum r, sum r^2
-        peak = 0
+        corrected = self.rule == "corrected"
+        state = _PassStatistics(observed={g.factor: np.zeros(g.n_levels, dtype=bool) for g in self.groups},
+                                kept_rows=[] if self.family != "gaussian" else None)
+        if corrected and self.decays:
+            state.decay = DecayEvidence([tuple(l.kernel.shape) for l in self.decays], self.rows.n_rows,
+                                        max_probes=self.decay_probes, seed=self.seed + len(self.history))
+        if not corrected:
+            step = self._quick_batch
+        elif self.family == "gaussian" and self.coupling == "within_factor":
+            step = self._level_sums_batch
+        else:
+            step = self._linearised_batch
         for inputs, y in self.rows.batches():
             if self.rows.source != "arrays":
                 check_batch(inputs, y, self.factors, self.family)
-            if not corrected:
-                residual = y - self.linearisation.predict(inputs)
-                sums += [len(y), residual.sum(), residual @ residual]
-                for g in self.groups:
-                    observed[g.factor][np.asarray(inputs[g.factor]).reshape(-1).astype(np.int64)] = True
-                continue
-            if gaussian and self.coupling == "within_factor":
-                per_factor, gram, totals = self.linearisation.level_sums(inputs, y)
-                sums += totals
-                if random is None:
-                    random = RandomEffectsEvidence(self.groups, self.coupling, gram.shape[0] - 1)
-                random.add_level_sums(per_factor, gram, int(totals[0]), self.linearisation.levels_distinct)
-                if decay is not None:
-                    decay.add(self.linearisation, inputs, np.ones(len(y)))
-                peak = max(peak, random.nbytes + (decay.nbytes if decay else 0))
-                continue
-            lin = self.linearisation(inputs)
-            residual = y - lin.prediction
-            sums += [len(y), residual.sum(), residual @ residual]
-            if self.groups:
-                codes, values, X = self._linearised(inputs, lin)
-                if gaussian:
-                    if random is None:
-                        random = RandomEffectsEvidence(self.groups, self.coupling, X.shape[1])
-                    random.add(codes, values, X, residual)
-                elif not gaussian:
-                    kept_rows.append((codes, values, X, lin.prediction, y))
-            if decay is not None:
-                decay.add(self.linearisation, inputs, self._decay_weights(lin.prediction) if not gaussian else np.ones(len(y)))
-            peak = max(peak, (random.nbytes if random else 0) + (decay.nbytes if decay else 0))
-        self.state_nbytes = peak
-        return sums, random, decay, observed, kept_rows
+            step(state, inputs, y)
+            state.peak_nbytes = max(state.peak_nbytes, state.nbytes)
+        self.state_nbytes = state.peak_nbytes
+        return state
+
+    def _quick_batch(self, state, inputs, y) -> None:
+        """The seed's rule: residuals and which levels occur."""
+        state.add_residuals(y - self.linearisation.predict(inputs))
+        for g in self.groups:
+            state.observed[g.factor][np.asarray(inputs[g.factor]).reshape(-1).astype(np.int64)] = True
+
+    def _level_sums_batch(self, state, inputs, y) -> None:
+        """Gaussian, within-factor coupling: the per-level sums come out of the compiled pass."""
+        per_factor, gram, totals = self.linearisation.level_sums(inputs, y)
+        state.sums += totals
+        if state.random is None:
+            state.random = RandomEffectsEvidence(self.groups, self.coupling, gram.shape[0] - 1)
+        state.random.add_level_sums(per_factor, gram, int(totals[0]), self.linearisation.levels_distinct)
+        if state.decay is not None:
+            state.decay.add(self.linearisation, inputs, np.ones(len(y)))
+
+    def _linearised_batch(self, state, inputs, y) -> None:
+        """Exact coupling or a GLMM: the linearised rows, summed (Gaussian) or kept (PIRLS needs them)."""
+        lin = self.linearisation(inputs)
+        residual = y - lin.prediction
+        state.add_residuals(residual)
+        if self.groups:
+            codes, values, X = self._linearised(inputs, lin)
+            if state.kept_rows is not None:
+                state.kept_rows.append((codes, values, X, lin.prediction, y))
+            else:
+                if state.random is None:
+                    state.random = RandomEffectsEvidence(self.groups, self.coupling, X.shape[1])
+                state.random.add(codes, values, X, residual)
+        if state.decay is not None:
+            weights = np.ones(len(y)) if self.family == "gaussian" else self._decay_weights(lin.prediction)
+            state.decay.add(self.linearisation, inputs, weights)
 
     def _decay_weights(self, prediction):
         eta, to_link = self._on_link_scale(prediction)
@@ -237,7 +248,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
     def _corrected(self, sums, random, decay):
         n, _, squares = sums
         sigma2, tau2 = self._current_variances(squares / n)
-        gammas = random.gammas(sigma2, tau2) if random is not None else {}
+        gammas = random.gammas(sigma2, tau2, self._problems) if random is not None else {}
         if random is not None:
             self._fixed_rank = random.fixed_rank
         if decay is not None:
@@ -341,13 +352,13 @@ class EmpiricalBayes(keras.callbacks.Callback):
     def update(self) -> dict[str, float]:
         """One update now (what ``on_epoch_end`` runs): returns the record also appended to ``history``."""
         started = time.perf_counter()
-        sums, random, decay, observed, kept_rows = self._pass()
+        state = self._pass()
         if self.family != "gaussian":
-            sigma2, tau2, gammas = self._glmm_update(decay, kept_rows)
+            sigma2, tau2, gammas = self._glmm_update(state.decay, state.kept_rows)
         elif self.rule == "quick_and_dirty":
-            sigma2, tau2, gammas = self._quick_and_dirty(sums, observed)
+            sigma2, tau2, gammas = self._quick_and_dirty(state.sums, state.observed)
         else:
-            sigma2, tau2, gammas = self._corrected(sums, random, decay)
+            sigma2, tau2, gammas = self._corrected(state.sums, state.random, state.decay)
         if np.isfinite(sigma2) and sigma2 > 0 and all(np.isfinite(v) and v >= 0 for v in tau2.values()):
             self._apply(sigma2, tau2)
         else:
@@ -393,6 +404,25 @@ class EmpiricalBayes(keras.callbacks.Callback):
         """The learned penalties lambda = sigma^2 / tau^2 per group (1 / (2 tau^2) for a binomial or Poisson loss)."""
         scale = self._penalty_scale(self.sigma2)
         return pd.Series({k: scale / v for k, v in self.tau2.items()}, name="lambda")
+
+
+@dataclass
+class _PassStatistics:
+    """What one pass over the rows collects."""
+
+    observed: dict[str, np.ndarray]
+    kept_rows: list | None = None
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(3))  # n, sum r, sum r^2
+    random: RandomEffectsEvidence | None = None
+    decay: DecayEvidence | None = None
+    peak_nbytes: int = 0
+
+    def add_residuals(self, residual: np.ndarray) -> None:
+        self.sums += [len(residual), residual.sum(), residual @ residual]
+
+    @property
+    def nbytes(self) -> int:
+        return (self.random.nbytes if self.random else 0) + (self.decay.nbytes if self.decay else 0)
 
 
 def _family_and_output(family: str, output: str | None) -> tuple[str, str | None]:

@@ -104,10 +104,14 @@ class RandomEffectsEvidence:
     def nbytes(self) -> int:
         return sum(running.nbytes for _, running in self.models)
 
-    def gammas(self, sigma2: float, tau2: dict[str, float]) -> dict[str, float]:
-        """gamma per group label: L - sum_j (Omega^{-1})_jj at T = sqrt(tau^2 / sigma^2) (spherical units)."""
+    def gammas(self, sigma2: float, tau2: dict[str, float], problems: dict | None = None) -> dict[str, float]:
+        """gamma per group label: L - sum_j (Omega^{-1})_jj at T = sqrt(tau^2 / sigma^2) (spherical units).
+
+        ``problems`` carries the kernel's problems from one update to the next: the level codes never change, so
+        neither do the cross-products' patterns, and the strategies chosen for them are only refilled."""
+        problems = {} if problems is None else problems
         out: dict[str, float] = {}
-        for members, running in self.models:
+        for index, (members, running) in enumerate(self.models):
             cross_products = running.total()
             kept = np.setdiff1d(np.arange(self.p), aliased_from_gram(cross_products.xy_xy[:-1, :-1]))
             cross_products = cross_products.select_fixed(kept) if kept.size < self.p else cross_products
@@ -115,7 +119,7 @@ class RandomEffectsEvidence:
             groups = [self.groups[i] for i in members]
             scales = [np.sqrt(tau2[g.label] / sigma2) for g in groups]
             factors = ([np.array([[s]]) for s in scales] if self.coupling == "exact" else [np.diag(scales)])
-            sums = self._block_sums(cross_products, factors)
+            sums = self._block_sums(cross_products, factors, problems, index)
             if self.coupling == "exact":
                 out.update({g.label: float(g.n_levels - B[0, 0]) for g, B in zip(groups, sums)})
             else:
@@ -123,15 +127,31 @@ class RandomEffectsEvidence:
         return out
 
     @staticmethod
-    def _block_sums(cross_products, factors) -> list[np.ndarray]:
+    def _block_sums(cross_products, factors, problems: dict, index: int) -> list[np.ndarray]:
         try:
             # Omega^{-1}'s blocks do not depend on the response; the residuals keep the augmented system definite
-            return PLSProblem(cross_products).factorize(factors).inverse_block_sums(include_fixed=cross_products.p > 0)
+            problem = _refilled(problems.get(index), cross_products)
+            problems[index] = problem
+            return problem.factorize(factors).inverse_block_sums(include_fixed=cross_products.p > 0)
         except TfmixedError:
             warnings.warn("the last layer's features are collinear; gamma ignores the fixed-effects coupling",
                           TfmixedWarning, stacklevel=4)
             alone = cross_products.select_fixed(np.zeros(0, dtype=np.int64))
             return PLSProblem(alone).factorize(factors).inverse_block_sums(include_fixed=False)
+
+
+def _refilled(previous: PLSProblem | None, cross_products) -> PLSProblem:
+    """``previous`` refilled with these cross-products when their structure and sparsity patterns are the same
+    (the next update of the same rows), else a new problem."""
+    if previous is not None:
+        old = previous.cross_products
+        same = (old.dims == cross_products.dims and old.p == cross_products.p
+                and all(np.array_equal(getattr(a, part), getattr(b, part))
+                        for a, b in ((old.rest_first, cross_products.rest_first), (old.rest_rest, cross_products.rest_rest))
+                        for part in ("indptr", "indices")))
+        if same:
+            return previous.reweighted(cross_products)
+    return PLSProblem(cross_products)
 
 
 class DecayEvidence:
