@@ -155,6 +155,8 @@ def test_streaming_options_and_bad_batches():
         EmpiricalBayes(rows, y, rule="quick_and_dirty", coupling="exact")
     with pytest.raises(tm.DataError, match="decay_probes"):
         EmpiricalBayes(rows, y, decay_probes=0)
+    with pytest.raises(tm.DataError, match="generator"):
+        EmpiricalBayes(((rows, y) for _ in range(2)))
     with pytest.raises(tm.DataError, match="batch_size"):
         EmpiricalBayes(rows, y, batch_size=0)
     bad = dict(rows, item=np.where(np.arange(500) == 250, 99, rows["item"]).astype(np.int32))

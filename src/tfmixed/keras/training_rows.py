@@ -7,7 +7,8 @@ update streams it: it never holds more than one batch of rows (an array source i
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class TrainingRows:
 
     @staticmethod
     def _classify(x, y):
+        if isinstance(x, Iterator):
+            raise DataError("a generator can be read once only, and every update reads the rows again: pass a "
+                            "tf.data.Dataset.from_generator(...) or a keras.utils.PyDataset instead")
         if isinstance(x, tf.data.Dataset) or isinstance(x, keras.utils.PyDataset):
             if y is not None:
                 raise DataError("pass a tf.data.Dataset or PyDataset of (inputs, targets) as x alone, with y=None")
