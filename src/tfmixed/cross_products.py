@@ -319,6 +319,7 @@ class CrossProductPattern:
             (offset + t.codes[:, None] * t.n_cols + np.arange(t.n_cols)[None, :])
             for offset, t in zip(self.rest_offsets[:-1], rest)
         ]
+        self._empty: dict[tuple[int, int], sp.csr_matrix] = {}
         self._rest_first = self._pairs(self.rest_columns, [self.first_columns], self.q_first, symmetric=False)
         self._rest_rest = self._pairs(self.rest_columns, self.rest_columns, self.q_rest, symmetric=True)
 
@@ -352,8 +353,10 @@ class CrossProductPattern:
         return unique.size, inverse.ravel(), slots, layout
 
     def _values(self, pairs, left_terms, right_terms, weights, shape, symmetric):
-        if pairs is None:
-            return sp.csr_matrix(shape)
+        if pairs is None:  # no pairs, no values: one empty matrix per shape serves every computation
+            if shape not in self._empty:
+                self._empty[shape] = sp.csr_matrix(shape)
+            return self._empty[shape]
         n_unique, inverse, slots, (indptr, indices, source) = pairs
         products = np.concatenate([
             weights * left_terms[i].values[:, a] * right_terms[j].values[:, b] for i, a, j, b in slots

@@ -22,6 +22,9 @@ class BlockDiagonalBlock:
 
     def factor(self, T: np.ndarray) -> "BlockDiagonalFactor":
         """Cholesky factors of A_j = T' D_j T + I for all levels at once."""
+        if self.k == 1:  # scalar blocks: the batched LAPACK calls cost more than the arithmetic
+            L = np.sqrt(T[0, 0] ** 2 * self.blocks + 1.0)
+            return BlockDiagonalFactor(T, L, 1.0 / L)
         A = T.T[None, :, :] @ self.blocks @ T[None, :, :] + np.eye(self.k)[None, :, :]
         L = np.linalg.cholesky(A)
         return BlockDiagonalFactor(T, L, np.linalg.inv(L))

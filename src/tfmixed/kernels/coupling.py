@@ -40,10 +40,15 @@ class DenseCoupling:
 
     name = "dense"
 
-    def __init__(self, C: sp.csr_matrix, n_levels: int, k: int):
-        self.C, self.n_levels, self.k = C, n_levels, k
-        self.C3 = C.toarray().reshape(C.shape[0], n_levels, k)
+    def __init__(self, C, n_levels: int, k: int):
+        self.n_levels, self.k = n_levels, k
+        self.C3 = (C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64)).reshape(C.shape[0], n_levels, k)
         self.shape = C.shape
+
+    @cached_property
+    def C(self) -> sp.csr_matrix:
+        """C as a sparse matrix (for products with a sparse M)."""
+        return sp.csr_matrix(self.C3.reshape(self.shape))
 
     def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
         return sparse_block_sums(self.C, M, self.n_levels, self.k)
@@ -60,14 +65,17 @@ class DenseCoupling:
         return np.einsum("sla,slb->lab", self.C3, MC)
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
-        return np.tensordot(z, self.C3, axes=(0, 0))
+        return (z @ self.C3.reshape(self.C3.shape[0], -1)).reshape(self.n_levels, self.k)
 
     def times_block_diagonal(self, blocks: np.ndarray) -> np.ndarray:
         return np.einsum("sla,lab->slb", self.C3, blocks).reshape(self.shape[0], -1)
 
-    def reweighted(self, C: sp.csr_matrix) -> "DenseCoupling":
-        """The same strategy for new values of C (same pattern)."""
+    def reweighted(self, C) -> "DenseCoupling":
+        """The same strategy for new values of C (same pattern; sparse, or already dense)."""
         return DenseCoupling(C, self.n_levels, self.k)
+
+    #: takes C as a dense array: PLSProblem.reweighted skips building it sparse
+    takes_dense = True
 
 
 class SparseCoupling:

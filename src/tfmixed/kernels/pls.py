@@ -106,7 +106,14 @@ class PLSProblem:
 
     @staticmethod
     def _dense_rest(cp: CrossProducts) -> np.ndarray:
+        if cp.q_rest == 0:
+            return cp.xy_xy.copy()
         return np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
+
+    @staticmethod
+    def _dense_coupling_matrix(cp: CrossProducts) -> np.ndarray:
+        """C = [Zr'WZ1; [X y~]'WZ1] as a dense array."""
+        return np.vstack([cp.rest_first.toarray(), cp.xy_first]) if cp.q_rest else cp.xy_first
 
     def reweighted(self, cross_products: CrossProducts) -> "PLSProblem":
         """The same problem for new cross-products of the same rows and pattern (new weights or a new working
@@ -137,7 +144,8 @@ class PLSProblem:
             new.sparse = self.sparse.reweighted(cp)
         else:
             new.E = self._dense_rest(cp)
-        new.coupling = self.coupling.reweighted(self._coupling_matrix(cp))
+        dense = getattr(self.coupling, "takes_dense", False)
+        new.coupling = self.coupling.reweighted(self._dense_coupling_matrix(cp) if dense else self._coupling_matrix(cp))
         return new
 
     @property
