@@ -97,7 +97,16 @@ class Family:
     def deviance_residuals(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def minus2_loglik(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
+    def minus2_loglik(self, y, mu, prior) -> np.ndarray:
+        """-2 log p(y | mu) per row, every constant included."""
+        return self.minus2_loglik_kernel(y, mu, prior) + self.minus2_loglik_constant(y, prior)
+
+    def minus2_loglik_kernel(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
+        """The part of -2 log p(y | mu) that depends on mu (quadrature evaluates it at every knot)."""
+        raise NotImplementedError
+
+    def minus2_loglik_constant(self, y, prior) -> np.ndarray:  # pragma: no cover - abstract
+        """The part of -2 log p(y | mu) free of mu (a log binomial coefficient, log y!)."""
         raise NotImplementedError
 
     def check_response(self, y: np.ndarray, prior: np.ndarray, response: str) -> None:  # pragma: no cover
@@ -128,13 +137,19 @@ class Binomial(Family):
         # 2 w [y log(y / mu) + (1 - y) log((1 - y) / (1 - mu))]; xlogy makes 0 log 0 = 0
         return 2 * prior * (special.xlogy(y, y / mu) + special.xlogy(1 - y, (1 - y) / (1 - mu)))
 
-    def minus2_loglik(self, y, mu, prior):
-        """-2 log dbinom(w y; w, mu) per row (rows with no trials contribute 0)."""
+    def minus2_loglik_kernel(self, y, mu, prior):
+        """-2 [s log mu + (n - s) log(1 - mu)] for s = w y successes of n = w trials (0 without trials); with
+        :meth:`minus2_loglik_constant`, -2 log dbinom(w y; w, mu)."""
+        trials = np.round(prior)
+        successes = np.round(prior * y)
+        loglik = special.xlogy(successes, mu) + special.xlog1py(trials - successes, -mu)
+        return np.where(prior > 0, -2 * loglik, 0.0)
+
+    def minus2_loglik_constant(self, y, prior):
         trials = np.round(prior)
         successes = np.round(prior * y)
         log_choose = special.gammaln(trials + 1) - special.gammaln(successes + 1) - special.gammaln(trials - successes + 1)
-        loglik = log_choose + special.xlogy(successes, mu) + special.xlog1py(trials - successes, -mu)
-        return np.where(prior > 0, -2 * loglik, 0.0)
+        return np.where(prior > 0, -2 * log_choose, 0.0)
 
     def check_response(self, y, prior, response):
         if np.any((y < 0) | (y > 1)):
@@ -176,8 +191,11 @@ class Poisson(Family):
     def deviance_residuals(self, y, mu, prior):
         return 2 * prior * (special.xlogy(y, y / mu) - (y - mu))
 
-    def minus2_loglik(self, y, mu, prior):
-        return -2 * prior * (special.xlogy(y, mu) - mu - special.gammaln(y + 1))
+    def minus2_loglik_kernel(self, y, mu, prior):
+        return -2 * prior * (special.xlogy(y, mu) - mu)
+
+    def minus2_loglik_constant(self, y, prior):
+        return 2 * prior * special.gammaln(y + 1)
 
     def check_response(self, y, prior, response):
         if np.all(y[prior > 0] == 0):

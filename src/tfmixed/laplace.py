@@ -110,20 +110,18 @@ class GlmmObjective:
         sd = np.sqrt(mode.factor.first.A_inv[:, 0, 0])  # 1 / L_jj
         base = mode.eta - covariate * scale * mode.u[codes]
 
-        def per_level(u):
-            mu = self.family.link.inverse(base + covariate * scale * u[codes])
-            minus2 = self.family.minus2_loglik(self.pirls.y, mu, self.pirls.prior)
-            return np.bincount(codes, minus2, minlength=term.n_levels) + u**2
+        def per_level(u):  # (knots, levels) -> A_j without the mu-free constant: it cancels in each knot's change
+            mu = self.family.link.inverse(base[None, :] + covariate[None, :] * scale * u[:, codes])
+            minus2 = self.family.minus2_loglik_kernel(self.pirls.y[None, :], mu, self.pirls.prior[None, :])
+            return (self._level_sums @ minus2.T).T + u**2
 
-        at_mode = per_level(mode.u)
+        at_mode = per_level(mode.u[None, :])[0]
         total = np.zeros(term.n_levels)
-        for knot, weight in zip(self.knots, self.knot_weights):
-            if knot == 0.0:
-                total += weight
-                continue
-            change = per_level(mode.u + knot * sd) - at_mode
-            total += weight * np.exp(knot**2 / 2 - change / 2)
-        return float(np.sum(at_mode - 2 * np.log(sd) - 2 * np.log(total)))
+        for knots, weights in self._knot_chunks(len(codes)):
+            change = per_level(mode.u[None, :] + knots[:, None] * sd[None, :]) - at_mode[None, :]
+            total += np.sum(weights[:, None] * np.exp(knots[:, None] ** 2 / 2 - change / 2), axis=0)
+        constant = np.sum(self.family.minus2_loglik_constant(self.pirls.y, self.pirls.prior))
+        return float(np.sum(at_mode - 2 * np.log(sd) - 2 * np.log(total)) + constant)
 
     def value(self, mode: Mode) -> float:
         return self.quadrature(mode) if self.n_agq > 1 else self.laplace(mode)
@@ -224,23 +222,36 @@ class GlmmObjective:
         dQ_theta = np.bincount(codes, d_weights * (z * u[codes] + theta * z * du_theta[codes]), minlength=term.n_levels)
         ds_theta = -0.5 * s**3 * (2 * theta * Q + theta**2 * dQ_theta)
         base = mode.eta - theta * z * u[codes]
-        at_mode = np.bincount(codes, family.minus2_loglik(y, mode.mu, prior), minlength=term.n_levels) + u**2
-        total, sum_beta, sum_theta = np.zeros(term.n_levels), np.zeros((term.n_levels, X.shape[1])), np.zeros(term.n_levels)
-        for knot, weight in zip(self.knots, self.knot_weights):
-            u_k = u + knot * s
-            mu = family.link.inverse(base + theta * z * u_k[codes])
-            a = -2.0 * prior * (y - mu)
-            A = np.bincount(codes, family.minus2_loglik(y, mu, prior), minlength=term.n_levels) + u_k**2
+        # the mu-free constant of -2 log p cancels in A - at_mode
+        at_mode = np.bincount(codes, family.minus2_loglik_kernel(y, mode.mu, prior), minlength=term.n_levels) + u**2
+        total, level_slope, level_slope_knot = (np.zeros(term.n_levels) for _ in range(3))
+        row_beta, row_theta = np.zeros(len(y)), np.zeros(len(y))
+        for knots, knot_weights in self._knot_chunks(len(y)):
+            u_k = u[None, :] + knots[:, None] * s[None, :]                       # (knots, levels)
+            mu = family.link.inverse(base[None, :] + theta * z[None, :] * u_k[:, codes])
+            a = -2.0 * prior[None, :] * (y[None, :] - mu)                        # (knots, rows)
+            A = (by_level @ family.minus2_loglik_kernel(y[None, :], mu, prior[None, :]).T).T + u_k**2
             # each level's terms relative to its mode keep the exponentials in range
-            E = weight * np.exp(knot**2 / 2 - (A - at_mode) / 2)
-            slope = theta * np.bincount(codes, a * z, minlength=term.n_levels) + 2 * u_k
-            total += E
-            sum_beta += E[:, None] * (by_level @ (a[:, None] * X) + slope[:, None] * (du_beta + knot * ds_beta))
-            sum_theta += E * (np.bincount(codes, a * z * u_k[codes], minlength=term.n_levels)
-                              + slope * (du_theta + knot * ds_theta))
+            E = knot_weights[:, None] * np.exp(knots[:, None] ** 2 / 2 - (A - at_mode[None, :]) / 2)
+            slope = theta * (by_level @ (a * z[None, :]).T).T + 2 * u_k
+            total += E.sum(axis=0)
+            level_slope += np.sum(E * slope, axis=0)
+            level_slope_knot += np.sum(E * slope * knots[:, None], axis=0)
+            row_beta += np.sum(E[:, codes] * a, axis=0)
+            row_theta += np.sum(E[:, codes] * a * u_k[:, codes], axis=0) * z
+        # sum over knots of E (Z' a X-part, slope (du + knot ds)), gathered per level
+        sum_beta = (by_level @ (row_beta[:, None] * X) + level_slope[:, None] * du_beta
+                    + level_slope_knot[:, None] * ds_beta)
+        sum_theta = by_level @ row_theta + level_slope * du_theta + level_slope_knot * ds_theta
         d_theta = np.sum(-2 * ds_theta / s + sum_theta / total)
         d_beta = np.sum(-2 * ds_beta / s[:, None] + sum_beta / total[:, None], axis=0)
         return np.concatenate([[d_theta], d_beta])
+
+    def _knot_chunks(self, rows: int, entries: int = 4_000_000):
+        """The quadrature's (knots, weights) in chunks of at most ``entries`` knot x row values."""
+        per_chunk = max(1, entries // max(rows, 1))
+        for start in range(0, len(self.knots), per_chunk):
+            yield self.knots[start : start + per_chunk], self.knot_weights[start : start + per_chunk]
 
     def hessian(self, params: np.ndarray, scales: np.ndarray, analytic: bool, fraction: float = 0.05) -> np.ndarray:
         """Hessian of the deviance in (theta, beta): with ``analytic`` (the gradient exists at ``params``),
