@@ -349,7 +349,10 @@ class CrossProductPattern:
         order = np.lexsort((cols, rows))
         indptr = np.zeros(self.q_rest + 1, dtype=np.int64)
         np.add.at(indptr, rows + 1, 1)
-        layout = (np.cumsum(indptr), cols[order], source[order])
+        indptr, indices = np.cumsum(indptr), cols[order]
+        if indptr[-1] < 2**31 and width < 2**31:  # scipy's own index type: its constructor then skips a cast
+            indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
+        layout = (indptr, indices, source[order])
         return unique.size, inverse.ravel(), slots, layout
 
     def _values(self, pairs, left_terms, right_terms, weights, shape, symmetric):
