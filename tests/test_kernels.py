@@ -36,17 +36,19 @@ def dense_reference(design, factors, reml):
     return dev, solution[q:], Lambda @ solution[:q], A_inv
 
 
-#: the three coupling strategies, forced through the kernel's options
+#: the four coupling strategies, forced through the kernel's options
 STRATEGY_OPTIONS = {
     "dense": KernelOptions(coupling="dense"),
     "pattern": KernelOptions(coupling="pattern"),
     "sparse": KernelOptions(coupling="sparse"),
+    "split": KernelOptions(coupling="split"),
 }
 
 
 @pytest.fixture(params=sorted(STRATEGY_OPTIONS))
 def small_path(request):
-    """The three ways the kernel eliminates the first block: dense C, precomputed pattern, sparse product."""
+    """The four ways the kernel eliminates the first block: dense C, precomputed pattern, sparse product, and
+    the pattern of the random-effects rows with the fixed-effects rows dense."""
     return request.param
 
 
@@ -265,7 +267,8 @@ def test_a_large_sparse_rest_block_chooses_the_sparse_strategy():
 @pytest.mark.parametrize("options", [KernelOptions(rest="bordered"), KernelOptions(rest="sparse"),
                                      KernelOptions(rest="dense", coupling="dense"),
                                      KernelOptions(rest="dense", coupling="pattern"),
-                                     KernelOptions(rest="dense", coupling="sparse")])
+                                     KernelOptions(rest="dense", coupling="sparse"),
+                                     KernelOptions(rest="dense", coupling="split")])
 def test_a_reweighted_problem_equals_a_fresh_one(options):
     """PIRLS refills the chosen strategies with new weights and responses; the result must be the fresh
     problem's, whatever strategy holds the values."""

@@ -29,7 +29,7 @@ class KernelOptions:
     dense_coupling_entries: int = 250_000
     pattern_pairs: int = 40_000_000
     memory_bytes: int | None = None
-    #: force a coupling strategy ("dense", "pattern" or "sparse") instead of choosing the cheapest
+    #: force a coupling strategy ("dense", "pattern", "sparse" or "split") instead of choosing the cheapest
     coupling: str | None = None
     #: force the strategy of the remaining columns ("dense", "bordered" or "sparse") instead of choosing by structure
     rest: str | None = None
@@ -42,10 +42,10 @@ class KernelOptions:
     sparse_max_density: float = 0.05
 
     def __post_init__(self):
-        if self.coupling not in (None, "dense", "pattern", "sparse"):
+        if self.coupling not in (None, "dense", "pattern", "sparse", "split"):
             from ..errors import DataError
 
-            raise DataError(f"coupling must be None, 'dense', 'pattern' or 'sparse', got {self.coupling!r}")
+            raise DataError(f"coupling must be None, 'dense', 'pattern', 'sparse' or 'split', got {self.coupling!r}")
         if self.rest not in (None, "dense", "bordered", "sparse"):
             from ..errors import DataError
 

@@ -90,7 +90,8 @@ class PLSProblem:
         if self.bordered is None and self.sparse is None:
             self._check_memory()
             self.E = self._dense_rest(cp)
-        self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options)
+        self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options,
+                                        parts=(sp.csr_matrix(cp.rest_first), cp.xy_first))
 
     @staticmethod
     def _coupling_matrix(cp: CrossProducts) -> sp.csr_matrix:
@@ -144,8 +145,11 @@ class PLSProblem:
             new.sparse = self.sparse.reweighted(cp)
         else:
             new.E = self._dense_rest(cp)
-        dense = getattr(self.coupling, "takes_dense", False)
-        new.coupling = self.coupling.reweighted(self._dense_coupling_matrix(cp) if dense else self._coupling_matrix(cp))
+        if hasattr(self.coupling, "refilled"):  # the split strategy holds C's two parts apart
+            new.coupling = self.coupling.refilled(cp.rest_first, cp.xy_first)
+        else:
+            dense = getattr(self.coupling, "takes_dense", False)
+            new.coupling = self.coupling.reweighted(self._dense_coupling_matrix(cp) if dense else self._coupling_matrix(cp))
         return new
 
     @property
