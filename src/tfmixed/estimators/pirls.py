@@ -115,9 +115,8 @@ class PIRLS:
             current = None
         else:
             current_beta = start.beta if joint else np.asarray(beta, dtype=np.float64)
-            eta = self.design.fitted(current_beta, self.to_b(start.u, factors))
-            pdev, mu = self.penalised_deviance(eta, start.u)
-            current = (current_beta, start.u, eta, mu, pdev)
+            current = self._warm_start(start, current_beta, factors)
+            eta, mu = current[2], current[3]
         converged, decreases = False, []
         for iteration in range(1, 101):
             mu_eta = self.family.link.mu_eta(eta)
@@ -140,6 +139,32 @@ class PIRLS:
             raise ConvergenceError(f"PIRLS did not converge in 100 iterations at theta={theta.tolist()}")
         beta_out, u, eta, mu, pdev = current
         return Mode(theta, beta_out, u, self.to_b(u, factors), eta, mu, pdev, factor, iteration)
+
+    def _warm_start(self, start: Mode, beta: np.ndarray, factors):
+        """The better of two starts from a nearby mode: its spherical effects u (kept when theta moves little) or
+        its effects b = Lambda u themselves (the same linear predictor: an optimiser's trial point far in theta,
+        where Lambda_new u would put eta, and a Poisson mean, far out and cost PIRLS a dozen halving steps)."""
+        candidates = [start.u]
+        try:
+            candidates.append(self._to_u(start.b, factors))
+        except np.linalg.LinAlgError:
+            pass
+        best = None
+        for u in candidates:
+            eta = self.design.fitted(beta, self.to_b(u, factors))
+            pdev, mu = self.penalised_deviance(eta, u)
+            if best is None or pdev < best[4]:
+                best = (beta, u, eta, mu, pdev)
+        return best
+
+    def _to_u(self, b: np.ndarray, factors) -> np.ndarray:
+        """u = Lambda^{-1} b term by term (LinAlgError for a singular T)."""
+        pieces, offset = [], 0
+        for T, count in zip(factors, self._levels):
+            size = count * T.shape[0]
+            pieces.append(np.linalg.solve(T, b[offset : offset + size].reshape(count, T.shape[0]).T).T.ravel())
+            offset += size
+        return np.concatenate(pieces)
 
     def _quadratically_converged(self, decreases: list[float], pdev: float) -> bool:
         """Whether Newton's quadratic convergence puts the next decrease below the tolerance (canonical links)."""
