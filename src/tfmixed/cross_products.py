@@ -17,6 +17,7 @@ the y'y ~ n mean(y)^2 that cancels to ~ pwrss (at y + 1e8 the raw products lose 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -320,8 +321,38 @@ class CrossProductPattern:
             for offset, t in zip(self.rest_offsets[:-1], rest)
         ]
         self._empty: dict[tuple[int, int], sp.csr_matrix] = {}
+        self.z_transpose = self._z_transpose()
         self._rest_first = self._pairs(self.rest_columns, [self.first_columns], self.q_first, symmetric=False)
         self._rest_rest = self._pairs(self.rest_columns, self.rest_columns, self.q_rest, symmetric=True)
+
+    def with_response(self, stats: CrossProducts, X, y, weights) -> CrossProducts:
+        """``stats`` (computed by :meth:`compute` for these rows, X and weights) with the response y (shift 0)
+        in place of its own: only the y~ rows change, Z'WZ, Z'WX and X'WX are kept (the Laplace gradient's
+        solve reuses the mode's cross-products)."""
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if X.shape[1] != stats.p or y.shape[0] != self.n:
+            raise ShapeError(f"X {X.shape} and y {y.shape} do not match cross-products with {stats.p} fixed columns")
+        wy = np.asarray(weights, dtype=np.float64) * y
+        zwy = self.z_transpose @ wy
+        xy_first, xy_rest, xy_xy = stats.xy_first.copy(), stats.xy_rest.copy(), stats.xy_xy.copy()
+        xy_first[-1], xy_rest[-1] = zwy[: self.q_first], zwy[self.q_first :]
+        xy_xy[-1, :-1] = xy_xy[:-1, -1] = wy @ X
+        xy_xy[-1, -1] = wy @ y
+        return dataclasses.replace(stats, xy_first=xy_first, xy_rest=xy_rest, xy_xy=xy_xy, shift=np.zeros(stats.p))
+
+    def _z_transpose(self) -> sp.csr_matrix:
+        """Z' (q x n, first term then the rest, level-major columns), each row's entries in row order."""
+        rows, cols, values = [], [], []
+        offsets = [0] + [self.q_first] * (len(self.terms) - 1)
+        for term, columns, offset in zip(self.terms, [self.first_columns] + self.rest_columns, offsets):
+            for a in range(term.n_cols):
+                rows.append(offset + columns[:, a])
+                cols.append(np.arange(self.n))
+                values.append(term.values[:, a])
+        rows, cols, values = (np.concatenate(x) for x in (rows, cols, values))
+        order = np.lexsort((cols, rows))
+        return sp.csr_matrix((values[order], (rows[order], cols[order])), shape=(self.q_first + self.q_rest, self.n))
 
     def _pairs(self, left_columns, right_columns, width, symmetric):
         """The CSR layout of the products of left and right Z columns, set up once: each row's pairs of
@@ -391,16 +422,9 @@ class CrossProductPattern:
             for b in range(a, k1):
                 block = np.bincount(first.codes, weighted_first[:, a] * first.values[:, b], minlength=l1)
                 first_blocks[:, a, b] = first_blocks[:, b, a] = block
-        xy_first = np.empty((Xy.shape[1], self.q_first))
-        for b in range(k1):
-            for c in range(Xy.shape[1]):
-                xy_first[c, b::k1] = np.bincount(first.codes, weighted_first[:, b] * Xy[:, c], minlength=l1)
-        xy_rest = np.zeros((Xy.shape[1], self.q_rest))
-        for term, columns in zip(rest, self.rest_columns):
-            weighted = term.values * w[:, None]
-            for a in range(term.n_cols):
-                for c in range(Xy.shape[1]):
-                    xy_rest[c] += np.bincount(columns[:, a], weighted[:, a] * Xy[:, c], minlength=self.q_rest)
+        # [X y~]'W Z in one sparse product (Z' is kept with the pattern); rows are summed in order, as bincount does
+        zw = self.z_transpose @ (Xy * w[:, None])
+        xy_first, xy_rest = np.ascontiguousarray(zw[: self.q_first].T), np.ascontiguousarray(zw[self.q_first :].T)
         positive = w[w > 0]
         return CrossProducts(
             dims=self.dims,

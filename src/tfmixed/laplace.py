@@ -177,7 +177,8 @@ class GlmmObjective:
         a = -2.0 * prior * (y - mode.mu)
         ratio = family.variance_derivative(mode.mu) * h
         X = self.pirls.X if joint else self.pirls._no_fixed
-        stats = self.pirls.pattern.compute(X, ratio, weights=weights, shift=np.zeros(X.shape[1]))
+        # the mode's own cross-products (same rows, weights and X) with v's ratio as the response
+        stats = self.pirls.pattern.with_response(mode.factor.problem.cross_products, X, ratio, weights)
         # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span
         xy_xy = stats.xy_xy.copy()
         xy_xy[-1, -1] = 2 * xy_xy[-1, -1] + 1.0
