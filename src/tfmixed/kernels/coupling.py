@@ -1,13 +1,14 @@
 """Strategies for the coupling C = [Lambda_rest' Zr' ; X' ; y~'] W Z1 between the first term and the rest.
 
 Eliminating the block-diagonal first term needs three products with C, and there are three ways to form
-them, chosen by the problem's structure (``choose_coupling``) with the limits of
+them (and a split of the first two), chosen by the problem's structure (``choose_coupling``) with the limits of
 :class:`tfmixed.kernels.options.KernelOptions`:
 
 * ``DenseCoupling``: C held dense; every product is one BLAS call (small designs).
 * ``PatternCoupling``: the products of pairs of C's nonzeros that share a level are precomputed once
   (MixedModels.jl's approach), so C W C' is one sparse mat-vec per evaluation (large sparse designs).
 * ``SparseCoupling``: scipy sparse products (when the pattern would not fit in memory).
+* ``SplitCoupling``: the pattern of the sparse random-effects rows, BLAS for the dense fixed-effects rows.
 
 Interface: ``downdate(W)`` = C W C' (dense, symmetric) for block-diagonal W, ``block_sums(M)`` =
 C_j' M C_j per level (``sparse_block_sums`` for a sparse M), ``transpose_times(z)`` = C' z per level,
