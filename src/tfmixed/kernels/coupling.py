@@ -1,7 +1,7 @@
 """Strategies for the coupling C = [Lambda_rest' Zr' ; X' ; y~'] W Z1 between the first term and the rest.
 
 Eliminating the block-diagonal first term needs three products with C, and there are three ways to form
-them (and a split of the first two), chosen by the problem's structure (``choose_coupling``) with the limits of
+them (a fourth splits C into its sparse and dense rows), chosen by the problem's structure (``choose_coupling``) with the limits of
 :class:`tfmixed.kernels.options.KernelOptions`:
 
 * ``DenseCoupling``: C held dense; every product is one BLAS call (small designs).
