@@ -107,12 +107,11 @@ def main() -> None:
             cells = ["not installed", "n/a", "n/a", "n/a"]
         rows.append(f"| {label} | {len(frame):,} | {ours['median']:.3f} s | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows)
     footer = (f"\nMedian of {args.repeats} fits ({max(1, args.repeats // 5)} for guImmun Laplace), warm process, "
               f"{platform.machine()} with {os.cpu_count()} cores. -2 log L on one scale (lme4's nAGQ > 1 value plus "
               "the saturated model's term); negative: tfmixed's is lower. lme4 (tight): glmerControl(optimizer = "
               "'bobyqa', tolPwrss = 1e-12, rhoend = 1e-10), not timed.")
-    emit("bench_glmer", table, footer, args.write)
+    emit("bench_glmer", rows, footer, args.write)
 
 
 if __name__ == "__main__":

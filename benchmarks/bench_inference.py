@@ -70,10 +70,9 @@ def main() -> None:
             row(f"parametric bootstrap, {nsim:,} refits, `n_jobs=2`", ours["bootstrap_2"], "bootstrap"),
             row("LRT against `(1 \\| Subject)` (both refitted by ML)", ours["lrt"], "lrt"),
             row("Kenward-Roger type III table (tfmixed: fit included)", ours["kr"], "kr")]
-    table = "\n".join(rows)
     footer = (f"\nMedian of {args.repeats} runs (the bootstraps once each), warm process, {platform.machine()} with "
               f"{os.cpu_count()} cores; lme4 1.1-31 / lmerTest 3.1-3 in the same run (`bootMer` with set.seed(1)).")
-    emit("bench_inference", table, footer, args.write)
+    emit("bench_inference", rows, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,10 @@ def main() -> None:
                     f"{r['epoch_with_update']:.1f} s | {r['update']:.1f} s | {100 * r['update'] / r['plain_epoch']:.0f}% | "
                     f"{r['coupling']} | {r['state_bytes'] / 2**20:.0f} MiB | {r['peak_rss'] / 2**30:.2f} GiB |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows)
     footer = (f"\nSeconds per epoch after a compiling one (Adam, batch 1,024), the update timed at its second run, {platform.machine()} with {__import__('os').cpu_count()} cores; "
               "the update streams the rows in batches of 16,384; statistics: the bytes the update held; peak RSS of the "
               "whole process (data, model, TensorFlow).")
-    emit("bench_keras", table, footer, args.write)
+    emit("bench_keras", rows, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -77,11 +77,10 @@ def main() -> None:
         rows.append(f"| {label} | {len(frame):,} | {ours['median']:.3f} s | {ours['evaluations']} | {lme4_time} | {ratio} "
                     f"| {difference} | {ours['df_seconds']:.3f} s |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows)
     footer = (f"\nMedian of {args.repeats} fits ({max(1, args.repeats // 3)} for star and InstEval), warm process, "
               f"{platform.machine()} with {__import__('os').cpu_count()} cores; criterion difference = tfmixed - lme4 "
               "(negative: tfmixed found a lower REML criterion).")
-    emit("bench_lmer", table, footer, args.write)
+    emit("bench_lmer", rows, footer, args.write)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def write_block(marker: str, block: str) -> None:
     results.write_text(text)
 
 
-def emit(marker: str, table: str, footer: str, write: bool) -> None:
-    """Print a benchmark's table and footer, and with ``write`` put them into RESULTS.md between the markers."""
+def emit(marker: str, rows: list[str], footer: str, write: bool) -> None:
+    """Print a benchmark's table (its markdown rows) and footer, and with ``write`` put them into RESULTS.md
+    between the markers."""
+    table = "\n".join(rows)
     print(table + footer)
     if write:
         write_block(marker, f"{table}\n{footer}")

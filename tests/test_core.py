@@ -75,6 +75,23 @@ def test_reweighting_reuses_the_pattern_and_equals_a_fresh_build():
     assert not np.array_equal(first.xy_xy, again.xy_xy)
 
 
+def test_a_new_response_on_kept_cross_products_equals_computing_them_again():
+    """with_response (the Laplace gradient's solve) replaces only the y~ rows of a computation's statistics."""
+    data = dyadic_design(2)
+    design = tm.build_design("y ~ x + (1 | g) + (1 + x | h)", data)
+    pattern = CrossProductPattern(design.terms)
+    weights = data["w"].to_numpy()
+    kept = pattern.compute(design.X, design.y, weights=weights, shift=[0.3, -0.2])
+    response = np.random.default_rng(3).normal(size=len(data))
+    replaced = pattern.with_response(kept, design.X, response, weights)
+    fresh = pattern.compute(design.X, response, weights=weights, shift=[0.0, 0.0])
+    for name in ("first_blocks", "xy_first", "xy_rest", "xy_xy", "shift"):
+        np.testing.assert_allclose(getattr(replaced, name), getattr(fresh, name), rtol=1e-12, atol=1e-12, err_msg=name)
+    assert abs(replaced.rest_first - fresh.rest_first).max() == 0 and abs(replaced.rest_rest - fresh.rest_rest).max() == 0
+    with pytest.raises(tm.ShapeError):
+        pattern.with_response(kept, design.X[:, :1], response, weights)
+
+
 @pytest.mark.parametrize("transform", [lambda y: y + 1e8, lambda y: y * 1e6, lambda y: (y + 1e8) * 1e6, lambda y: y * 1e-8])
 def test_theta_does_not_depend_on_where_or_how_large_y_is(transform):
     data = tm.datasets.load("sleepstudy")

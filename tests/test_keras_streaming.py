@@ -153,6 +153,8 @@ def test_streaming_options_and_bad_batches():
         EmpiricalBayes(rows, y, coupling="diagonal")
     with pytest.raises(tm.DataError, match="coupling applies"):
         EmpiricalBayes(rows, y, rule="quick_and_dirty", coupling="exact")
+    with pytest.raises(tm.DataError, match="family='gaussian' only"):
+        EmpiricalBayes(rows, y, family="binomial", coupling="within_factor")
     with pytest.raises(tm.DataError, match="decay_probes"):
         EmpiricalBayes(rows, y, decay_probes=0)
     with pytest.raises(tm.DataError, match="generator"):

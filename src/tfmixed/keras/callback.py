@@ -85,6 +85,9 @@ class EmpiricalBayes(keras.callbacks.Callback):
             raise DataError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         if rule == "quick_and_dirty" and coupling != "auto":
             raise DataError("coupling applies to rule='corrected' only (the seed's rule has no posterior)")
+        if self.family != "gaussian" and coupling != "auto":
+            raise DataError(f"coupling applies to family='gaussian' only: a {self.family} loss is updated from the whole "
+                            "linearised GLMM (exact)")
         if int(decay_probes) < 1:
             raise DataError(f"decay_probes must be a positive integer, got {decay_probes}")
         self.rows = TrainingRows(x, y, batch_size=batch_size)
@@ -121,7 +124,12 @@ class EmpiricalBayes(keras.callbacks.Callback):
         if self.fixed_layer is not None and not self.fixed_layer.use_bias:
             raise TfmixedError("the fixed layer needs a bias (its Gauss-Newton sensitivity is read off the bias)")
         self.groups = list(self._groups())
-        self.coupling = choose_coupling(self.coupling_option, self.groups) if self.groups else None
+        if not self.groups:
+            self.coupling = None
+        elif self.family != "gaussian":
+            self.coupling = "exact"  # PIRLS on the whole linearised GLMM
+        else:
+            self.coupling = choose_coupling(self.coupling_option, self.groups)
         self.linearisation = Linearisation(model, self.random_layers, self.fixed_layer, self.decays)
         self._fixed_rank = None
         self._problems: dict = {}  # the kernel's problems, refilled by later updates

@@ -68,8 +68,8 @@ class RandomEffectsEvidence:
     def __init__(self, groups: list[Group], coupling: str, n_fixed: int):
         self.groups, self.coupling, self.p = list(groups), coupling, int(n_fixed)
         if coupling == "exact":
-            self.order = sorted(range(len(groups)), key=lambda i: -groups[i].n_levels)
-            self.models = [(self.order, CrossProductsSum(tuple((groups[i].n_levels, 1) for i in self.order), self.p))]
+            order = sorted(range(len(groups)), key=lambda i: -groups[i].n_levels)
+            self.models = [(order, CrossProductsSum(tuple((groups[i].n_levels, 1) for i in order), self.p))]
         else:
             by_factor: dict[tuple[int, str], list[int]] = {}
             for i, group in enumerate(groups):
@@ -80,16 +80,13 @@ class RandomEffectsEvidence:
 
     def add(self, codes: dict[tuple[int, str], np.ndarray], values: list[np.ndarray], X: np.ndarray,
             residual: np.ndarray) -> None:
-        """One batch: codes per (layer, factor), values per group (d yhat / d e), fixed columns, residuals."""
-        for members, running in self.models:
-            if self.coupling == "exact":
-                terms = [RandomEffectsTerm(codes[self._key(i)], values[i][:, None], np.arange(self.groups[i].n_levels))
-                         for i in members]
-            else:
-                first = self.groups[members[0]]
-                terms = [RandomEffectsTerm(codes[self._key(members[0])], np.column_stack([values[i] for i in members]),
-                                           np.arange(first.n_levels))]
-            running.add(X, residual, terms)
+        """One batch of the exact model: codes per (layer, factor), values per group (d yhat / d e), fixed
+        columns, residuals (the within-factor models take :meth:`add_level_sums`)."""
+        if self.coupling != "exact":
+            raise ValueError("rows are added to the exact model; within-factor models take per-level sums")
+        (members, running), = self.models
+        running.add(X, residual, [RandomEffectsTerm(codes[self._key(i)], values[i][:, None],
+                                                    np.arange(self.groups[i].n_levels)) for i in members])
 
     def add_level_sums(self, per_factor, gram: np.ndarray, n: int, distinct: bool) -> None:
         """One batch of the within-factor models, summed per level in the network's graph
@@ -172,7 +169,7 @@ class DecayEvidence:
         for start in range(0, take, self.probe_rows):
             part = slice(start, min(start + self.probe_rows, take))
             signs = self.rng.choice([-1.0, 1.0], size=part.stop - part.start)
-            coefficients = (signs * np.sqrt(weights[part])).astype(np.float32)
+            coefficients = signs * np.sqrt(weights[part])
             batch = {k: v[part] for k, v in inputs.items()}
             for total, square in zip(self.squares, linearisation.decay_curvature(batch, coefficients)):
                 total += square

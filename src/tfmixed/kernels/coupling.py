@@ -263,10 +263,6 @@ class SplitCoupling:
         entries = self.S.tocoo()
         self._S_entries = (entries.row, entries.col // k, entries.col % k, entries.data)
 
-    @classmethod
-    def from_parts(cls, S, D, n_levels: int, k: int) -> "SplitCoupling":
-        return cls(S, D, n_levels, k)
-
     def refilled(self, S: sp.csr_matrix, D: np.ndarray) -> "SplitCoupling":
         """New values on the same patterns: the pairs of S are not searched again."""
         pattern = self.pattern.reweighted(sp.csr_matrix(S)) if self.pattern is not None else None
