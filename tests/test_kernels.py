@@ -140,7 +140,10 @@ def synthetic_design(seed=0):
         "y ~ x + (0 + f | g) + (1 | h)",
     ],
 )
-def test_vector_terms_outside_the_first_block(formula, small_path):
+@pytest.mark.parametrize("dense_scaling", [True, False], ids=["dense-lambda", "per-term-lambda"])
+def test_vector_terms_outside_the_first_block(formula, small_path, dense_scaling, monkeypatch):
+    # Lambda' M Lambda by two dense products (small blocks) and by per-term reshapes (large ones)
+    monkeypatch.setattr("tfmixed.kernels.pls.SMALL_DENSE_SCALE", 10**6 if dense_scaling else 0)
     design = build_design(formula, synthetic_design())
     problem = problem_for(design, small_path)
     rng = np.random.default_rng(1)

@@ -17,6 +17,7 @@ the y'y ~ n mean(y)^2 that cancels to ~ pwrss (at y + 1e8 the raw products lose 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -380,20 +381,25 @@ class CrossProductPattern:
         indptr, indices = np.cumsum(indptr), cols[order]
         if indptr[-1] < 2**31 and width < 2**31:  # scipy's own index type: its constructor then skips a cast
             indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
-        layout = (indptr, indices, source[order])
-        return unique.size, inverse.ravel(), slots, layout
+        template = sp.csr_matrix((np.zeros(indices.size), indices, indptr), shape=(self.q_rest, width))
+        template.has_sorted_indices = True
+        return unique.size, inverse.ravel(), slots, source[order], template
 
     def _values(self, pairs, left_terms, right_terms, weights, shape, symmetric):
         if pairs is None:  # no pairs, no values: one empty matrix per shape serves every computation
             if shape not in self._empty:
                 self._empty[shape] = sp.csr_matrix(shape)
             return self._empty[shape]
-        n_unique, inverse, slots, (indptr, indices, source) = pairs
+        n_unique, inverse, slots, source, template = pairs
         products = np.concatenate([
             weights * left_terms[i].values[:, a] * right_terms[j].values[:, b] for i, a, j, b in slots
         ])
         values = np.bincount(inverse, weights=products, minlength=n_unique)
-        return sp.csr_matrix((values[source], indices, indptr), shape=shape)
+        # a shallow copy shares the template's (never modified) index arrays: scipy's constructor would check
+        # them again, which costs more than the values for small models (a PIRLS step makes two of these)
+        matrix = copy.copy(template)
+        matrix.data = values[source]
+        return matrix
 
     def compute(self, X, y, *, weights=None, offset=None, shift=None) -> CrossProducts:
         """The cross-products for these rows with prior ``weights`` (default 1), ``offset`` and ``shift``."""
@@ -404,7 +410,7 @@ class CrossProductPattern:
         w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
         if w.shape[0] != self.n:
             raise ShapeError(f"weights has {w.shape[0]} values for {self.n} rows")
-        if np.any(~np.isfinite(w)) or np.any(w < 0):
+        if not (w.min(initial=0.0) >= 0.0 and w.max(initial=0.0) < np.inf):  # NaN fails both comparisons
             raise DataError("weights must be finite and non-negative")
         shift = least_squares_shift(X, y, w, offset) if shift is None else np.asarray(shift, dtype=np.float64)
         if shift.shape != (X.shape[1],):

@@ -67,6 +67,7 @@ class GlmmObjective:
         self.n_pirls = 0
         self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
         self._pairs = self._leverage_pairs()
+        self._pair_rows = np.tile(np.arange(design.nobs), len(self._pairs[3]))  # the row of each (row, pair) product
         first = design.terms[0]
         #: sums over the rows of each level of the first term (the quadrature's per-level integrals)
         self._level_sums = sp.csr_matrix((np.ones(design.nobs), (first.codes, np.arange(design.nobs))),
@@ -93,7 +94,7 @@ class GlmmObjective:
             pieces.append(np.linalg.lstsq(T, part.reshape(term.n_levels, term.n_cols).T, rcond=None)[0].T.ravel())
         u = np.concatenate(pieces)
         beta = np.asarray(beta, dtype=np.float64)
-        eta = self.design.fitted(beta, np.asarray(b, dtype=np.float64))
+        eta = self.pirls.linear_predictor(beta, np.asarray(b, dtype=np.float64))
         self._last = Mode(theta, beta, u, np.asarray(b, dtype=np.float64), eta, self.family.link.inverse(eta),
                           np.nan, None, 0)
 
@@ -150,8 +151,7 @@ class GlmmObjective:
         left, right, which, spec = self._pairs
         products = np.concatenate([spherical[t][:, a] * spherical[s][:, b] for t, a, s, b in spec])
         entries = mode.factor.inverse_entries(left, right)
-        n = self.design.nobs
-        return np.bincount(np.tile(np.arange(n), len(spec)), entries[which] * products, minlength=n)
+        return np.bincount(self._pair_rows, entries[which] * products, minlength=self.design.nobs)
 
     def gradient(self, mode: Mode, joint: bool = False) -> np.ndarray | None:
         """Gradient of the Laplace deviance in (theta, beta) (``joint=False``: beta fixed in PIRLS) or in theta
@@ -185,7 +185,7 @@ class GlmmObjective:
         stats = dataclasses.replace(stats, xy_xy=xy_xy)
         s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
         s_b = self.pirls.to_b(s_u, mode.factor.factors)
-        z_lambda_s = self.design.z_times(s_b) + X @ s_beta
+        z_lambda_s = self.pirls.z_times(s_b) + X @ s_beta
         residual = a + weights * ratio - weights * z_lambda_s
         theta_part = []
         for term, offset in zip(self.design.terms, self._offsets):

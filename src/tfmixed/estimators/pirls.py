@@ -75,6 +75,8 @@ class PIRLS:
         self.dims = [term.n_cols for term in design.terms]
         self._levels = [term.n_levels for term in design.terms]
         self.pattern = CrossProductPattern(design.terms)
+        # Z (n x q, CSR) from the pattern's Z': one sparse product per linear predictor, for every step and halving
+        self._z = self.pattern.z_transpose.T
         self._no_fixed = np.zeros((self.n, 0))
         self._problems: dict[int, PLSProblem] = {}
 
@@ -95,6 +97,14 @@ class PIRLS:
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""
         return lambda_times(u, factors, self._levels)
+
+    def z_times(self, b: np.ndarray) -> np.ndarray:
+        """Z b."""
+        return self._z @ b
+
+    def linear_predictor(self, beta: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """eta = o + X beta + Z b."""
+        return self.offset + self.X @ beta + self._z @ b
 
     def penalised_deviance(self, eta: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
         """(sum of deviance residuals + ||u||^2, mu)."""
@@ -151,7 +161,7 @@ class PIRLS:
             pass
         best = None
         for u in candidates:
-            eta = self.design.fitted(beta, self.to_b(u, factors))
+            eta = self.linear_predictor(beta, self.to_b(u, factors))
             pdev, mu = self.penalised_deviance(eta, u)
             if best is None or pdev < best[4]:
                 best = (beta, u, eta, mu, pdev)
@@ -176,7 +186,7 @@ class PIRLS:
     def _step(self, current, new_beta, new_u, factors):
         """Move towards the least-squares solution, halving the step until the penalised deviance decreases."""
         if current is None:
-            eta = self.design.fitted(new_beta, self.to_b(new_u, factors))
+            eta = self.linear_predictor(new_beta, self.to_b(new_u, factors))
             pdev, mu = self.penalised_deviance(eta, new_u)
             return (new_beta, new_u, eta, mu, pdev), False
         beta0, u0, _, _, pdev0 = current
@@ -184,7 +194,7 @@ class PIRLS:
         for _ in range(MAX_HALVINGS):
             beta = beta0 + fraction * (new_beta - beta0)
             u = u0 + fraction * (new_u - u0)
-            eta = self.design.fitted(beta, self.to_b(u, factors))
+            eta = self.linear_predictor(beta, self.to_b(u, factors))
             pdev, mu = self.penalised_deviance(eta, u)
             tolerance = PIRLS_TOL * (1.0 + abs(pdev0))
             if pdev <= pdev0 + tolerance:  # at the mode, rounding may raise pdev by a few ulps

@@ -46,9 +46,12 @@ def hessian_of_gradient(objective: LmmObjective, theta: np.ndarray, step: float 
     return (H + H.T) / 2
 
 
-def newton_decrement(objective: LmmObjective, theta: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """(g' H^{-1} g / 2 over the free parameters, H); inf when H is not positive definite there."""
-    _, gradient = objective.value_and_gradient(theta)
+def newton_decrement(objective: LmmObjective, theta: np.ndarray,
+                     gradient: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
+    """(g' H^{-1} g / 2 over the free parameters, H); inf when H is not positive definite there. ``gradient``
+    is g where the caller has it already."""
+    if gradient is None:
+        _, gradient = objective.value_and_gradient(theta)
     projected, at_bound = _projected_gradient(theta, gradient, objective.lower)
     free = ~(at_bound & (gradient >= 0))
     if not np.any(free):
@@ -73,17 +76,24 @@ class _Search:
     def __init__(self, objective: LmmObjective, progress: Progress):
         self.objective, self.progress = objective, progress
         self.history: list[tuple[np.ndarray, float]] = []
-        self.best_theta, self.best_value = None, np.inf
+        self.best_theta, self.best_value, self._best_gradient = None, np.inf, None
 
-    def record(self, theta, value):
+    def record(self, theta, value, gradient=None):
         if not self.history and not np.isfinite(value):
             raise TfmixedError(f"the deviance is not finite at the starting theta: {self.objective.diagnose(theta)}")
         self.history.append((theta.copy(), value))
         if value < self.best_value:
             self.best_theta, self.best_value = theta.copy(), value
+            self._best_gradient = None if gradient is None else np.array(gradient, dtype=np.float64)
         self.progress.update(len(self.history), f"criterion {value:.6f}")
         if np.isfinite(value) and self.objective.is_degenerate(theta):
             raise _Degenerate
+
+    def best_gradient(self) -> np.ndarray:
+        """The gradient at the best point (kept from its evaluation where the optimiser computed one)."""
+        if self._best_gradient is None:
+            self._best_gradient = np.asarray(self.objective.value_and_gradient(self.best_theta)[1], dtype=np.float64)
+        return self._best_gradient
 
     def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
         lower = self.objective.lower
@@ -91,7 +101,7 @@ class _Search:
         def fun(z):
             theta = z * scale
             value, gradient = self.objective.value_and_gradient(theta)
-            self.record(theta, value)
+            self.record(theta, value, gradient)
             return value, gradient * scale
 
         bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
@@ -190,12 +200,12 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
                        "so the likelihood has no maximum and the variance components are meaningless")
             break
         best = search.best_theta
-        _, gradient = objective.value_and_gradient(best)
+        gradient = search.best_gradient()
         projected, _ = _projected_gradient(best, gradient, lower)
         if np.max(np.abs(projected), initial=0.0) <= gradient_tol * max(1.0, abs(search.best_value)):
             converged = True
             break
-        decrement, H = newton_decrement(objective, best)
+        decrement, H = newton_decrement(objective, best, gradient)
         if decrement <= NEWTON_DECREMENT_TOL:
             converged = True
             break

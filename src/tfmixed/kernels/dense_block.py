@@ -52,6 +52,10 @@ def solve_lower(L: np.ndarray, rhs: np.ndarray, transpose: bool = False) -> np.n
     return x
 
 
+#: inverses of the dense block up to this many entries are kept by its factor
+KEPT_INVERSE_ENTRIES = 250_000
+
+
 class DenseFactor:
     """S = L L' for the dense Schur complement S over [rest | X | y~] (S is overwritten)."""
 
@@ -59,6 +63,7 @@ class DenseFactor:
 
     def __init__(self, S: np.ndarray, q_rest: int, p: int):
         self.L, self.q_rest, self.p = cholesky_or_raise(S), q_rest, p
+        self._inverses: dict[tuple[int, bool], np.ndarray] = {}
 
     def logdet_rest(self) -> float:
         return float(2.0 * np.sum(np.log(np.diag(self.L)[: self.q_rest])))
@@ -82,7 +87,17 @@ class DenseFactor:
         return solve_lower(self.L[:qr, :qr], rhs)
 
     def leading_inverse(self, size: int, full: bool = True) -> np.ndarray:
-        """(L L')[:size, :size]^{-1} padded with zeros to S's shape; only the lower triangle when not ``full``."""
+        """(L L')[:size, :size]^{-1} padded with zeros to S's shape; only the lower triangle when not ``full``.
+        Small inverses are kept (a GLMM gradient reads the same one twice); the caller gets its own copy."""
+        kept = self._inverses.get((size, full))
+        if kept is not None:
+            return kept.copy()
+        inverse = self._leading_inverse(size, full)
+        if inverse.size <= KEPT_INVERSE_ENTRIES:
+            self._inverses[(size, full)] = inverse.copy()
+        return inverse
+
+    def _leading_inverse(self, size: int, full: bool) -> np.ndarray:
         inverse = np.zeros_like(self.L)
         if size:
             lower, info = la.lapack.dpotri(self.L[:size, :size], lower=1)

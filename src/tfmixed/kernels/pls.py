@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,6 +46,9 @@ from .options import KernelOptions
 DENSE_COUPLING_INVERSE = 4_000_000
 #: a BLAS flop of the dense S^{-1} M' costs about this fraction of one indexed product of the per-pair path
 DENSE_FLOP_COST = 0.01
+#: up to this size Lambda' M Lambda with vector-valued terms is two dense products (the per-term reshapes
+#: cost more there)
+SMALL_DENSE_SCALE = 48
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class PLSProblem:
         self.n, self.p = cp.n, cp.p
         self.q_rest = cp.q_rest
         self.first_block = BlockDiagonalBlock(cp.first_blocks)
+        #: what depends only on the pattern (and the last theta), computed on demand; re-weighted problems share it
+        self._pattern_cache: dict[str, Any] = {}
         C = self._coupling_matrix(cp)
         self.scalar_rest = all(term.n_cols == 1 for term in self.rest)
         self._pattern = None
@@ -109,7 +115,14 @@ class PLSProblem:
     def _dense_rest(cp: CrossProducts) -> np.ndarray:
         if cp.q_rest == 0:
             return cp.xy_xy.copy()
-        return np.block([[cp.rest_rest.toarray(), cp.xy_rest.T], [cp.xy_rest, cp.xy_xy]])
+        # filled in place: np.block's checks cost more than the copies for the small blocks of a PIRLS step
+        q = cp.q_rest
+        E = np.empty((q + cp.xy_xy.shape[0],) * 2)
+        E[:q, :q] = cp.rest_rest.toarray()
+        E[:q, q:] = cp.xy_rest.T
+        E[q:, :q] = cp.xy_rest
+        E[q:, q:] = cp.xy_xy
+        return E
 
     @staticmethod
     def _dense_coupling_matrix(cp: CrossProducts) -> np.ndarray:
@@ -151,6 +164,14 @@ class PLSProblem:
             dense = getattr(self.coupling, "takes_dense", False)
             new.coupling = self.coupling.reweighted(self._dense_coupling_matrix(cp) if dense else self._coupling_matrix(cp))
         return new
+
+    def coupling_counts(self) -> np.ndarray:
+        """Nonzeros per first-term column of M' (C's pattern widened by each rest term's k, bounded by the
+        largest k): computed once per pattern, shared by the re-weighted problems."""
+        if "coupling_counts" not in self._pattern_cache:
+            counts = np.bincount(sp.csr_matrix(self.cross_products.rest_first).indices, minlength=self.first.q)
+            self._pattern_cache["coupling_counts"] = counts * max(term.n_cols for term in self.rest)
+        return self._pattern_cache["coupling_counts"]
 
     @property
     def rest_strategy(self) -> str:
@@ -221,10 +242,27 @@ class PLSProblem:
                 out[rows] *= T[0, 0]
             else:
                 block = M[rows].reshape(term.n_levels, term.n_cols, -1)
-                spec = "ba,lbc->lac" if transpose else "ab,lbc->lac"
-                out[rows] = np.einsum(spec, T, block).reshape(term.q, -1)
+                out[rows] = ((T.T if transpose else T) @ block).reshape(term.q, -1)
             offset += term.q
         return out
+
+    def rest_lambda(self, factors: list[np.ndarray]) -> np.ndarray:
+        """blockdiag(Lambda_rest, I) over [rest | X | y~] as a dense array (for small blocks); the last one is
+        kept, as the steps of a PIRLS run share theta."""
+        key = b"".join(T.tobytes() for T in factors[1:])
+        kept = self._pattern_cache.get("rest_lambda")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        Lam = np.eye(self.q_rest + self.p + 1)
+        offset = 0
+        for term, T in zip(self.rest, factors[1:]):
+            levels, k = term.n_levels, term.n_cols
+            block = Lam[offset : offset + term.q, offset : offset + term.q].reshape(levels, k, levels, k)
+            block[np.arange(levels), :, np.arange(levels), :] = T
+            offset += term.q
+        Lam.setflags(write=False)
+        self._pattern_cache["rest_lambda"] = (key, Lam)
+        return Lam
 
     def rest_diagonal(self, factors: list[np.ndarray]) -> np.ndarray:
         """The diagonal of blockdiag(Lambda_rest, I) for the scalar terms (1 on vector-valued terms' rows)."""
@@ -245,20 +283,26 @@ class PLSProblem:
         """
         if not self.rest:
             return M
+        if not self.scalar_rest and M.shape[0] <= SMALL_DENSE_SCALE:
+            Lam = self.rest_lambda(factors)
+            product = Lam.T @ M @ Lam if transpose else Lam @ M @ Lam.T
+            if not in_place:
+                return product
+            M[...] = product
+            return M
         d = self.rest_diagonal(factors)
         out = M if in_place else M.copy()
         out *= d[:, None]
         out *= d[None, :]
         if self.scalar_rest:
             return out
-        spec = "ba,lbc->lac" if transpose else "ab,lbc->lac"
-        offset = 0
+        offset, size = 0, out.shape[0]
         for term, T in zip(self.rest, factors[1:]):
             if term.n_cols > 1:
                 rows = slice(offset, offset + term.q)
-                shape = (term.n_levels, term.n_cols, -1)
-                out[rows] = np.einsum(spec, T, out[rows].reshape(shape)).reshape(term.q, -1)
-                out[:, rows] = np.einsum(spec, T, np.ascontiguousarray(out[:, rows].T).reshape(shape)).reshape(term.q, -1).T
+                left = T.T if transpose else T
+                out[rows] = (left @ out[rows].reshape(term.n_levels, term.n_cols, -1)).reshape(term.q, -1)
+                out[:, rows] = (out[:, rows].reshape(size, term.n_levels, term.n_cols) @ left.T).reshape(size, term.q)
             offset += term.q
         return out
 
@@ -452,9 +496,7 @@ class PLSFactor(ProfiledCriterion):
         qr, q1 = problem.q_rest, problem.first.q
         if not isinstance(self.rest, DenseFactor) or qr * q1 > DENSE_COUPLING_INVERSE:
             return False
-        # M' has C's pattern widened by each rest term's k: count per first column, times the largest k
-        counts = np.bincount(sp.csr_matrix(problem.cross_products.rest_first).indices, minlength=q1)
-        counts = counts * max(term.n_cols for term in problem.rest)
+        counts = problem.coupling_counts()
         per_pair = float(np.sum(counts[left] * counts[right])) + float(np.count_nonzero(mixed)) * float(np.max(counts, initial=0))
         return DENSE_FLOP_COST * qr * qr * q1 <= per_pair + q1
 
