@@ -13,7 +13,7 @@ Compares the test MSE of
   (e) as (c), with the two hidden layers' weight decay learned too (EmpiricalBayesDecay, one run),
   (f) as (c), with one hidden-layer weight decay chosen on a validation grid (one run per grid value + a refit),
 and the oracle MSE of the true mean function.
-Usage: python examples/keras_customers.py [--epochs 20] [--methods abcdef]
+Usage: python examples/keras_customers.py [--epochs 20] [--methods abcdef] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -93,17 +93,43 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--methods", default="abcdef", help="which of the methods (a)-(f) to run")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="replications: seed s simulates data set s and trains with seed s (default: 1, seed 0)")
     args = parser.parse_args()
-    (x_train, y_train, _), (x_test, y_test, mean_test) = simulate()
+    per_seed = {}
+    for seed in range(args.seeds):
+        table = run(args, seed)
+        for method, score in table["test MSE"].items():
+            per_seed.setdefault(method, []).append(score)
+    if args.seeds > 1:
+        summary(per_seed)
+
+
+def summary(per_seed: dict) -> None:
+    """Mean test MSE over the replications, and the paired difference of learned against grid hidden decay."""
+    print(f"\nover {len(next(iter(per_seed.values())))} replications:")
+    for method, scores in per_seed.items():
+        print(f"  {method}: mean test MSE {np.mean(scores):.4f} (per seed {', '.join(f'{v:.4f}' for v in scores)})")
+    learned = [m for m in per_seed if m.startswith("(e)")]
+    grid = [m for m in per_seed if m.startswith("(f)")]
+    if learned and grid:
+        difference = np.array(per_seed[learned[0]]) - np.array(per_seed[grid[0]])
+        print(f"  (e) - (f), paired: mean {difference.mean():+.4f}, standard error "
+              f"{difference.std(ddof=1) / np.sqrt(difference.size):.4f}")
+
+
+def run(args, seed: int) -> pd.DataFrame:
+    """Every chosen method on data set ``seed``; prints and returns the table."""
+    (x_train, y_train, _), (x_test, y_test, mean_test) = simulate(seed)
     rows, scores, hidden_scores = [], {}, {}
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed + 1)  # the validation split
     validation = rng.random(len(y_train)) < 0.2
     fit_x = {k: v[~validation] for k, v in x_train.items()}
     val_x = {k: v[validation] for k, v in x_train.items()}
 
     def learned(x, y, hidden=None):
         callback = EmpiricalBayes(x, y, rule="corrected", update_every=1, warmup_epochs=2)
-        return train(x, y, 1.0, args.epochs, callback=callback, hidden=hidden), callback
+        return train(x, y, 1.0, args.epochs, callback=callback, seed=seed, hidden=hidden), callback
 
     def describe(callback):
         return ", ".join(f"lambda[{k}] = {v:.3g}" for k, v in callback.penalties().items()) + f"; sigma2 = {callback.sigma2:.3f}"
@@ -111,21 +137,21 @@ def main() -> None:
     if "a" in args.methods:
         started = time.perf_counter()
         for penalty in GRID:
-            model = train(fit_x, y_train[~validation], penalty, args.epochs)
+            model = train(fit_x, y_train[~validation], penalty, args.epochs, seed=seed)
             scores[penalty] = mse(model, val_x, y_train[validation])
         best = min(scores, key=scores.get)
-        model = train(x_train, y_train, best, args.epochs)
+        model = train(x_train, y_train, best, args.epochs, seed=seed)
         rows.append(("(a) shared penalty, validation grid", len(GRID) + 1, f"lambda = {best:g} (grid {GRID})",
                      mse(model, x_test, y_test), time.perf_counter() - started))
     if "b" in args.methods:
         started = time.perf_counter()
-        model = train(x_train, y_train, 0.0, args.epochs)
+        model = train(x_train, y_train, 0.0, args.epochs, seed=seed)
         rows.append(("(b) no penalty", 1, "lambda = 0", mse(model, x_test, y_test), time.perf_counter() - started))
     for key, label, rule in (("c", "(c) learned, corrected rule", "corrected"), ("d", "(d) learned, quick-and-dirty rule", "quick_and_dirty")):
         if key in args.methods:
             started = time.perf_counter()
             callback = EmpiricalBayes(x_train, y_train, rule=rule, update_every=1, warmup_epochs=2)
-            model = train(x_train, y_train, 1.0, args.epochs, callback=callback)
+            model = train(x_train, y_train, 1.0, args.epochs, callback=callback, seed=seed)
             rows.append((label, 1, describe(callback), mse(model, x_test, y_test), time.perf_counter() - started))
     if "e" in args.methods:
         started = time.perf_counter()
@@ -146,6 +172,7 @@ def main() -> None:
     table = pd.DataFrame(rows, columns=["method", "training runs", "penalties", "test MSE", "seconds"]).set_index("method")
     oracle = float(np.mean((mean_test[:, None] - y_test) ** 2))
     with pd.option_context("display.width", 250, "display.max_colwidth", 120):
+        print(f"data set and training seed {seed}:")
         print(table.round({"test MSE": 4, "seconds": 1}).to_string())
     print(f"\noracle test MSE (true mean function, noise only): {oracle:.4f}")
     print(f"true penalties: lambda[customer] = {1 / 0.6**2:.3g}, lambda[state] = {1 / 0.8**2:.3g} (sigma2 = 1)")
@@ -153,6 +180,7 @@ def main() -> None:
         print(f"validation MSE per grid value: { {k: round(v, 4) for k, v in scores.items()} }")
     if hidden_scores:
         print(f"validation MSE per hidden-decay value: { {k: round(v, 4) for k, v in hidden_scores.items()} }")
+    return table
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Methods (test MSE per fold, then mean and SD; training runs per fold):
       coordinate search), then a refit;
   (e) ``RandomEffects`` + ``EmpiricalBayes(rule="corrected")``: the three penalties learned in one run.
 
-Usage: python examples/keras_insteval.py [--epochs 12] [--folds 5]
+Usage: python examples/keras_insteval.py [--epochs 20] [--folds 5]
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def grid_search(train_rows, codes, onehot, y, levels, epochs, fold):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
     data, codes, onehot, y = load()
