@@ -209,12 +209,15 @@ def nested_design(seed=3):
     return pd.DataFrame({"y": y, "x": x, "school": school, "klass": klass, "student": student})
 
 
-@pytest.mark.parametrize("strategy", ["bordered", "sparse"])
+@pytest.mark.parametrize("strategy", ["bordered", "sparse", "sparse-by-column"])
 @pytest.mark.parametrize("formula, component_sizes", [
     ("y ~ x + (1 | student) + (1 | klass) + (1 + x | school)", 7),  # school (2 columns) + its 1..7 classes
     ("y ~ x + (1 + x | klass) + (1 | school)", 1),
 ])
-def test_bordered_and_sparse_strategies_match_dense_algebra(formula, component_sizes, strategy):
+def test_bordered_and_sparse_strategies_match_dense_algebra(formula, component_sizes, strategy, monkeypatch):
+    if strategy == "sparse-by-column":  # Takahashi's recurrences column by column, not in batched levels
+        monkeypatch.setattr("tfmixed.kernels.sparse_block.TAKAHASHI_PLAN_PAIRS", -1)
+        strategy = "sparse"
     design = build_design(formula, nested_design())
     problem = problem_from_design(design, KernelOptions(rest=strategy))
     assert problem.rest_strategy == strategy

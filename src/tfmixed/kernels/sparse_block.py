@@ -15,6 +15,8 @@ Same interface as :class:`~tfmixed.kernels.dense_block.DenseFactor`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -42,11 +44,25 @@ class SparseStructure:
         self.Q = downdate_pattern(sp.csc_matrix(cp.rest_first), cp.dims[0][0], k1, self.position, self.keys.size)
         self.C_rest = sp.csr_matrix(cp.rest_first)
         self.C_border, self.E_border, self.E_corner = cp.xy_first, cp.xy_rest, cp.xy_xy
+        #: the Takahashi plan of L's pattern, shared with the structures re-weighted from this one
+        self._plan_cache: dict = {}
 
     def reweighted(self, cross_products) -> "SparseStructure":
         """The structure for new values on the same pattern."""
         pattern = sp.csc_matrix((np.ones(self.keys.size), self.indices, self.indptr), shape=(self.n, self.n))
-        return SparseStructure(cross_products, pattern, self.rest_terms, self.k1)
+        new = SparseStructure(cross_products, pattern, self.rest_terms, self.k1)
+        new._plan_cache = self._plan_cache  # the same pattern: the same ordering and plan
+        return new
+
+    def takahashi_plan(self, L: sp.csc_matrix) -> list["TakahashiBatch"] | None:
+        """The batches of Takahashi's recurrences for L's pattern, built once (the ordering, hence L's pattern,
+        depends only on S_rr's pattern); None where their index arrays would pass ``TAKAHASHI_PLAN_PAIRS``."""
+        kept = self._plan_cache.get("takahashi")
+        if kept is not None and np.array_equal(kept[0], L.indptr) and np.array_equal(kept[1], L.indices):
+            return kept[2]
+        plan = takahashi_batches(L)
+        self._plan_cache["takahashi"] = (L.indptr.copy(), L.indices.copy(), plan)
+        return plan
 
     def position(self, rows, cols) -> np.ndarray:
         return np.searchsorted(self.keys, np.asarray(cols, dtype=np.int64) * self.n + np.asarray(rows, dtype=np.int64))
@@ -54,6 +70,66 @@ class SparseStructure:
     def lambda_matrix(self, factors) -> sp.csr_matrix:
         return sp.csr_matrix(sp.block_diag([sp.kron(sp.identity(t.n_levels), sp.csr_matrix(T))
                                             for t, T in zip(self.rest_terms, factors[1:])]))
+
+
+#: at most this many (row, column) products in a batched Takahashi plan (three int64 index arrays of this size)
+TAKAHASHI_PLAN_PAIRS = 5_000_000
+
+
+@dataclass(frozen=True)
+class TakahashiBatch:
+    """Columns of L with no ancestor among them (one level of the elimination tree): their recurrences
+    Z_Jj = -Z_JJ l_j, Z_jj = 1 / D_j + l_j' z_j run as one gather and two bincounts over flat indices of Z."""
+
+    columns: np.ndarray     # the batch's columns j
+    pair_z: np.ndarray      # flat index of Z[r, c] for every product Z[r, c] l_c (r, c below j)
+    pair_l: np.ndarray      # index into L.data of l_c
+    pair_out: np.ndarray    # which (j, r) output the product adds to
+    out_l: np.ndarray       # index into L.data of l_r, per output
+    out_column: np.ndarray  # position of the output's column in ``columns``
+    below: np.ndarray       # flat index of Z[r, j], per output
+    above: np.ndarray       # flat index of Z[j, r], per output
+    diagonal: np.ndarray    # flat index of Z[j, j], per column
+
+
+def takahashi_batches(L: sp.csc_matrix) -> list[TakahashiBatch] | None:
+    """Batches by depth in the elimination tree (parent = first row below the diagonal), roots first: a
+    column's recurrence reads only its ancestors' entries, which earlier batches wrote."""
+    n, indptr, indices = L.shape[0], L.indptr, L.indices
+    below_counts = np.diff(indptr) - 1  # sorted unit lower-triangular columns: the diagonal comes first
+    if float(np.sum(below_counts.astype(np.float64) ** 2)) > TAKAHASHI_PLAN_PAIRS:
+        return None
+    parent = np.where(below_counts > 0, indices[np.minimum(indptr[:-1] + 1, indices.size - 1)], -1)
+    depth = np.zeros(n, dtype=np.int64)
+    for j in range(n - 1, -1, -1):  # parents have larger indices
+        if parent[j] >= 0:
+            depth[j] = depth[parent[j]] + 1
+    batches = []
+    for level in range(int(depth.max(initial=-1)) + 1):
+        columns = np.flatnonzero(depth == level)
+        pieces = [_column_plan(j, indptr, indices, n) for j in columns]
+        offsets = np.cumsum([0] + [piece[0].size for piece in pieces])
+        batches.append(TakahashiBatch(
+            columns=columns,
+            pair_z=np.concatenate([piece[2] for piece in pieces]),
+            pair_l=np.concatenate([piece[3] for piece in pieces]),
+            pair_out=np.concatenate([piece[4] + offset for piece, offset in zip(pieces, offsets)]),
+            out_l=np.concatenate([piece[1] for piece in pieces]),
+            out_column=np.repeat(np.arange(columns.size), np.diff(offsets)),
+            below=np.concatenate([piece[0] * n + j for piece, j in zip(pieces, columns)]),
+            above=np.concatenate([j * n + piece[0] for piece, j in zip(pieces, columns)]),
+            diagonal=columns * (n + 1),
+        ))
+    return batches
+
+
+def _column_plan(j: int, indptr, indices, n: int):
+    """Column j's rows below the diagonal, their L.data indices, and its products' (Z, l, output) indices."""
+    positions = np.arange(indptr[j] + 1, indptr[j + 1])
+    rows = indices[positions].astype(np.int64)
+    m = rows.size
+    return (rows, positions, (rows[:, None] * n + rows[None, :]).ravel(), np.tile(positions, m),
+            np.repeat(np.arange(m), m))
 
 
 class SparseFactor(BorderedBase):
@@ -95,6 +171,21 @@ class SparseFactor(BorderedBase):
         """S_rr^{-1} on the pattern of L + L', in the permuted order, as a dense array (Takahashi)."""
         L = sp.csc_matrix(self.lu.L)
         L.sort_indices()
+        plan = self.structure.takahashi_plan(L)
+        if plan is None:
+            return self._selected_inverse_by_column(L)
+        n = L.shape[0]
+        Z, data, inverse_d = np.zeros(n * n), L.data, 1.0 / self.D
+        for batch in plan:
+            z = np.bincount(batch.pair_out, Z[batch.pair_z] * data[batch.pair_l], minlength=batch.out_l.size)
+            Z[batch.below] = -z
+            Z[batch.above] = -z
+            Z[batch.diagonal] = inverse_d[batch.columns] + np.bincount(
+                batch.out_column, data[batch.out_l] * z, minlength=batch.columns.size)
+        return Z.reshape(n, n)
+
+    def _selected_inverse_by_column(self, L: sp.csc_matrix) -> np.ndarray:
+        """Takahashi's recurrences one column at a time (where a batched plan would not fit in memory)."""
         n = L.shape[0]
         indptr, indices, data = L.indptr, L.indices, L.data
         Z = np.zeros((n, n))
@@ -121,10 +212,16 @@ class SparseFactor(BorderedBase):
     def inverse_sums(self, problem, factors, include_fixed: bool):
         lookup = self.inverse_lookup()
         s = self.structure
-        inverse = sp.csr_matrix((lookup(s.rows_of, s.cols_of), (s.rows_of, s.cols_of)), shape=(s.n, s.n))
-        size = problem.coupling.C.shape[0]
-        scaled = sp.csr_matrix(self.Lam @ inverse @ self.Lam.T)
-        scaled.resize((size, size))
-        H = problem.coupling.sparse_block_sums(scaled)
+        inverse = sp.csc_matrix((lookup(s.rows_of, s.cols_of), s.indices, s.indptr), shape=(s.n, s.n))
+        scaled = sp.coo_matrix(self.Lam @ inverse @ self.Lam.T)
+        # H_j = C_j' M C_j sums over the ordered pairs of C's nonzeros within level j, the pairs Q maps to the
+        # pattern: H = Q' m for M's values m on the pattern (Lambda keeps M on it: the pattern holds every column
+        # of a level of each term)
+        where = np.minimum(s.position(scaled.row, scaled.col), s.keys.size - 1)
+        if not np.array_equal(s.keys[where], scaled.col.astype(np.int64) * s.n + scaled.row):
+            raise TfmixedError("internal: the scaled inverse left the pattern of the remaining block")
+        on_pattern = np.zeros(s.keys.size)
+        on_pattern[where] = scaled.data
+        H = np.asarray(s.Q.T @ on_pattern).reshape(-1, s.k1, s.k1)
         sums = [block.sum(axis=0) for block in self._term_blocks(lookup)]
         return self._add_border_term(problem, factors, include_fixed, H, sums)
