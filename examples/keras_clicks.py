@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import keras
 import numpy as np
 import pandas as pd
 
+# tfmixed before keras: it imports TensorFlow without TensorFlow's start-up log lines
 from tfmixed.keras import EmpiricalBayes, RandomEffects
+
+import keras  # noqa: E402
 
 N_USERS, N_ADS, ROWS = 100_000, 1_000, 400_000
 GRID = [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]

@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import keras
 import numpy as np
 import pandas as pd
 
+# tfmixed before keras: it imports TensorFlow without TensorFlow's start-up log lines
 from tfmixed.keras import EmpiricalBayes, EmpiricalBayesDecay, RandomEffects
+
+import keras  # noqa: E402
 
 N_CUSTOMERS, N_STATES, ROWS = 10_000, 50, 80_000
 GRID = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import keras
 import numpy as np
 import pandas as pd
 
+# tfmixed before keras: it imports TensorFlow without TensorFlow's start-up log lines
 import tfmixed as tm
 from tfmixed.keras import EmpiricalBayes, RandomEffects
+
+import keras  # noqa: E402
 
 FACTORS = ("s", "d", "dept")
 COVARIATES = ("studage", "lectage", "service")
