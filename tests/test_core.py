@@ -92,6 +92,26 @@ def test_a_new_response_on_kept_cross_products_equals_computing_them_again():
         pattern.with_response(kept, design.X[:, :1], response, weights)
 
 
+def test_reweighted_cross_products_are_independent_and_bad_weights_refused():
+    """Re-weighted computations share the pattern's index arrays, never their values; weights are checked."""
+    data = dyadic_design(4)
+    design = tm.build_design("y ~ x + (1 | g) + (1 + x | h)", data)
+    pattern = CrossProductPattern(design.terms)
+    first = pattern.compute(design.X, design.y, shift=[0.0, 0.0])
+    before = (first.rest_first.toarray(), first.rest_rest.toarray())
+    second = pattern.compute(design.X, design.y, weights=data["w"].to_numpy(), shift=[0.0, 0.0])
+    assert second.rest_first.indices is first.rest_first.indices  # the shared layout
+    np.testing.assert_array_equal(first.rest_first.toarray(), before[0])
+    np.testing.assert_array_equal(first.rest_rest.toarray(), before[1])
+    fresh = CrossProducts.from_rows(design.X, design.y, design.terms, weights=data["w"].to_numpy(), shift=[0.0, 0.0])
+    assert abs(second.rest_rest - fresh.rest_rest).max() == 0
+    for bad in (np.nan, -1.0, np.inf):
+        weights = np.ones(len(data))
+        weights[7] = bad
+        with pytest.raises(tm.DataError, match="finite and non-negative"):
+            pattern.compute(design.X, design.y, weights=weights)
+
+
 @pytest.mark.parametrize("transform", [lambda y: y + 1e8, lambda y: y * 1e6, lambda y: (y + 1e8) * 1e6, lambda y: y * 1e-8])
 def test_theta_does_not_depend_on_where_or_how_large_y_is(transform):
     data = tm.datasets.load("sleepstudy")

@@ -410,7 +410,7 @@ class CrossProductPattern:
         w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
         if w.shape[0] != self.n:
             raise ShapeError(f"weights has {w.shape[0]} values for {self.n} rows")
-        if not (w.min(initial=0.0) >= 0.0 and w.max(initial=0.0) < np.inf):  # NaN fails both comparisons
+        if w.size and not (w.min() >= 0.0 and w.max() < np.inf):  # a NaN fails both comparisons
             raise DataError("weights must be finite and non-negative")
         shift = least_squares_shift(X, y, w, offset) if shift is None else np.asarray(shift, dtype=np.float64)
         if shift.shape != (X.shape[1],):

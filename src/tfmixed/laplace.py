@@ -22,8 +22,6 @@ Two criteria are minimised by the optimiser of :mod:`tfmixed.estimators.profiled
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import scipy.sparse as sp
 from numpy.polynomial.hermite_e import hermegauss
@@ -179,10 +177,9 @@ class GlmmObjective:
         X = self.pirls.X if joint else self.pirls._no_fixed
         # the mode's own cross-products (same rows, weights and X) with v's ratio as the response
         stats = self.pirls.pattern.with_response(mode.factor.problem.cross_products, X, ratio, weights)
-        # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span
-        xy_xy = stats.xy_xy.copy()
-        xy_xy[-1, -1] = 2 * xy_xy[-1, -1] + 1.0
-        stats = dataclasses.replace(stats, xy_xy=xy_xy)
+        # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span (in
+        # place: with_response made these statistics their own xy_xy)
+        stats.xy_xy[-1, -1] = 2 * stats.xy_xy[-1, -1] + 1.0
         s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
         s_b = self.pirls.to_b(s_u, mode.factor.factors)
         z_lambda_s = self.pirls.z_times(s_b) + X @ s_beta

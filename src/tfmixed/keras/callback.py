@@ -261,7 +261,10 @@ class EmpiricalBayes(keras.callbacks.Callback):
             self._fixed_rank = random.fixed_rank
         if decay is not None:
             gammas.update(zip([l.name for l in self.decays], decay.gammas(sigma2, [tau2[l.name] for l in self.decays])))
-        new_tau2 = {g.label: float(self._table(g) @ self._table(g)) / max(gammas[g.label], 1e-8) for g in self.groups}
+        new_tau2 = {}
+        for g in self.groups:
+            table = self._table(g)  # a copy of the layer's table: read it once
+            new_tau2[g.label] = float(table @ table) / max(gammas[g.label], 1e-8)
         for layer in self.decays:
             new_tau2[layer.name] = float(np.sum(layer.kernel.numpy().astype(np.float64) ** 2)) / max(gammas[layer.name], 1e-8)
         dof = n - self._fixed_parameters() - sum(gammas.values())

@@ -69,15 +69,6 @@ class ComponentLayout:
         return [flat[offset : offset + idx.size * size].reshape(idx.shape[0], size, size)
                 for offset, (size, idx) in zip(self.offsets, self.groups)]
 
-    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column of every flat entry."""
-        rows, cols = np.empty(self.n_entries, dtype=np.int64), np.empty(self.n_entries, dtype=np.int64)
-        for offset, (size, idx) in zip(self.offsets, self.groups):
-            span = slice(offset, offset + idx.size * size)
-            rows[span] = np.repeat(idx, size, axis=1).ravel()
-            cols[span] = np.tile(idx, (1, size)).ravel()
-        return rows, cols
-
 
 def component_pattern(rest_rest: sp.spmatrix, rest_first: sp.spmatrix) -> sp.csr_matrix:
     """Where S_rr can be nonzero: Zr'W Zr and the fill-in Zr'W Z1 (.) Z1'W Zr of eliminating the first term."""
@@ -105,6 +96,12 @@ def downdate_pattern(C: sp.csc_matrix, n_levels: int, k: int, position, size: in
     return sp.csr_matrix((C.data[first] * C.data[second], (where, weight)), shape=(size, n_levels * k * k))
 
 
+def level_block_sums(Q: sp.csr_matrix, values: np.ndarray, k: int) -> np.ndarray:
+    """C_j' M C_j per level j for a symmetric M given by its ``values`` at Q's stored positions: the transpose
+    of the downdate, Q' m (C's pairs within a level are exactly the positions Q maps)."""
+    return np.asarray(Q.T @ values).reshape(-1, k, k)
+
+
 class BorderedStructure:
     """What the bordered factorisation precomputes from the cross-products: layout, block pattern, border."""
 
@@ -112,8 +109,6 @@ class BorderedStructure:
         cp = cross_products
         self.layout, self.k1 = layout, k1
         self.rest_terms = rest_terms
-        rows, cols = layout.coordinates()
-        self.entry_rows, self.entry_cols = rows, cols
         coo = sp.coo_matrix(cp.rest_rest)
         self.E_flat = np.zeros(layout.n_entries)
         np.add.at(self.E_flat, layout.position(coo.row, coo.col), coo.data)
@@ -199,7 +194,7 @@ class BorderedBase:
         U = self._border_term(include_fixed)
         if U is None:
             return H, sums
-        size = problem.coupling.C.shape[0]
+        size = problem.q_rest + problem.p + 1  # C's rows: [Zr; X; y~]'WZ1
         rows = np.zeros((size, U.shape[1]))
         rows[: self.q_rest] = problem.scale_rows(U[: self.q_rest], factors, transpose=False)
         rows[self.q_rest : self.q_rest + self.p] = U[self.q_rest :]
@@ -268,9 +263,7 @@ class BorderedFactor(BorderedBase):
         inverse = self._inverse_flat()
         scaled = np.concatenate([(Lam @ block @ Lam.transpose(0, 2, 1)).reshape(-1) for Lam, block in
                                  zip(self.lambda_blocks, structure.layout.blocks(inverse))])
-        size = problem.coupling.C.shape[0]
-        D = sp.csr_matrix((scaled, (structure.entry_rows, structure.entry_cols)), shape=(size, size))
-        H = problem.coupling.sparse_block_sums(D)
+        H = level_block_sums(structure.Q, scaled, structure.k1)
         sums = [block.sum(axis=0) for block in self._term_blocks(self._flat_lookup(inverse))]
         return self._add_border_term(problem, factors, include_fixed, H, sums)
 

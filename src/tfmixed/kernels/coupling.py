@@ -11,7 +11,7 @@ them (a fourth splits C into its sparse and dense rows), chosen by the problem's
 * ``SplitCoupling``: the pattern of the sparse random-effects rows, BLAS for the dense fixed-effects rows.
 
 Interface: ``downdate(W)`` = C W C' (dense, symmetric) for block-diagonal W, ``block_sums(M)`` =
-C_j' M C_j per level (``sparse_block_sums`` for a sparse M), ``transpose_times(z)`` = C' z per level,
+C_j' M C_j per level, ``transpose_times(z)`` = C' z per level,
 ``times_block_diagonal(B)`` = C blockdiag(B).
 """
 
@@ -25,17 +25,6 @@ import scipy.sparse as sp
 from ..cross_products import block_diagonal_matrix
 
 
-def sparse_block_sums(C: sp.csr_matrix, M: sp.spmatrix, n_levels: int, k: int) -> np.ndarray:
-    """C_j' M C_j per level j for a sparse symmetric M (the block-diagonal part of a structured inverse)."""
-    MC = sp.csc_matrix(M @ C)
-    Cc = sp.csc_matrix(C)
-    sums = np.zeros((n_levels, k, k))
-    for a in range(k):
-        for b in range(k):
-            sums[:, a, b] = np.asarray(Cc[:, a::k].multiply(MC[:, b::k]).sum(axis=0)).ravel()
-    return sums
-
-
 class DenseCoupling:
     """C as a dense (rows, L, k) array."""
 
@@ -46,13 +35,6 @@ class DenseCoupling:
         self.C3 = (C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64)).reshape(C.shape[0], n_levels, k)
         self.shape = C.shape
 
-    @cached_property
-    def C(self) -> sp.csr_matrix:
-        """C as a sparse matrix (for products with a sparse M)."""
-        return sp.csr_matrix(self.C3.reshape(self.shape))
-
-    def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
-        return sparse_block_sums(self.C, M, self.n_levels, self.k)
 
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         if weights.shape[1] == 1:
@@ -111,8 +93,6 @@ class SparseCoupling:
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
         return (self.C.T @ z).reshape(self.n_levels, -1)
 
-    def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
-        return sparse_block_sums(self.C, M, self.n_levels, self.k)
 
     def times_block_diagonal(self, blocks: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))
@@ -310,8 +290,6 @@ class SplitCoupling:
         cross = cross.reshape(self.n_levels, k, k)
         return sums + cross + cross.transpose(0, 2, 1)
 
-    def sparse_block_sums(self, M: sp.spmatrix) -> np.ndarray:
-        return sparse_block_sums(self.C, M, self.n_levels, self.k)
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
         out = np.einsum("d,dla->la", z[self.split :], self.D3)

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..errors import TfmixedError
-from .bordered_block import BorderedBase, downdate_pattern
+from .bordered_block import BorderedBase, downdate_pattern, level_block_sums
 
 
 class SparseStructure:
@@ -214,14 +214,13 @@ class SparseFactor(BorderedBase):
         s = self.structure
         inverse = sp.csc_matrix((lookup(s.rows_of, s.cols_of), s.indices, s.indptr), shape=(s.n, s.n))
         scaled = sp.coo_matrix(self.Lam @ inverse @ self.Lam.T)
-        # H_j = C_j' M C_j sums over the ordered pairs of C's nonzeros within level j, the pairs Q maps to the
-        # pattern: H = Q' m for M's values m on the pattern (Lambda keeps M on it: the pattern holds every column
-        # of a level of each term)
+        # H = Q' m for M's values m on the pattern (Lambda keeps M on it: the pattern holds every column of a
+        # level of each term)
         where = np.minimum(s.position(scaled.row, scaled.col), s.keys.size - 1)
         if not np.array_equal(s.keys[where], scaled.col.astype(np.int64) * s.n + scaled.row):
             raise TfmixedError("internal: the scaled inverse left the pattern of the remaining block")
         on_pattern = np.zeros(s.keys.size)
         on_pattern[where] = scaled.data
-        H = np.asarray(s.Q.T @ on_pattern).reshape(-1, s.k1, s.k1)
+        H = level_block_sums(s.Q, on_pattern, s.k1)
         sums = [block.sum(axis=0) for block in self._term_blocks(lookup)]
         return self._add_border_term(problem, factors, include_fixed, H, sums)
