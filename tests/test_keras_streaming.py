@@ -145,6 +145,29 @@ def test_decay_probes_estimate_the_per_example_gauss_newton_curvature():
     assert probes.gammas(0.5, [1.0])[0] == pytest.approx(exact_gamma, rel=0.05)
 
 
+def test_decay_probes_on_a_share_of_each_batch_sample_its_rows_at_random():
+    """With fewer probes than rows, each batch's probed rows are a random share: batches whose first half is
+    unlike their second (rows sorted by something) are not misread."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(3000, 3)).astype(np.float32)
+    X[np.arange(3000) % 1000 < 500] *= 0.05  # the first half of every batch has almost no curvature
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((3,), name="x")
+    hidden = keras.layers.Dense(5, activation="tanh", kernel_regularizer=EmpiricalBayesDecay(), name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    layer = model.get_layer("hidden")
+    with tf.GradientTape() as tape:
+        prediction = tf.reshape(model(X), (-1,))
+    exact = np.sum(np.square(tape.jacobian(prediction, layer.kernel.value).numpy()), axis=0)
+    probes = DecayEvidence([tuple(layer.kernel.shape)], len(X), max_probes=47, seed=7)  # about half the rows
+    linearisation = Linearisation(model, [], None, [layer])
+    for start in range(0, len(X), 1000):
+        probes.add(linearisation, {"x": X[start : start + 1000]}, np.ones(1000))
+    assert probes.rows_probed < 0.6 * len(X)
+    exact_gamma = np.sum(1 - 1 / (1.0 * (exact / 0.5 + 1.0)))
+    assert probes.gammas(0.5, [1.0])[0] == pytest.approx(exact_gamma, rel=0.1)
+
+
 def test_streaming_options_and_bad_batches():
     rows, y, levels = crossed_rows(n=500)
     del rows["z"]

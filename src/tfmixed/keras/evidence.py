@@ -165,12 +165,16 @@ class DecayEvidence:
 
     def add(self, linearisation, inputs: dict[str, np.ndarray], weights: np.ndarray) -> None:
         rows = len(weights)
-        take = rows if self.fraction >= 1.0 else int(np.ceil(self.fraction * rows))
+        if self.fraction >= 1.0:
+            take, chosen = rows, np.arange(rows)
+        else:  # a random share of the batch: its first rows could all be alike (rows sorted by a factor)
+            take = int(np.ceil(self.fraction * rows))
+            chosen = np.sort(self.rng.choice(rows, size=take, replace=False))
         for start in range(0, take, self.probe_rows):
-            part = slice(start, min(start + self.probe_rows, take))
-            signs = self.rng.choice([-1.0, 1.0], size=part.stop - part.start)
+            part = chosen[start : start + self.probe_rows]
+            signs = self.rng.choice([-1.0, 1.0], size=part.size)
             coefficients = signs * np.sqrt(weights[part])
-            batch = {k: v[part] for k, v in inputs.items()}
+            batch = {k: np.asarray(v)[part] for k, v in inputs.items()}
             for total, square in zip(self.squares, linearisation.decay_curvature(batch, coefficients)):
                 total += square
         self.rows_probed += take
