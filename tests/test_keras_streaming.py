@@ -123,9 +123,8 @@ def test_update_state_does_not_grow_with_the_rows():
     assert sizes[20_000] == sizes[200_000] > 0
 
 
-def test_decay_probes_estimate_the_per_example_gauss_newton_curvature():
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(3000, 3)).astype(np.float32)
+def decay_network_and_curvature(X):
+    """A 5-unit tanh layer with EmpiricalBayesDecay, and sum_i (d yhat_i / d W)^2 from per-example Jacobians."""
     keras.utils.set_random_seed(4)
     inputs = keras.Input((3,), name="x")
     hidden = keras.layers.Dense(5, activation="tanh", kernel_regularizer=EmpiricalBayesDecay(), name="hidden")(inputs)
@@ -133,7 +132,13 @@ def test_decay_probes_estimate_the_per_example_gauss_newton_curvature():
     layer = model.get_layer("hidden")
     with tf.GradientTape() as tape:
         prediction = tf.reshape(model(X), (-1,))
-    exact = np.sum(np.square(tape.jacobian(prediction, layer.kernel.value).numpy()), axis=0)
+    return model, layer, np.sum(np.square(tape.jacobian(prediction, layer.kernel.value).numpy()), axis=0)
+
+
+def test_decay_probes_estimate_the_per_example_gauss_newton_curvature():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 3)).astype(np.float32)
+    model, layer, exact = decay_network_and_curvature(X)
     linearisation = Linearisation(model, [], None, [layer])
     probes = DecayEvidence([tuple(layer.kernel.shape)], len(X), max_probes=10_000, seed=5)
     for start in range(0, len(X), 1000):
@@ -151,14 +156,7 @@ def test_decay_probes_on_a_share_of_each_batch_sample_its_rows_at_random():
     rng = np.random.default_rng(6)
     X = rng.normal(size=(3000, 3)).astype(np.float32)
     X[np.arange(3000) % 1000 < 500] *= 0.05  # the first half of every batch has almost no curvature
-    keras.utils.set_random_seed(4)
-    inputs = keras.Input((3,), name="x")
-    hidden = keras.layers.Dense(5, activation="tanh", kernel_regularizer=EmpiricalBayesDecay(), name="hidden")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
-    layer = model.get_layer("hidden")
-    with tf.GradientTape() as tape:
-        prediction = tf.reshape(model(X), (-1,))
-    exact = np.sum(np.square(tape.jacobian(prediction, layer.kernel.value).numpy()), axis=0)
+    model, layer, exact = decay_network_and_curvature(X)
     probes = DecayEvidence([tuple(layer.kernel.shape)], len(X), max_probes=47, seed=7)  # about half the rows
     linearisation = Linearisation(model, [], None, [layer])
     for start in range(0, len(X), 1000):
