@@ -18,7 +18,8 @@ from .design import Design, build_design
 from .errors import (ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, MemoryLimitError, ShapeError,
                      SingularFitWarning)
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
-from .estimators.profiled import fit_derivative_free, fit_profiled
+from .estimators.profiled import fit_profiled
+from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.iterative import IterativeOptions, IterativeProblem
 from .kernels.options import KernelOptions
 from .kernels.pls import PLSProblem
@@ -161,7 +162,7 @@ def lmer(
     objective = LmmObjective(problem, reml=REML)
     with blas_threads_for(problem.q_rest + problem.p + 1):
         if iterative:
-            optimum = fit_derivative_free(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
+            optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter or 100, verbose=verbose)
         elif method == "profiled":
             optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
         else:

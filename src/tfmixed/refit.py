@@ -14,7 +14,8 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .estimators.profiled import fit_derivative_free, fit_near, fit_profiled, hessian_of_gradient
+from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
+from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
 from .threads import blas_threads_for
@@ -62,8 +63,8 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
     objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml))
     with blas_threads_for(problem.q_rest + problem.p + 1):
         start = fit.theta if start is None else start
-        if getattr(problem, "strategy", None) == "iterative":  # no gradient: the derivative-free search
-            optimum = fit_derivative_free(objective, start=start, max_iter=max_iter)
+        if getattr(problem, "strategy", None) == "iterative":  # an estimated gradient: Newton to its root
+            optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter)
         elif inverse_hessian is None:
             optimum = fit_profiled(objective, start=start, max_iter=max_iter)
         else:

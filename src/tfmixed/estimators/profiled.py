@@ -226,7 +226,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     )
 
 
-def _canonical_signs(theta: np.ndarray, dims: list[int]) -> np.ndarray:
+def canonical_signs(theta: np.ndarray, dims: list[int]) -> np.ndarray:
     """The same covariance with non-negative diagonals: T T' is unchanged when a column of T changes sign."""
     factors = theta_to_factors(theta, dims)
     for T in factors:
@@ -268,44 +268,9 @@ def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.nda
             rho, identity = 1.0 / (s @ y), np.eye(theta.size)
             B = (identity - rho * np.outer(s, y)) @ B @ (identity - rho * np.outer(y, s)) + rho * np.outer(s, s)
         theta, value, gradient = trial, trial_value, trial_gradient
-    theta = _canonical_signs(theta, objective.dims)
+    theta = canonical_signs(theta, objective.dims)
     if not converged or objective.is_singular(theta):
         return fit_profiled(objective, start=np.maximum(theta, objective.lower), method=method)
     return EstimatorResult(method=method, theta=theta, criterion=objective(theta), converged=True, status="converged",
                            message=f"Newton decrement below {decrement_tol:g}", n_evaluations=len(history),
                            seconds=time.perf_counter() - started, iterations=1, history=history)
-
-
-def fit_derivative_free(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
-                        verbose: bool = False, method: str = "profiled", final_radius: float = 1e-4,
-                        initial_radius: float = 0.25) -> EstimatorResult:
-    """Minimise a criterion that has no gradient (the iterative kernel's) by COBYQA alone, from ``start``
-    (lme4's start by default), trust region from ``initial_radius`` down to ``final_radius`` in theta: below 1e-4
-    the stochastic log-determinant's own error dominates (on 6,000 rows with 400 x 150 levels: 29 evaluations
-    instead of 45 at 1e-6, theta the same to 3e-6).
-
-    >>> from tfmixed import datasets, build_design
-    >>> from tfmixed.kernels.pls import PLSProblem
-    >>> d = build_design("Yield ~ 1 + (1 | Batch)", datasets.load("Dyestuff"))
-    >>> round(float(fit_derivative_free(LmmObjective(PLSProblem(d.cross_products()))).theta[0]), 4)
-    0.8483
-    """
-    theta = objective.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
-    progress = Progress(objective.label, verbose=verbose)
-    started = time.perf_counter()
-    search = _Search(objective, progress)
-    try:
-        result = search.cobyqa(theta, np.ones_like(theta), max_iter, final_radius=final_radius,
-                               initial_radius=initial_radius)
-        converged, status, message = bool(result.success), None, f"COBYQA: {result.message}"
-    except _Degenerate:
-        converged, status = False, "degenerate"
-        message = "the penalised residual sum of squares vanishes as theta grows: the likelihood has no maximum"
-    theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
-    progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
-    return EstimatorResult(
-        method=method, theta=theta, criterion=value, converged=converged,
-        status=status or ("converged" if converged else "not converged"), message=message,
-        n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=1,
-        history=search.history,
-    )

@@ -15,7 +15,8 @@ class EstimatorResult:
     ``sigma2`` is None for the profiled estimator (sigma^2 is profiled out: r^2 / dof at theta) and the
     estimator's own value for the fixed-point methods. ``iterations`` counts outer iterations where the
     method has them (fixed points, optimiser restarts), ``n_evaluations`` criterion evaluations or updates.
-    ``history`` holds (theta, criterion) pairs (profiled) or the fixed-point steps.
+    ``history`` holds (theta, criterion) pairs (profiled) or the fixed-point steps; ``extra`` what one estimator
+    alone reports (the iterative kernel's Monte Carlo covariance of theta).
     """
 
     method: str
@@ -30,3 +31,4 @@ class EstimatorResult:
     sigma2: float | None = None
     factor: Any = field(default=None, repr=False)
     history: list = field(default_factory=list, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)

@@ -35,8 +35,8 @@ from ..errors import MemoryLimitError, ShapeError
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, choose_coupling
-from .covariance import lambda_times, lower_indices
-from .criterion import ProfiledCriterion
+from .covariance import lambda_times
+from .criterion import ProfiledCriterion, ProfiledGradient
 from .dense_block import DenseFactor
 from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
@@ -326,7 +326,7 @@ class PLSProblem:
 
 
 @dataclass
-class PLSFactor(ProfiledCriterion):
+class PLSFactor(ProfiledCriterion, ProfiledGradient):
     """The blocked Cholesky factor of Omega(theta) and the quantities derived from it."""
 
     problem: PLSProblem
@@ -378,6 +378,10 @@ class PLSFactor(ProfiledCriterion):
         beta, u = self._solution
         return beta.copy(), u.copy()
 
+    def spherical_effects(self) -> np.ndarray:
+        """u (read-only view: the solution is cached)."""
+        return self._solution[1]
+
     def u_to_b(self, u: np.ndarray) -> np.ndarray:
         """b = Lambda u."""
         return lambda_times(u, self.factors, [term.n_levels for term in self.problem.terms])
@@ -393,59 +397,6 @@ class PLSFactor(ProfiledCriterion):
         A_inv = self.first.A_inv
         V = self.factors[0][None, :, :] @ A_inv
         return [np.sum(A_inv + V.transpose(0, 2, 1) @ H @ V, axis=0), *rest_sums]
-
-    def _singular_terms(self, singular_tol: float) -> list[bool]:
-        scale = max(1.0, max(float(np.max(np.abs(T))) for T in self.factors))
-        return [float(np.min(np.abs(np.diag(T)))) < singular_tol * scale for T in self.factors]
-
-    def gradient_parts(self, reml: bool, singular_tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray] | None:
-        """(d log-determinants / d theta, d r^2 / d theta), or None where they cannot be formed exactly.
-
-        d log|Omega_P| / dT_ab = 2 [(L I - sum_j B_j) T^{-1}]_ba and d r^2 / dT_ab = -2 [T^{-T} U'U]_ab,
-        with B_j the diagonal blocks of Omega_P^{-1} and U the L x k spherical random effects of the term.
-        A scalar term at T = 0 has derivative exactly 0 (the criterion is even in its theta); a vector-valued
-        term whose T is singular to ``singular_tol`` (relative) returns None. The T^{-1} formula loses only
-        ~eps / sigma_min(T) relative, so a small diagonal of a badly scaled covariate is no reason to refuse it.
-        """
-        d_logdet = self.logdet_gradient(include_fixed=reml, singular_tol=singular_tol)
-        if d_logdet is None:
-            return None
-        _, u = self._solution
-        r2_parts, offset = [], 0
-        for term, T, is_singular in zip(self.problem.terms, self.factors, self._singular_terms(singular_tol)):
-            rows, cols = lower_indices(term.n_cols)
-            if is_singular:
-                r2_parts.append(np.zeros(1))
-            else:
-                U = u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
-                r2_parts.append((-2.0 * np.linalg.inv(T).T @ (U.T @ U))[rows, cols])
-            offset += term.q
-        return d_logdet, np.concatenate(r2_parts)
-
-    def gradient(self, reml: bool, singular_tol: float = 1e-9) -> np.ndarray | None:
-        """Gradient of the profiled criterion in theta: d log-dets + dof (d r^2) / r^2; None as gradient_parts."""
-        parts = self.gradient_parts(reml, singular_tol)
-        if parts is None:
-            return None
-        d_logdet, d_r2 = parts
-        return d_logdet + self.dof(reml) * d_r2 / self.pwrss
-
-    def logdet_gradient(self, include_fixed: bool = False, singular_tol: float = 1e-9) -> np.ndarray | None:
-        """d log|Omega_P| / d theta at fixed weights (Omega_P as in :meth:`inverse_block_sums`); None where a
-        vector-valued T is singular (see :meth:`gradient_parts`)."""
-        singular = self._singular_terms(singular_tol)
-        for T, is_singular in zip(self.factors, singular):
-            if is_singular and (T.shape[0] > 1 or T[0, 0] != 0.0):
-                return None
-        sums = self.inverse_block_sums(include_fixed=include_fixed)
-        parts = []
-        for term, T, B, is_singular in zip(self.problem.terms, self.factors, sums, singular):
-            rows, cols = lower_indices(term.n_cols)
-            if is_singular:
-                parts.append(np.zeros(1))
-            else:
-                parts.append((2.0 * ((term.n_levels * np.eye(term.n_cols) - B) @ np.linalg.inv(T)).T)[rows, cols])
-        return np.concatenate(parts)
 
     def inverse_entries(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Entries (left[m], right[m]) of (Lambda'Z'WZ Lambda + I)^{-1} (random-effects columns in the kernel's

@@ -30,6 +30,10 @@ class Printing:
         backend = getattr(self.problem, "options", None)
         if hasattr(backend, "describe"):  # the iterative kernel states its accuracy settings
             lines.append(f"Backend: {backend.describe()}; conditional variances not available")
+            covariance = self.optimum.extra.get("monte_carlo_cov")
+            if covariance is not None:
+                spread = ", ".join(f"{value:.2g}" for value in np.sqrt(np.maximum(np.diag(covariance), 0.0)))
+                lines.append(f"Monte Carlo standard errors of theta (from the probes' spread): {spread}")
         if self.design.weights is not None:
             lines.append("Weights: prior weights (residual variance sigma^2 / w)")
         if self.design.offset is not None:
