@@ -113,3 +113,18 @@ def test_bad_iterative_options_are_refused():
     for bad in ({"probes": 1}, {"probes": 2.5}, {"cg_tol": 0}, {"probe_tol": 2.0}, {"exact_trace_columns": -1}):
         with pytest.raises(tm.DataError, match="IterativeOptions"):
             IterativeOptions(**bad)
+
+
+def test_the_preconditioner_holds_the_diagonal_blocks_of_z_gram():
+    from tfmixed.kernels.iterative import IterativeProblem
+
+    data = tm.datasets.simulate_crossed(n_obs=3000, levels=(100, 40, 7), sds=(0.6, 0.4, 0.3), residual_sd=1.0, seed=3)
+    data["x"] = np.random.default_rng(0).normal(size=len(data))
+    stats = tm.build_design("y ~ x + (1 + x | g1) + (1 | g2) + (x | g3)", data).cross_products()
+    problem, gram = IterativeProblem(stats), stats.z_gram(format="csr").toarray()
+    start = 0
+    for term, blocks in zip(problem.terms, problem._diagonal_blocks):
+        for level in range(term.n_levels):
+            index = start + level * term.n_cols + np.arange(term.n_cols)
+            np.testing.assert_array_equal(blocks[level], gram[np.ix_(index, index)])
+        start += term.q

@@ -124,9 +124,11 @@ def lmer(
     raises; ``verbose`` prints progress of long fits.
 
     ``backend="auto"`` (default) uses the exact kernel unless its blocks would exceed the memory limit, and then
-    the iterative one (the summary says which); ``"iterative"`` forces it: preconditioned conjugate gradients and
-    log-determinants by stochastic Lanczos quadrature in TensorFlow (:mod:`tfmixed.kernels.iterative`, accuracy
-    set by ``iterative_options``); ``"exact"`` refuses such a model with :class:`MemoryLimitError`.
+    the iterative one (the summary says which); ``"iterative"`` forces it: preconditioned conjugate gradients in
+    TensorFlow, the gradient's traces from fixed random probes and Newton steps to its root, the log-determinant
+    by stochastic Lanczos quadrature at the optimum (:mod:`tfmixed.kernels.iterative`,
+    :mod:`tfmixed.estimators.stochastic_newton`, accuracy set by ``iterative_options``); ``"exact"`` refuses such
+    a model with :class:`MemoryLimitError`.
 
     ``data`` may be a Dask data frame or a path (glob) of Parquet files: the cross-products are then computed
     partition by partition on a ``dask.distributed`` client (``client``, the current one, or a LocalCluster

@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from ..cross_products import CrossProducts
@@ -39,7 +40,7 @@ from .pls import BlockShape
 @dataclass(frozen=True)
 class IterativeOptions:
     """Accuracy controls: ``probes`` Rademacher vectors for the traces (the gradient) and the log-determinant,
-    ``lanczos_steps`` Lanczos steps for the latter, conjugate gradients to relative residual ``cg_tol`` for the
+    at most ``lanczos_steps`` Lanczos steps for the latter, conjugate gradients to relative residual ``cg_tol`` for the
     system and ``probe_tol`` for the probes (at most ``cg_max_iter`` iterations), probes from ``seed``. The traces
     of terms with at most ``exact_trace_columns`` columns are exact (one solve per column): a factor with a dozen
     levels would otherwise carry the largest relative error."""
@@ -64,7 +65,7 @@ class IterativeOptions:
 
     def describe(self) -> str:
         return (f"iterative: PCG to {self.cg_tol:g} (probes to {self.probe_tol:g}), traces and log-determinant "
-                f"from {self.probes} probes ({self.lanczos_steps} Lanczos steps; traces exact for terms of at most "
+                f"from {self.probes} probes (at most {self.lanczos_steps} Lanczos steps; traces exact for terms of at most "
                 f"{self.exact_trace_columns} columns), seed {self.seed}")
 
 
@@ -137,7 +138,7 @@ class IterativeProblem:
         factor_specs = [tf.TensorSpec([k, k], tf.float64) for k in self.dims]
         chol_specs = [tf.TensorSpec([t.n_levels, t.n_cols, t.n_cols], tf.float64) for t in self.terms]
 
-        @tf.function(input_signature=[matrix, matrix, matrix, tf.TensorSpec([None], tf.float64), factor_specs, chol_specs])
+        @tf.function(autograph=False, input_signature=[matrix, matrix, matrix, tf.TensorSpec([None], tf.float64), factor_specs, chol_specs])
         def cg_step(X, R, D, rz, factors, chol):
             MD = self._apply(D, factors)
             alpha = rz / tf.maximum(tf.reduce_sum(D * MD, axis=0), 1e-300)
@@ -148,35 +149,28 @@ class IterativeProblem:
             D = Z + D * (rz_new / tf.maximum(rz, 1e-300))
             return X, R, D, rz_new, tf.norm(R, axis=0)
 
-        steps = min(self.options.lanczos_steps, self.q)
+        @tf.function(autograph=False, input_signature=[matrix, matrix, tf.TensorSpec([None], tf.float64), factor_specs, chol_specs])
+        def lanczos_step(Q, Q_previous, beta, factors, chol):
+            """One Lanczos step of L_P^{-1} M L_P^{-T} for every probe at once (columns of Q, unit vectors): the
+            next vectors, and this step's diagonal (alpha) and off-diagonal (beta) of their tridiagonal matrices.
+            One compiled step called per iteration: an unrolled loop would take seconds to trace."""
+            upper = self._per_term(Q, chol, lambda L, b: tf.linalg.triangular_solve(L, b, lower=True, adjoint=True))
+            W = self._per_term(self._apply(upper, factors), chol,
+                               lambda L, b: tf.linalg.triangular_solve(L, b, lower=True)) - Q_previous * beta
+            alpha = tf.reduce_sum(Q * W, axis=0)
+            W = W - Q * alpha
+            beta = tf.norm(W, axis=0)
+            return W / tf.maximum(beta, 1e-300), alpha, beta
 
-        @tf.function(input_signature=[matrix, factor_specs, chol_specs])
-        def lanczos(Q, factors, chol):
-            """``steps`` Lanczos steps of L_P^{-1} M L_P^{-T} from the columns of Q (unit vectors), all probes at
-            once: the diagonals (alphas) and off-diagonals (betas) of their tridiagonal matrices."""
-            Q_previous, beta = tf.zeros_like(Q), tf.zeros(tf.shape(Q)[1:], tf.float64)
-            alphas, betas = [], []
-            for _ in range(steps):
-                upper = self._per_term(Q, chol, lambda L, b: tf.linalg.triangular_solve(L, b, lower=True, adjoint=True))
-                W = self._per_term(self._apply(upper, factors), chol,
-                                   lambda L, b: tf.linalg.triangular_solve(L, b, lower=True)) - Q_previous * beta
-                alpha = tf.reduce_sum(Q * W, axis=0)
-                W = W - Q * alpha
-                beta = tf.norm(W, axis=0)
-                alphas.append(alpha)
-                betas.append(beta)
-                Q_previous, Q = Q, W / tf.maximum(beta, 1e-300)
-            return tf.stack(alphas), tf.stack(betas)
-
-        @tf.function(input_signature=[matrix, chol_specs])
+        @tf.function(autograph=False, input_signature=[matrix, chol_specs])
         def precondition(V, chol):
             return self._per_term(V, chol, lambda L, b: tf.linalg.cholesky_solve(L, b))
 
-        @tf.function(input_signature=[matrix, factor_specs])
+        @tf.function(autograph=False, input_signature=[matrix, factor_specs])
         def apply(V, factors):
             return self._apply(V, factors)
 
-        self.cg_step, self.lanczos, self.precondition, self.apply = cg_step, lanczos, precondition, apply
+        self.cg_step, self.lanczos_step, self.precondition, self.apply = cg_step, lanczos_step, precondition, apply
 
     def _per_term(self, V, chol, solve):
         tf = self.tf
@@ -188,7 +182,9 @@ class IterativeProblem:
         return tf.concat(pieces, axis=0)
 
     def _blocks_of(self, ZWZ: sp.csr_matrix) -> list[np.ndarray]:
-        """The k x k diagonal blocks of Z'WZ per level of each term (the preconditioner's)."""
+        """The k x k diagonal blocks of Z'WZ per level of each term (the preconditioner's): entry (a, b) of level
+        l's block lies on the (b - a)-th diagonal."""
+        diagonals = {offset: ZWZ.diagonal(offset) for offset in {b - a for k in self.dims for a in range(k) for b in range(k)}}
         blocks, start = [], 0
         for term in self.terms:
             k, levels = term.n_cols, term.n_levels
@@ -196,8 +192,8 @@ class IterativeProblem:
             for a in range(k):
                 for b in range(k):
                     rows = start + np.arange(levels) * k + a
-                    cols = start + np.arange(levels) * k + b
-                    piece[:, a, b] = np.asarray(ZWZ[rows, cols]).ravel()
+                    diagonal = diagonals[b - a]
+                    piece[:, a, b] = diagonal[rows if b >= a else rows + (b - a)]
             blocks.append(piece)
             start += term.q
         return blocks
@@ -245,6 +241,18 @@ class IterativeProblem:
         warnings.warn(f"conjugate gradients stopped after {options.cg_max_iter} iterations above the tolerance "
                       f"{options.cg_tol:g}", ConvergenceWarning, stacklevel=5)
         return solution, options.cg_max_iter
+
+
+def _quadrature(alphas: np.ndarray, betas: np.ndarray, norms: np.ndarray) -> float:
+    """Gauss quadrature of log over each probe's tridiagonal matrix (columns of ``alphas``, ``betas``)."""
+    total = 0.0
+    for i in range(alphas.shape[1]):
+        # an invariant subspace reached early (tiny beta) ends that probe's quadrature there
+        small = np.flatnonzero(betas[:, i] < 1e-10 * max(1.0, float(np.max(np.abs(alphas[:, i])))))
+        m = int(small[0]) + 1 if small.size else alphas.shape[0]
+        values, vectors = scipy.linalg.eigh_tridiagonal(alphas[:m, i], betas[: m - 1, i])
+        total += float(norms[i] ** 2 * np.sum(vectors[0] ** 2 * np.log(np.maximum(values, 1e-300))))
+    return total / alphas.shape[1]
 
 
 class _Preconditioner:
@@ -326,20 +334,24 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         return self._logdet
 
     def _lanczos_quadrature(self) -> float:
+        """Lanczos steps from the normalised probes until the quadrature changes by less than 1e-8 (relative)
+        over 10 steps, or ``lanczos_steps``: the mean of |z|^2 e_1' log(T) e_1 over the probes."""
         tf, problem = self.problem.tf, self.problem
-        probes = problem.probes
-        norms = np.linalg.norm(probes, axis=0)
-        alphas, betas = problem.lanczos(tf.constant(probes / norms), self._tensors, self._preconditioner.chol)
-        alphas, betas = alphas.numpy(), betas.numpy()[:-1]
-        total = 0.0
-        for i in range(probes.shape[1]):
-            # an invariant subspace reached early (tiny beta) ends that probe's quadrature there
-            small = np.flatnonzero(betas[:, i] < 1e-10 * max(1.0, float(np.max(np.abs(alphas[:, i])))))
-            m = int(small[0]) + 1 if small.size else alphas.shape[0]
-            T = np.diag(alphas[:m, i]) + np.diag(betas[: m - 1, i], 1) + np.diag(betas[: m - 1, i], -1)
-            values, vectors = np.linalg.eigh(T)
-            total += float(norms[i] ** 2 * np.sum(vectors[0] ** 2 * np.log(np.maximum(values, 1e-300))))
-        return total / probes.shape[1]
+        norms = np.linalg.norm(problem.probes, axis=0)
+        Q = tf.constant(problem.probes / norms)
+        Q_previous, beta = tf.zeros_like(Q), tf.zeros(Q.shape[1:], tf.float64)
+        alphas, betas, estimate = [], [], None
+        steps = min(problem.options.lanczos_steps, problem.q)
+        for step in range(1, steps + 1):
+            Q_next, alpha, beta = problem.lanczos_step(Q, Q_previous, beta, self._tensors, self._preconditioner.chol)
+            Q_previous, Q = Q, Q_next
+            alphas.append(alpha.numpy())
+            betas.append(beta.numpy())
+            if step % 10 == 0 or step == steps:
+                previous, estimate = estimate, _quadrature(np.array(alphas), np.array(betas)[:-1], norms)
+                if previous is not None and abs(estimate - previous) <= 1e-8 * max(1.0, abs(estimate)):
+                    break
+        return estimate
 
     # -- traces of the inverse (the gradient) -----------------------------------------------------------------
     def inverse_block_sums(self, include_fixed: bool, per_probe: bool = False) -> list[np.ndarray]:
