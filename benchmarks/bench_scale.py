@@ -179,7 +179,8 @@ def main() -> None:
               "timed from the data frame (design, cross-products, fit; TensorFlow imported before); gradients: estimated gradients the Newton "
               "search took; CG iterations: the most in one solve at the last one. GPBoost 1.8.0: "
               "`matrix_inversion_method='iterative'`, its ML fit, timed from the arrays. Variances: g1, g2, residual "
-              "(simulated 0.25, 0.16, 1). lme4 1.1-31 (REML, default optimiser) where run." + "\n".join(extra))
+              "(simulated 0.25, 0.16, 1). lme4 1.1-31 (REML, default optimiser) where run."
+              + ("\n" + "\n".join(extra) if extra else ""))
     emit("bench_scale", table, footer, args.write)
 
 
