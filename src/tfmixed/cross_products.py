@@ -26,6 +26,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from .errors import DataError, ShapeError
+from .levels import unique_with_inverse
 from .terms import RandomEffectsTerm
 
 
@@ -368,7 +369,7 @@ class CrossProductPattern:
                         slots.append((i, a, j, b))
         if not keys:
             return None
-        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        unique, inverse = unique_with_inverse(np.concatenate(keys))
         rows, cols = np.divmod(unique, width)
         source = np.arange(unique.size)
         if symmetric:

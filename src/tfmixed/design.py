@@ -26,7 +26,7 @@ from formulaic.errors import FormulaicError
 from .cross_products import CrossProducts
 from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, ShapeError, TfmixedWarning
 from .formula import ParsedFormula, parse_formula, translate_r_syntax
-from .levels import combine_levels, encode_levels
+from .levels import combine_levels, encode_levels, has_unused_categories
 from .terms import RandomEffectsTerm
 
 #: R's math functions that formulaic's evaluation context lacks (log, exp, poly, scale, C are formulaic's own);
@@ -246,7 +246,7 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extr
             f"formula refers to grouping column(s) {absent} that the data does not have; columns are {list(data.columns)}"
         )
     used = _used_columns(parsed, data, extra)
-    null_counts = pd.Series({name: int(pd.isna(data[name].to_numpy()).sum()) for name in used}, dtype=np.int64)
+    null_counts = pd.Series({name: int(data[name].isna().sum()) for name in used}, dtype=np.int64)
     null_counts = null_counts[null_counts > 0]
     if len(null_counts):
         detail = ", ".join(f"{name} ({count})" for name, count in null_counts.items())
@@ -256,7 +256,7 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extr
         warnings.warn(f"dropped {int((~keep).sum())} row(s) with missing values in {detail}", TfmixedWarning, stacklevel=4)
         data = data.loc[keep]
     # categories that no (remaining) row uses would give all-zero columns: R's model frames drop them too
-    categorical = [name for name in used if isinstance(data[name].dtype, pd.CategoricalDtype)]
+    categorical = [name for name in used if isinstance(data[name].dtype, pd.CategoricalDtype) and has_unused_categories(data[name])]
     if categorical:
         data = data.assign(**{name: data[name].cat.remove_unused_categories() for name in categorical})
     return data

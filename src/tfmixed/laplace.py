@@ -29,6 +29,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode
 from .families import Family
+from .levels import unique_with_inverse
 from .kernels.covariance import is_singular, lower_indices, theta_lower_bounds, theta_start, theta_to_factors
 from .kernels.options import KernelOptions
 
@@ -138,7 +139,7 @@ class GlmmObjective:
                 columns.append((t, a, offset + term.codes * term.n_cols + a))
         q = int(sum(term.q for term in self.design.terms))
         keys = np.concatenate([c[2].astype(np.int64) * q + d[2] for c in columns for d in columns])
-        unique, which = np.unique(keys, return_inverse=True)
+        unique, which = unique_with_inverse(keys)
         spec = [(c[0], c[1], d[0], d[1]) for c in columns for d in columns]
         return (*np.divmod(unique, q), which.ravel(), spec)
 
