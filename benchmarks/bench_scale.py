@@ -174,7 +174,7 @@ def main() -> None:
         return
     table = growth(args)
     extra = accuracy(args) if args.accuracy else []
-    footer = (f"\n\nOne fit per cell, each in a fresh process, {platform.machine()} with "
+    footer = (f"\nOne fit per cell, each in a fresh process, {platform.machine()} with "
               f"{__import__('os').cpu_count()} cores. tfmixed: `backend='iterative'`, REML, default accuracy settings, "
               "timed from the data frame (design, cross-products, fit; TensorFlow imported before); gradients: estimated gradients the Newton "
               "search took; CG iterations: the most in one solve at the last one. GPBoost 1.8.0: "

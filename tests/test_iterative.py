@@ -123,7 +123,7 @@ def test_the_preconditioner_holds_the_diagonal_blocks_of_z_gram():
     stats = tm.build_design("y ~ x + (1 + x | g1) + (1 | g2) + (x | g3)", data).cross_products()
     problem, gram = IterativeProblem(stats), stats.z_gram(format="csr").toarray()
     start = 0
-    for term, blocks in zip(problem.terms, problem._diagonal_blocks):
+    for term, blocks in zip(problem.terms, problem.diagonal_blocks):
         for level in range(term.n_levels):
             index = start + level * term.n_cols + np.arange(term.n_cols)
             np.testing.assert_array_equal(blocks[level], gram[np.ix_(index, index)])

@@ -111,14 +111,14 @@ class IterativeProblem:
         self.q_rest = cp.q_rest
         ZWZ = cp.z_gram(format="csr")
         self._zwz_times = _sparse_product(tf, ZWZ)
-        self._zw_xy = np.ascontiguousarray(cp.xy_z().T)  # q x (p + 1)
-        self._diagonal_blocks = self._blocks_of(ZWZ)
+        self.zw_xy = np.ascontiguousarray(cp.xy_z().T)  # q x (p + 1)
+        self.diagonal_blocks = self._blocks_of(ZWZ)
         del ZWZ
         rng = np.random.default_rng(self.options.seed)
         self.probes = rng.choice([-1.0, 1.0], size=(self.q, self.options.probes))
         self.exact_terms = [term.q <= self.options.exact_trace_columns for term in self.terms]
-        self._probe_tensor = tf.constant(self._trace_probes())
-        self._warm_start: dict[str, np.ndarray] = {}  # the last solutions: starts for the next theta's CG
+        self.trace_probe_tensor = tf.constant(self._trace_probes())
+        self.warm_starts: dict[str, np.ndarray] = {}  # the last solutions: starts for the next theta's CG
         self._compile()
 
     def _trace_probes(self) -> np.ndarray:
@@ -265,7 +265,7 @@ class _Preconditioner:
     def __init__(self, problem: IterativeProblem, factors):
         tf = problem.tf
         self.chol, self.inverse_sums, self.logdet = [], [], 0.0
-        for term, T, D in zip(problem.terms, factors, problem._diagonal_blocks):
+        for term, T, D in zip(problem.terms, factors, problem.diagonal_blocks):
             A = T.T[None] @ D @ T[None] + np.eye(term.n_cols)[None]
             L = np.linalg.cholesky(A)
             self.logdet += float(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))))
@@ -282,7 +282,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         tf = problem.tf
         self._tensors = [tf.constant(T, dtype=tf.float64) for T in factors]
         self._preconditioner = _Preconditioner(problem, factors)
-        self._B = problem.lambda_apply(tf.constant(problem._zw_xy), self._tensors, transpose=True)
+        self._B = problem.lambda_apply(tf.constant(problem.zw_xy), self._tensors, transpose=True)
         self._U = self._V = self._L = self._logdet = None
         self.cg_iterations = 0
 
@@ -294,12 +294,12 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         if self._U is None:
             parts.append(("system", self._B, options.cg_tol))
         if probes and self._V is None:
-            parts.append(("probes", problem._probe_tensor, options.probe_tol))
+            parts.append(("probes", problem.trace_probe_tensor, options.probe_tol))
         if not parts:
             return
         B = tf.concat([rhs for _, rhs, _ in parts], axis=1)
         tolerances = np.concatenate([np.full(rhs.shape[1], tol) for _, rhs, tol in parts])
-        starts = [problem._warm_start.get(name) for name, _, _ in parts]
+        starts = [problem.warm_starts.get(name) for name, _, _ in parts]
         start = np.concatenate(starts, axis=1) if all(s is not None for s in starts) else None
         X, iterations = problem.conjugate_gradients(B, tolerances, self._tensors, self._preconditioner.chol, start)
         self.cg_iterations = max(self.cg_iterations, iterations)
@@ -307,7 +307,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         for name, rhs, _ in parts:
             solution = X[:, offset : offset + rhs.shape[1]]
             offset += rhs.shape[1]
-            problem._warm_start[name] = solution
+            problem.warm_starts[name] = solution
             if name == "system":
                 self._U = solution
                 self._L = self._schur_factor()
@@ -369,7 +369,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
             L_X_inv = np.linalg.solve(L[:p, :p], np.eye(p))
             fixed_inverse = L_X_inv.T @ L_X_inv
         m, units = problem.options.probes, problem.options.probes
-        preconditioned = problem.precondition(problem._probe_tensor[:, :m], self._preconditioner.chol).numpy()
+        preconditioned = problem.precondition(problem.trace_probe_tensor[:, :m], self._preconditioner.chol).numpy()
         sums, offset = [], 0
         for term, exact in zip(problem.terms, problem.exact_terms):
             rows = slice(offset, offset + term.q)
