@@ -27,9 +27,11 @@ def _require_lmer(fit, what: str) -> None:
 
 
 def require_exact_kernel(fit, what: str) -> None:
-    """Profiles and bootstraps lean on the exact kernel's gradient; the iterative backend has none."""
+    """Profiles, bootstraps and new-response refits lean on the exact kernel: its criterion and gradient at every
+    step, where the iterative backend has stochastic estimates (their Monte Carlo error would enter every interval)."""
     if getattr(fit.problem, "strategy", None) == "iterative":
-        raise DataError(f"{what} needs the exact kernel's gradient; this fit used the iterative backend "
+        raise DataError(f"{what} needs the exact kernel; this fit used the iterative backend, whose criterion and "
+                        "gradient are stochastic estimates "
                         "(use confint('Wald'), or refit with backend='exact' where the model fits in memory)")
 
 
