@@ -128,3 +128,6 @@ def test_the_preconditioner_holds_the_diagonal_blocks_of_z_gram():
             index = start + level * term.n_cols + np.arange(term.n_cols)
             np.testing.assert_array_equal(blocks[level], gram[np.ix_(index, index)])
         start += term.q
+    # exact traces go to the smallest terms first, within the column budget
+    assert problem.exact_terms == [False, True, True]
+    assert IterativeProblem(stats, IterativeOptions(exact_trace_columns=50)).exact_terms == [False, False, True]

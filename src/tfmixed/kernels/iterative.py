@@ -42,8 +42,8 @@ class IterativeOptions:
     """Accuracy controls: ``probes`` Rademacher vectors for the traces (the gradient) and the log-determinant,
     at most ``lanczos_steps`` Lanczos steps for the latter, conjugate gradients to relative residual ``cg_tol`` for the
     system and ``probe_tol`` for the probes (at most ``cg_max_iter`` iterations), probes from ``seed``. The traces
-    of terms with at most ``exact_trace_columns`` columns are exact (one solve per column): a factor with a dozen
-    levels would otherwise carry the largest relative error."""
+    of the smallest terms are exact, one solve per column, up to ``exact_trace_columns`` columns in all: a factor
+    with a dozen levels would otherwise carry the largest relative error."""
 
     probes: int = 32
     lanczos_steps: int = 50
@@ -65,7 +65,7 @@ class IterativeOptions:
 
     def describe(self) -> str:
         return (f"iterative: PCG to {self.cg_tol:g} (probes to {self.probe_tol:g}), traces and log-determinant "
-                f"from {self.probes} probes (at most {self.lanczos_steps} Lanczos steps; traces exact for terms of at most "
+                f"from {self.probes} probes (at most {self.lanczos_steps} Lanczos steps; exact traces for the smallest terms, up to "
                 f"{self.exact_trace_columns} columns), seed {self.seed}")
 
 
@@ -116,10 +116,20 @@ class IterativeProblem:
         del ZWZ
         rng = np.random.default_rng(self.options.seed)
         self.probes = rng.choice([-1.0, 1.0], size=(self.q, self.options.probes))
-        self.exact_terms = [term.q <= self.options.exact_trace_columns for term in self.terms]
+        self.exact_terms = self._exactly_traced()
         self.trace_probe_tensor = tf.constant(self._trace_probes())
         self.warm_starts: dict[str, np.ndarray] = {}  # the last solutions: starts for the next theta's CG
         self._compile()
+
+    def _exactly_traced(self) -> list[bool]:
+        """Which terms get exact traces: the smallest first, while their columns (one unit-vector solve each) stay
+        within ``exact_trace_columns`` in all."""
+        exact, spent = [False] * len(self.terms), 0
+        for t in sorted(range(len(self.terms)), key=lambda t: self.terms[t].q):
+            if spent + self.terms[t].q > self.options.exact_trace_columns:
+                break
+            exact[t], spent = True, spent + self.terms[t].q
+        return exact
 
     def _trace_probes(self) -> np.ndarray:
         """The right-hand sides of the traces: the probes, zero on the exactly traced terms' rows (E zz' is then
