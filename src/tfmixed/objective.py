@@ -87,6 +87,23 @@ class LmmObjective:
             gradient[i] = (self(shifted) - value) / step
         return gradient
 
+    def evidence_step(self, theta: np.ndarray) -> np.ndarray | None:
+        """MacKay's evidence update of each scalar term as a step in log theta: theta_t^2 <- theta_t^2 b_t / a_t
+        with a_t = d log-dets / d theta_t and b_t = -dof (d r^2 / d theta_t) / r^2. The gradient is a_t - b_t, so
+        the update's fixed point is the optimum; far from it, one update moves much further than a gradient step.
+        Zero for vector-valued terms and where a_t or b_t is not positive; None without scalar terms or where
+        the gradient's parts cannot be formed."""
+        scalar = np.repeat(np.asarray(self.dims) == 1, [k * (k + 1) // 2 for k in self.dims])
+        if not np.any(scalar):
+            return None
+        factor = self.factor(theta)
+        parts = factor.gradient_parts(self.reml)
+        if parts is None:
+            return None
+        a, b = parts[0], -factor.dof(self.reml) * parts[1] / factor.pwrss
+        usable = scalar & (a > 0) & (b > 0)
+        return np.where(usable, 0.5 * np.log(np.where(usable, b / np.where(usable, a, 1.0), 1.0)), 0.0)
+
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """lme4's ``isSingular`` (:func:`~tfmixed.kernels.covariance.is_singular`)."""
         return is_singular(theta, self.lower, tol)

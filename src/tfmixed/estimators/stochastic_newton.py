@@ -63,18 +63,8 @@ class _GradientSearch:
         return np.where(self.logged, theta, 1.0) * np.asarray(gradient, dtype=np.float64)
 
     def evidence_step(self, z: np.ndarray) -> np.ndarray | None:
-        """MacKay's evidence update of each scalar term, as a step in z: theta_t^2 <- theta_t^2 b_t / a_t with
-        a_t = d log-dets / d theta_t and b_t = -dof (d r^2 / d theta_t) / r^2 (the gradient is a_t - b_t, so its
-        fixed point is the gradient's root); read from the factor at z (no new solve). None without scalar terms."""
-        dims = np.asarray(self.objective.dims)
-        scalar = np.repeat(dims == 1, dims * (dims + 1) // 2)
-        if not np.any(scalar):
-            return None
-        factor = self.objective.factor(self.theta(z))
-        d_logdet, d_r2 = factor.gradient_parts(self.objective.reml)
-        a, b = d_logdet, -factor.dof(self.objective.reml) * d_r2 / factor.pwrss
-        usable = scalar & (a > 0) & (b > 0)
-        return np.where(usable, 0.5 * np.log(np.where(usable, b / np.where(usable, a, 1.0), 1.0)), 0.0)
+        """:meth:`LmmObjective.evidence_step` at z, read from the factor there (no new solve)."""
+        return self.objective.evidence_step(self.theta(z))
 
     def hessian(self, z: np.ndarray, gradient: np.ndarray, step: float = 1e-4) -> np.ndarray:
         """Symmetrised forward differences of the estimated gradient (a start for BFGS)."""
