@@ -101,3 +101,13 @@ def test_coefficient_names_follow_lme4():
         "(Intercept)", "Speciesversicolor", "Speciesvirginica", "Sepal.Width",
         "Speciesversicolor:Sepal.Width", "Speciesvirginica:Sepal.Width",
     ]
+
+
+def test_unique_with_inverse_is_numpys_unique():
+    from tfmixed.levels import unique_with_inverse
+
+    keys = np.random.default_rng(0).zipf(1.5, 20_000) % 5_000 * 7_919
+    expected_unique, expected_inverse = np.unique(keys, return_inverse=True)
+    unique, inverse = unique_with_inverse(keys)
+    np.testing.assert_array_equal(unique, expected_unique)
+    np.testing.assert_array_equal(inverse, expected_inverse.ravel())

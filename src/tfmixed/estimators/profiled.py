@@ -109,7 +109,7 @@ class _Search:
                           options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-8, "maxls": 50})
         return str(result.message)  # the best point is the search's, not necessarily the last iterate
 
-    def cobyqa(self, start, scale, max_iter, final_radius: float = 1e-10, initial_radius: float = 1.0):
+    def cobyqa(self, start, scale, max_iter):
         """COBYQA from ``start``; returns scipy's result (the best point is the search's)."""
         lower = self.objective.lower
 
@@ -121,8 +121,8 @@ class _Search:
 
         bounds = [(lo / s if np.isfinite(lo) else -np.inf, np.inf) for lo, s in zip(lower, scale)]
         return minimize(fun, start / scale, method="COBYQA", bounds=bounds,
-                        options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": final_radius,
-                                 "initial_tr_radius": initial_radius})
+                        options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10,
+                                 "initial_tr_radius": 1.0})
 
 
 def _boundary_probe(objective, theta, value):

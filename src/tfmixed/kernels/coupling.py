@@ -35,7 +35,6 @@ class DenseCoupling:
         self.C3 = (C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64)).reshape(C.shape[0], n_levels, k)
         self.shape = C.shape
 
-
     def downdate(self, weights: np.ndarray) -> np.ndarray:
         if weights.shape[1] == 1:
             C2 = self.C3[:, :, 0]
@@ -92,7 +91,6 @@ class SparseCoupling:
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
         return (self.C.T @ z).reshape(self.n_levels, -1)
-
 
     def times_block_diagonal(self, blocks: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix(self.C @ block_diagonal_matrix(blocks))
@@ -289,7 +287,6 @@ class SplitCoupling:
                 cross += np.bincount((j * k + a) * k + b, v * products, minlength=cross.size)
         cross = cross.reshape(self.n_levels, k, k)
         return sums + cross + cross.transpose(0, 2, 1)
-
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
         out = np.einsum("d,dla->la", z[self.split :], self.D3)

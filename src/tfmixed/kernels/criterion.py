@@ -57,6 +57,13 @@ class ProfiledGradient:
         term whose T is singular to ``singular_tol`` (relative) returns None. The T^{-1} formula loses only
         ~eps / sigma_min(T) relative, so a small diagonal of a badly scaled covariate is no reason to refuse it.
         """
+        key = (bool(reml), singular_tol)
+        kept = self.__dict__.setdefault("_kept_gradient_parts", {})
+        if key not in kept:  # a factor is fixed at one theta: the gradient and the evidence step share these
+            kept[key] = self._gradient_parts(reml, singular_tol)
+        return kept[key]
+
+    def _gradient_parts(self, reml: bool, singular_tol: float) -> tuple[np.ndarray, np.ndarray] | None:
         d_logdet = self.logdet_gradient(include_fixed=reml, singular_tol=singular_tol)
         if d_logdet is None:
             return None

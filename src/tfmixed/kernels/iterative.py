@@ -370,7 +370,14 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
     def inverse_block_sums(self, include_fixed: bool, per_probe: bool = False) -> list[np.ndarray]:
         """Per term, the sum over levels of the k x k diagonal blocks of Omega_P^{-1} (M, or with
         ``include_fixed`` the [Z Lambda, X] system: + U_X S_X^{-1} U_X', exact): Hutchinson's estimate from the
-        probes, their mean or (``per_probe``) one m x k x k array of each probe's estimate."""
+        probes, their mean or (``per_probe``) one m x k x k array of each probe's estimate. Computed once per
+        ``include_fixed`` (the gradient and its Monte Carlo covariance both read them)."""
+        kept = self.__dict__.setdefault("_kept_probe_estimates", {})
+        if include_fixed not in kept:
+            kept[include_fixed] = self._probe_estimates_of(include_fixed)
+        return kept[include_fixed] if per_probe else [estimates.mean(axis=0) for estimates in kept[include_fixed]]
+
+    def _probe_estimates_of(self, include_fixed: bool) -> list[np.ndarray]:
         self._solve(probes=True)
         problem, p = self.problem, self.problem.p
         U, L = self._system
@@ -397,7 +404,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
             if fixed_inverse is not None:
                 U_X = U[rows, :p].reshape(shape)
                 estimates = estimates + np.einsum("lap,pr,lbr->ab", U_X, fixed_inverse, U_X)[None]
-            sums.append(estimates if per_probe else estimates.mean(axis=0))
+            sums.append(estimates)
             offset += term.q
         return sums
 
