@@ -87,6 +87,27 @@ class CrossProducts:
             return first.asformat(format)
         return sp.bmat([[first, self.rest_first.T], [self.rest_first, self.rest_rest]], format=format)
 
+    def gram_times(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Z'WZ A, X'WZ A) for a q x m matrix A, from the stored blocks (Z'WZ is never assembled).
+
+        >>> import numpy as np
+        >>> from tfmixed.terms import RandomEffectsTerm
+        >>> codes = np.array([0, 0, 1, 2])
+        >>> cp = CrossProducts.from_rows(np.ones((4, 1)), np.arange(4.0), [RandomEffectsTerm.intercept(codes, 3)])
+        >>> [part.ravel().tolist() for part in cp.gram_times(np.eye(3))]
+        [[2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], [2.0, 1.0, 1.0]]
+        """
+        A = np.asarray(A, dtype=np.float64).reshape(self.q, -1)
+        (levels, k), q1, p = self.dims[0], self.q_first, self.p
+        first, rest = A[:q1], A[q1:]
+        zz_first = (self.first_blocks @ first.reshape(levels, k, -1)).reshape(q1, -1)
+        xz = self.xy_first[:p] @ first
+        if not self.q_rest:
+            return zz_first, xz
+        zz_first += self.rest_first.T @ rest
+        zz_rest = self.rest_first @ first + self.rest_rest @ rest
+        return np.vstack([zz_first, zz_rest]), xz + self.xy_rest[:p] @ rest
+
     def xy_z(self) -> np.ndarray:
         """[X y~]'WZ as one dense (p + 1) x q array."""
         return np.hstack([self.xy_first, self.xy_rest])

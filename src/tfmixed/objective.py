@@ -78,6 +78,13 @@ class LmmObjective:
                 gradient = self._forward_difference(theta, value)
         return value, gradient
 
+    def average_information(self, theta: np.ndarray) -> np.ndarray:
+        """The criterion's average-information Hessian in theta (:mod:`tfmixed.kernels.information`): positive
+        semi-definite, at the cost of one solve per parameter with the factor of ``value_and_gradient``. None
+        for a kernel that offers none (the iterative one: its solves are the expensive part)."""
+        factor = self.factor(theta)
+        return factor.average_information(self.reml) if hasattr(factor, "average_information") else None
+
     def _forward_difference(self, theta: np.ndarray, value: float) -> np.ndarray:
         gradient = np.empty_like(theta)
         for i in range(theta.size):

@@ -26,6 +26,9 @@ from .result import EstimatorResult
 
 #: the criterion decrease below which an optimum is accepted (criterion units: deviance)
 NEWTON_DECREMENT_TOL = 1e-7
+#: the decrease at which the Newton stage stops: its steps are cheap near the optimum (quadratic convergence),
+#: and a decrement of 1e-9 still left Dyestuff's variance 1.1e-5 off (relative)
+NEWTON_STAGE_DECREMENT_TOL = 1e-12
 
 
 def _projected_gradient(theta, gradient, lower):
@@ -66,6 +69,41 @@ def newton_decrement(objective: LmmObjective, theta: np.ndarray,
     return float(step @ step / 2), H
 
 
+def _secant_corrected(information, correction, secant):
+    """information + correction, BFGS-updated to match the last step's gradient change (H s = y); the correction
+    is dropped where it makes the matrix indefinite or the step's curvature is not positive."""
+    hessian = information + correction
+    if np.any(np.linalg.eigvalsh(hessian) <= 0):
+        hessian = information.copy()
+    if secant is None:
+        return hessian
+    s, y = secant
+    curvature, hs = float(s @ y), hessian @ s
+    if curvature <= 1e-12 * np.linalg.norm(s) * np.linalg.norm(y) or s @ hs <= 0:
+        return hessian
+    return hessian - np.outer(hs, hs) / (s @ hs) + np.outer(y, y) / curvature
+
+
+def _newton_direction(hessian, gradient, free):
+    """-H_ff^{-1} g_f on the free parameters (0 elsewhere); None where H_ff is not positive definite."""
+    try:
+        chol = np.linalg.cholesky(hessian[np.ix_(free, free)])
+    except np.linalg.LinAlgError:
+        return None
+    direction = np.zeros_like(gradient)
+    direction[free] = -np.linalg.solve(chol.T, np.linalg.solve(chol, gradient[free]))
+    return direction
+
+
+def _interior_step(theta, direction, lower):
+    """The longest step up to 1 along which no bounded parameter loses more than 90% of its distance to its
+    bound: landing on a bound, where a scalar term's derivative vanishes by symmetry, would stall the search
+    at a saddle."""
+    shrinking = np.isfinite(lower) & (direction < 0)
+    room = (theta[shrinking] - lower[shrinking]) / -direction[shrinking]
+    return min(1.0, 0.9 * float(np.min(room, initial=np.inf)))
+
+
 class _Degenerate(Exception):
     """Raised inside an optimiser run to stop a search that is heading to theta -> infinity."""
 
@@ -94,6 +132,52 @@ class _Search:
         if self._best_gradient is None:
             self._best_gradient = np.asarray(self.objective.value_and_gradient(self.best_theta)[1], dtype=np.float64)
         return self._best_gradient
+
+    def newton(self, start, max_iter):
+        """Newton steps -H^{-1} g with H = H~ + D: the average information H~ (AI-REML: one solve per theta
+        parameter with the factor at hand) plus a correction D kept by BFGS updates, so that H matches the
+        gradient's change along the last step. H~ alone is the Hessian up to terms of mean zero; on badly
+        conditioned models (a random slope without an intercept) it misses the Hessian by enough to make the
+        plain AI iteration converge linearly, at a rate of 0.97 per step. Steps are projected onto the bounds
+        and backtracked on the criterion. Returns a message; the best point is the search's. Stops early where
+        H is singular on the free parameters or no step lowers the criterion (the quasi-Newton stages take over).
+        """
+        objective, lower = self.objective, self.objective.lower
+        theta = start.copy()
+        value, gradient = objective.value_and_gradient(theta)
+        if not self.history or not np.array_equal(self.history[-1][0], theta):  # the evidence start's last point
+            self.record(theta, value, gradient)
+        correction, secant = np.zeros((theta.size, theta.size)), None
+        for _ in range(max_iter):
+            information = objective.average_information(theta)
+            if information is None:
+                return "Newton (average information): not offered by this kernel"
+            hessian = _secant_corrected(information, correction, secant)
+            correction = hessian - information
+            _, at_bound = _projected_gradient(theta, gradient, lower)
+            free = ~(at_bound & (gradient >= 0))
+            direction = _newton_direction(hessian, gradient, free)
+            if direction is None:
+                return "Newton (average information): information singular"
+            slope = float(gradient @ direction)
+            if -slope / 2 <= NEWTON_STAGE_DECREMENT_TOL:
+                return "Newton (average information): decrement below tolerance"
+            step = _interior_step(theta, direction, lower)
+            while step >= 1e-3:
+                trial = np.maximum(theta + step * direction, lower)
+                trial_value, trial_gradient = objective.value_and_gradient(trial)
+                self.record(trial, trial_value, trial_gradient)
+                # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
+                if trial_value <= value + 1e-4 * step * slope + 10 * np.finfo(float).eps * abs(value):
+                    break
+                step /= 4
+            else:
+                return "Newton (average information): no step lowered the criterion"
+            # only a full step is local enough for its gradient change to correct H (far from the optimum, H~ and
+            # the Hessian differ for reasons the next H~ accounts for)
+            secant = (trial - theta, trial_gradient - gradient) if step == 1.0 else None
+            theta, value, gradient = trial, trial_value, trial_gradient
+        return "Newton (average information): iteration limit"
 
     def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
         lower = self.objective.lower
@@ -209,11 +293,14 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
         theta = _evidence_start(objective, search, theta)
     scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
     message, stages, status, decrement = "", 0, None, np.nan
-    for stage in ("lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
+    newton = ("newton",) if hasattr(objective, "average_information") else ()
+    for stage in (*newton, "lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
         stages += 1
         start_here = search.best_theta if search.history else theta
         try:
-            if stage == "cobyqa":
+            if stage == "newton":
+                message = search.newton(start_here, max_iter)
+            elif stage == "cobyqa":
                 message = f"COBYQA: {search.cobyqa(start_here, scale, max_iter).message}"
             else:
                 message = search.lbfgsb(start_here, scale, max_iter, ftol=gradient_tol**2)

@@ -169,6 +169,18 @@ class BorderedBase:
                                     check_finite=False) if p else np.zeros(0)
         return np.concatenate([self.G[:, -1] - self.G[:, :p] @ fixed, fixed])
 
+    def solve_equations(self, rhs: np.ndarray) -> np.ndarray:
+        """S[:-1, :-1]^{-1} rhs over [rest | X] by block elimination: with K = L_c[:p, :p] L_c[:p, :p]' (the
+        Schur complement of S_rr on X), x_X = K^{-1}(c - G_X' a) and x_r = S_rr^{-1} a - G_X x_X."""
+        p, qr = self.p, self.q_rest
+        rhs = np.asarray(rhs, dtype=np.float64).reshape(qr + p, -1)
+        rest = self.inverse_times(rhs[:qr])
+        if not p:
+            return rest
+        G_fixed = self.G[:, :p]
+        fixed = la.cho_solve((self.L_corner[:p, :p], True), rhs[qr:] - G_fixed.T @ rhs[:qr], check_finite=False)
+        return np.vstack([rest - G_fixed @ fixed, fixed])
+
     def _term_blocks(self, lookup) -> list[np.ndarray]:
         """Each remaining term's (L, k, k) diagonal blocks of S_rr^{-1}; ``lookup(rows, cols)`` reads entries."""
         blocks = []

@@ -52,6 +52,22 @@ def lambda_times(u: np.ndarray, factors: list[np.ndarray], levels: list[int]) ->
     return np.concatenate(pieces) if pieces else np.zeros(0)
 
 
+def lambda_matrix_times(M: np.ndarray, factors: list[np.ndarray], levels: list[int], transpose: bool = False) -> np.ndarray:
+    """Lambda M (Lambda' M with ``transpose``) for a q x m matrix M, term by term.
+
+    >>> lambda_matrix_times(np.ones((3, 2)), [np.array([[2.0]]), np.array([[10.0]])], [2, 1], transpose=True)[:, 0].tolist()
+    [2.0, 2.0, 10.0]
+    """
+    M = np.asarray(M, dtype=np.float64)
+    out, offset = np.empty_like(M), 0
+    for T, count in zip(factors, levels):
+        size = count * T.shape[0]
+        block = M[offset : offset + size].reshape(count, T.shape[0], -1)
+        out[offset : offset + size] = ((T.T if transpose else T) @ block).reshape(size, -1)
+        offset += size
+    return out
+
+
 def factors_to_theta(factors: list[np.ndarray]) -> np.ndarray:
     """Stack lower-triangular factors into lme4's theta vector (inverse of :func:`theta_to_factors`)."""
     pieces = []

@@ -8,6 +8,7 @@ S = Lambda' (E - C W C') Lambda + I_rest, factored S = L L'. The interface every
 * ``last_pivot()``: sqrt of the penalised RSS; ``fixed_block()``: the p x p factor R_X';
 * ``back_substitute()``: x with L[:-1, :-1]' x = L[-1, :-1] (the solution of the mixed model equations);
 * ``solve_rest(rhs)``: L_rr^{-1} rhs on the random-effects rows;
+* ``solve_equations(rhs)``: S[:-1, :-1]^{-1} rhs over [rest | X] (new right-hand sides of the mixed model equations);
 * ``inverse_sums(problem, factors, include_fixed)``: the first term's per-level C_j' Lambda S_P^{-1} Lambda C_j
   and each remaining term's summed diagonal blocks of S_P^{-1} (P: the random-effects columns, plus X for REML);
 * ``rest_inverse_blocks(terms)``: diagonal blocks of S_rr^{-1} per remaining term (conditional variances);
@@ -81,6 +82,12 @@ class DenseFactor:
     def back_substitute(self) -> np.ndarray:
         size = self.L.shape[0] - 1
         return solve_lower(self.L[:size, :size], self.L[-1, :size], transpose=True)
+
+    def solve_equations(self, rhs: np.ndarray) -> np.ndarray:
+        """S[:-1, :-1]^{-1} rhs: the Schur complement over [rest | X] for new right-hand sides (not y~'s)."""
+        size = self.L.shape[0] - 1
+        L = self.L[:size, :size]
+        return solve_lower(L, solve_lower(L, rhs), transpose=True)
 
     def solve_rest(self, rhs: np.ndarray) -> np.ndarray:
         qr = self.q_rest

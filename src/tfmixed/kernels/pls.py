@@ -38,6 +38,7 @@ from .coupling import PatternCoupling, choose_coupling
 from .covariance import lambda_times
 from .criterion import ProfiledCriterion, ProfiledGradient
 from .dense_block import DenseFactor
+from .information import AverageInformation
 from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
 
@@ -326,7 +327,7 @@ class PLSProblem:
 
 
 @dataclass
-class PLSFactor(ProfiledCriterion, ProfiledGradient):
+class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
     """The blocked Cholesky factor of Omega(theta) and the quantities derived from it."""
 
     problem: PLSProblem
@@ -377,6 +378,32 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient):
         """Fixed effects beta and spherical random effects u that minimise the penalised RSS."""
         beta, u = self._solution
         return beta.copy(), u.copy()
+
+    def solve_equations(self, rhs: np.ndarray) -> np.ndarray:
+        """Omega_ub^{-1} rhs for new right-hand sides of the mixed model equations (rows: u of the first term, u of
+        the rest, beta; spherical coordinates): x1 = A11^{-1}(r1 - Omega_1r x2) after x2 = S^{-1}(r2 - Omega_r1
+        A11^{-1} r1), S the rest strategy's Schur complement over [rest | X]."""
+        problem, T1 = self.problem, self.factors[0]
+        q1, k1 = problem.first.q, problem.first.n_cols
+        rhs = np.asarray(rhs, dtype=np.float64).reshape(problem.q + problem.p, -1)
+        first = rhs[:q1].reshape(-1, k1, rhs.shape[1])
+        rest = self.rest.solve_equations(rhs[q1:] - self._coupled_rows(self.first.A_inv @ first))
+        first = self.first.A_inv @ (first - T1.T @ self._coupled_columns(rest))
+        return np.vstack([first.reshape(q1, -1), rest])
+
+    def _coupled_rows(self, first: np.ndarray) -> np.ndarray:
+        """Omega_r1 x = blockdiag(Lambda_r', I) [Zr; X]'WZ1 T1 x for first-term blocks x (L, k, m)."""
+        cp, problem = self.problem.cross_products, self.problem
+        scaled = (self.factors[0] @ first).reshape(problem.first.q, -1)
+        rows = np.vstack([cp.rest_first @ scaled, cp.xy_first[: problem.p] @ scaled])
+        return problem.scale_rows(rows, self.factors, transpose=True)
+
+    def _coupled_columns(self, rest: np.ndarray) -> np.ndarray:
+        """Z1'W[Zr; X] blockdiag(Lambda_r, I) x as first-term blocks (L, k, m) (T1' is left to the caller)."""
+        cp, problem = self.problem.cross_products, self.problem
+        scaled = problem.scale_rows(rest, self.factors, transpose=False)
+        columns = cp.rest_first.T @ scaled[: problem.q_rest] + cp.xy_first[: problem.p].T @ scaled[problem.q_rest :]
+        return columns.reshape(problem.first.n_levels, problem.first.n_cols, -1)
 
     def spherical_effects(self) -> np.ndarray:
         """u (read-only view: the solution is cached)."""
