@@ -29,6 +29,11 @@ NEWTON_DECREMENT_TOL = 1e-7
 #: the decrease at which the Newton stage stops: its steps are cheap near the optimum (quadratic convergence),
 #: and a decrement of 1e-9 still left Dyestuff's variance 1.1e-5 off (relative)
 NEWTON_STAGE_DECREMENT_TOL = 1e-12
+#: damped trials per Newton step (lambda = 0, 1e-2, ..., 1e6) before the stage gives up
+MAX_DAMPING_TRIES = 10
+#: the longest step of a diagonal theta in log units: far from the optimum, H~ can ask for a 400-fold change
+#: where the optimum is 10 times away (sleepstudy without an intercept)
+MAX_LOG_STEP = float(np.log(10.0))
 
 
 def _projected_gradient(theta, gradient, lower):
@@ -95,15 +100,6 @@ def _newton_direction(hessian, gradient, free):
     return direction
 
 
-def _interior_step(theta, direction, lower):
-    """The longest step up to 1 along which no bounded parameter loses more than 90% of its distance to its
-    bound: landing on a bound, where a scalar term's derivative vanishes by symmetry, would stall the search
-    at a saddle."""
-    shrinking = np.isfinite(lower) & (direction < 0)
-    room = (theta[shrinking] - lower[shrinking]) / -direction[shrinking]
-    return min(1.0, 0.9 * float(np.min(room, initial=np.inf)))
-
-
 class _Degenerate(Exception):
     """Raised inside an optimiser run to stop a search that is heading to theta -> infinity."""
 
@@ -134,48 +130,66 @@ class _Search:
         return self._best_gradient
 
     def newton(self, start, max_iter):
-        """Newton steps -H^{-1} g with H = H~ + D: the average information H~ (AI-REML: one solve per theta
-        parameter with the factor at hand) plus a correction D kept by BFGS updates, so that H matches the
-        gradient's change along the last step. H~ alone is the Hessian up to terms of mean zero; on badly
-        conditioned models (a random slope without an intercept) it misses the Hessian by enough to make the
-        plain AI iteration converge linearly, at a rate of 0.97 per step. Steps are projected onto the bounds
-        and backtracked on the criterion. Returns a message; the best point is the search's. Stops early where
-        H is singular on the free parameters or no step lowers the criterion (the quasi-Newton stages take over).
-        """
+        """Levenberg-Marquardt-damped Newton steps with H = H~ + D: the average information H~ (AI-REML: one
+        solve per theta parameter with the factor at hand) plus a correction D kept by BFGS updates, so that H
+        matches the gradient's change along the last undamped step. H~ alone is the Hessian up to terms of mean
+        zero; on badly conditioned models (a random slope without an intercept) it misses the Hessian by enough
+        to make the plain AI iteration converge linearly, at a rate of 0.97 per step.
+
+        The steps are taken in log theta for the bounded diagonals (theta_i = exp(phi_i); the bound is never
+        reached and an uncentred slope's theta can fall by 1e-3 in one step) and in theta for the rest.
+        lambda starts at 0 and grows tenfold while a step -(H + lambda diag H)^{-1} g fails to lower the
+        criterion, shrinking again after successes. Returns a message; the best point is the search's. Stops
+        where no damping lowers the criterion (the quasi-Newton stages take over)."""
         objective, lower = self.objective, self.objective.lower
+        bounded = np.isfinite(lower)
         theta = start.copy()
         value, gradient = objective.value_and_gradient(theta)
         if not self.history or not np.array_equal(self.history[-1][0], theta):  # the evidence start's last point
             self.record(theta, value, gradient)
-        correction, secant = np.zeros((theta.size, theta.size)), None
+        correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
         for _ in range(max_iter):
             information = objective.average_information(theta)
             if information is None:
                 return "Newton (average information): not offered by this kernel"
             hessian = _secant_corrected(information, correction, secant)
             correction = hessian - information
-            _, at_bound = _projected_gradient(theta, gradient, lower)
-            free = ~(at_bound & (gradient >= 0))
-            direction = _newton_direction(hessian, gradient, free)
+            # d theta / d phi: theta - lower on the log-scaled diagonals, 1 elsewhere; a diagonal on its bound stays
+            scale = np.where(bounded, theta - np.where(bounded, lower, 0.0), 1.0)
+            free = ~bounded | (scale > 0)
+            scaled_gradient = scale * gradient
+            # the chain rule's second-order term d^2 theta / d phi^2 g = theta g, where it is positive (it keeps H
+            # positive definite): it shortens the log step of a diagonal whose criterion still falls towards 0
+            scaled_hessian = scale[:, None] * hessian * scale[None, :]
+            scaled_hessian[np.diag_indices(theta.size)] += np.where(bounded, np.maximum(scaled_gradient, 0.0), 0.0)
+            direction = _newton_direction(scaled_hessian, scaled_gradient, free)
             if direction is None:
                 return "Newton (average information): information singular"
-            slope = float(gradient @ direction)
-            if -slope / 2 <= NEWTON_STAGE_DECREMENT_TOL:
+            if -float(scaled_gradient @ direction) / 2 <= NEWTON_STAGE_DECREMENT_TOL:
                 return "Newton (average information): decrement below tolerance"
-            step = _interior_step(theta, direction, lower)
-            while step >= 1e-3:
-                trial = np.maximum(theta + step * direction, lower)
+            for _ in range(MAX_DAMPING_TRIES):
+                if damping:
+                    damped = scaled_hessian + damping * np.diag(np.diag(scaled_hessian))
+                    direction = _newton_direction(damped, scaled_gradient, free)
+                # a diagonal changes at most tenfold per step (the whole step shrinks, keeping its direction)
+                longest = float(np.max(np.abs(direction[bounded]), initial=0.0))
+                if longest > MAX_LOG_STEP:
+                    direction = direction * (MAX_LOG_STEP / longest)
+                trial = np.where(bounded, theta, theta + direction)
+                trial[bounded] = lower[bounded] + scale[bounded] * np.exp(direction[bounded])
                 trial_value, trial_gradient = objective.value_and_gradient(trial)
                 self.record(trial, trial_value, trial_gradient)
                 # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
-                if trial_value <= value + 1e-4 * step * slope + 10 * np.finfo(float).eps * abs(value):
+                expected = min(0.0, 1e-4 * float(scaled_gradient @ direction))
+                if trial_value <= value + expected + 10 * np.finfo(float).eps * abs(value):
                     break
-                step /= 4
+                damping = 1e-2 if damping == 0 else 10 * damping
             else:
-                return "Newton (average information): no step lowered the criterion"
-            # only a full step is local enough for its gradient change to correct H (far from the optimum, H~ and
-            # the Hessian differ for reasons the next H~ accounts for)
-            secant = (trial - theta, trial_gradient - gradient) if step == 1.0 else None
+                return "Newton (average information): no damped step lowered the criterion"
+            # only an undamped step is local enough for its gradient change to correct H (far from the optimum,
+            # H~ and the Hessian differ for reasons the next H~ accounts for)
+            secant = (trial - theta, trial_gradient - gradient) if damping == 0 else None
+            damping = damping / 10 if damping > 1e-3 else 0.0
             theta, value, gradient = trial, trial_value, trial_gradient
         return "Newton (average information): iteration limit"
 
