@@ -100,6 +100,57 @@ def _newton_direction(hessian, gradient, free):
     return direction
 
 
+class _LogModel:
+    """The Newton model in phi, with theta_i = lower_i + exp(phi_i) on the bounded diagonals and theta_i = phi_i
+    elsewhere: a step never reaches a bound, and an uncentred slope's theta can fall 100-fold in two steps.
+
+    In phi the gradient is s g and the Hessian s H s plus the chain rule's second-order term s g on the
+    diagonals, kept where positive (it keeps the model convex and shortens the log step of a diagonal whose
+    criterion still falls towards its bound); s = d theta / d phi. A diagonal on its bound stays there.
+    """
+
+    def __init__(self, theta, gradient, hessian, lower, scalar):
+        self.theta, self.lower = theta, lower
+        self.bounded = np.isfinite(lower)
+        self.scale = np.where(self.bounded, theta - np.where(self.bounded, lower, 0.0), 1.0)
+        self.free = ~self.bounded | (self.scale > 0)
+        self.gradient = self.scale * gradient
+        self.hessian = self.scale[:, None] * hessian * self.scale[None, :]
+        self.hessian[np.diag_indices(theta.size)] += np.where(self.bounded, np.maximum(self.gradient, 0.0), 0.0)
+        self.direction = _newton_direction(self.hessian, self.gradient, self.free)
+        linear = _newton_direction(hessian, gradient, self.free)  # the Newton step in theta itself
+        # only a scalar term's variance is snapped to 0: there the criterion is even in theta (its derivative
+        # vanishes), while a vector term's zero diagonal is a singular covariance better left to L-BFGS-B
+        self.crossing = scalar & self.free & (linear is not None) & (theta + (0 if linear is None else linear) <= lower)
+
+    def decrement(self) -> float | None:
+        """-g' d / 2 in phi (the criterion decrease the model predicts); None where H is not positive definite."""
+        return None if self.direction is None else -float(self.gradient @ self.direction) / 2
+
+    def step(self, damping: float) -> tuple[np.ndarray, float]:
+        """(theta after the damped step, 1e-4 times its predicted first-order change). A diagonal changes at
+        most tenfold (the whole step shrinks, keeping its direction)."""
+        direction = self.direction
+        if damping:
+            damped = self.hessian + damping * np.diag(np.diag(self.hessian))
+            direction = _newton_direction(damped, self.gradient, self.free)
+        longest = float(np.max(np.abs(direction[self.bounded]), initial=0.0))
+        if longest > MAX_LOG_STEP:
+            direction = direction * (MAX_LOG_STEP / longest)
+        trial = np.where(self.bounded, self.theta, self.theta + direction)
+        trial[self.bounded] = self.lower[self.bounded] + self.scale[self.bounded] * np.exp(direction[self.bounded])
+        return trial, 1e-4 * float(self.gradient @ direction)
+
+    def snapped(self, trial: np.ndarray) -> np.ndarray | None:
+        """The trial with the diagonals that the Newton step in theta takes past their bound set onto it; None
+        where there are none."""
+        if not np.any(self.crossing):
+            return None
+        snapped = trial.copy()
+        snapped[self.crossing] = self.lower[self.crossing]
+        return snapped
+
+
 class _Degenerate(Exception):
     """Raised inside an optimiser run to stop a search that is heading to theta -> infinity."""
 
@@ -132,66 +183,59 @@ class _Search:
     def newton(self, start, max_iter):
         """Levenberg-Marquardt-damped Newton steps with H = H~ + D: the average information H~ (AI-REML: one
         solve per theta parameter with the factor at hand) plus a correction D kept by BFGS updates, so that H
-        matches the gradient's change along the last undamped step. H~ alone is the Hessian up to terms of mean
-        zero; on badly conditioned models (a random slope without an intercept) it misses the Hessian by enough
-        to make the plain AI iteration converge linearly, at a rate of 0.97 per step.
+        matches the gradient's change along the last step. H~ alone is the Hessian up to terms of mean zero; on
+        badly conditioned models (a random slope without an intercept) it misses the Hessian by enough to make
+        the plain AI iteration converge linearly, at a rate of 0.97 per step; on sleepstudy with prior weights
+        it oscillated.
 
-        The steps are taken in log theta for the bounded diagonals (theta_i = exp(phi_i); the bound is never
-        reached and an uncentred slope's theta can fall by 1e-3 in one step) and in theta for the rest.
-        lambda starts at 0 and grows tenfold while a step -(H + lambda diag H)^{-1} g fails to lower the
-        criterion, shrinking again after successes. Returns a message; the best point is the search's. Stops
-        where no damping lowers the criterion (the quasi-Newton stages take over)."""
-        objective, lower = self.objective, self.objective.lower
-        bounded = np.isfinite(lower)
+        Steps are taken in log theta for the bounded diagonals (:class:`_LogModel`). lambda starts at 0 and grows
+        tenfold while a step -(H + lambda diag H)^{-1} g fails to lower the criterion, shrinking again after
+        successes. Where the model's step would take a scalar term's theta past 0, the point with it at 0 is
+        tried too (a zero variance, as in Dyestuff2, is reached in one step instead of geometrically).
+        Returns a message; the best point is the search's. Stops where no damping lowers the criterion (the
+        quasi-Newton stages take over)."""
+        objective = self.objective
         theta = start.copy()
         value, gradient = objective.value_and_gradient(theta)
         if not self.history or not np.array_equal(self.history[-1][0], theta):  # the evidence start's last point
             self.record(theta, value, gradient)
         correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
+        scalar = np.repeat(np.asarray(objective.dims) == 1, [k * (k + 1) // 2 for k in objective.dims])
         for _ in range(max_iter):
             information = objective.average_information(theta)
             if information is None:
                 return "Newton (average information): not offered by this kernel"
             hessian = _secant_corrected(information, correction, secant)
             correction = hessian - information
-            # d theta / d phi: theta - lower on the log-scaled diagonals, 1 elsewhere; a diagonal on its bound stays
-            scale = np.where(bounded, theta - np.where(bounded, lower, 0.0), 1.0)
-            free = ~bounded | (scale > 0)
-            scaled_gradient = scale * gradient
-            # the chain rule's second-order term d^2 theta / d phi^2 g = theta g, where it is positive (it keeps H
-            # positive definite): it shortens the log step of a diagonal whose criterion still falls towards 0
-            scaled_hessian = scale[:, None] * hessian * scale[None, :]
-            scaled_hessian[np.diag_indices(theta.size)] += np.where(bounded, np.maximum(scaled_gradient, 0.0), 0.0)
-            direction = _newton_direction(scaled_hessian, scaled_gradient, free)
-            if direction is None:
+            model = _LogModel(theta, gradient, hessian, objective.lower, scalar)
+            decrement = model.decrement()
+            if decrement is None:
                 return "Newton (average information): information singular"
-            if -float(scaled_gradient @ direction) / 2 <= NEWTON_STAGE_DECREMENT_TOL:
+            if decrement <= NEWTON_STAGE_DECREMENT_TOL:
                 return "Newton (average information): decrement below tolerance"
             for _ in range(MAX_DAMPING_TRIES):
-                if damping:
-                    damped = scaled_hessian + damping * np.diag(np.diag(scaled_hessian))
-                    direction = _newton_direction(damped, scaled_gradient, free)
-                # a diagonal changes at most tenfold per step (the whole step shrinks, keeping its direction)
-                longest = float(np.max(np.abs(direction[bounded]), initial=0.0))
-                if longest > MAX_LOG_STEP:
-                    direction = direction * (MAX_LOG_STEP / longest)
-                trial = np.where(bounded, theta, theta + direction)
-                trial[bounded] = lower[bounded] + scale[bounded] * np.exp(direction[bounded])
-                trial_value, trial_gradient = objective.value_and_gradient(trial)
-                self.record(trial, trial_value, trial_gradient)
+                trial, expected = model.step(damping)
+                trial_value, trial_gradient = self._evaluate(trial)
+                snapped = model.snapped(trial)
+                if snapped is not None:
+                    snapped_value, snapped_gradient = self._evaluate(snapped)
+                    if snapped_value < trial_value:
+                        trial, trial_value, trial_gradient = snapped, snapped_value, snapped_gradient
                 # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
-                expected = min(0.0, 1e-4 * float(scaled_gradient @ direction))
-                if trial_value <= value + expected + 10 * np.finfo(float).eps * abs(value):
+                if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
                     break
                 damping = 1e-2 if damping == 0 else 10 * damping
             else:
                 return "Newton (average information): no damped step lowered the criterion"
-            # only an undamped step is local enough for its gradient change to correct H (far from the optimum,
-            # H~ and the Hessian differ for reasons the next H~ accounts for)
-            secant = (trial - theta, trial_gradient - gradient) if damping == 0 else None
+            secant = (trial - theta, trial_gradient - gradient)
             damping = damping / 10 if damping > 1e-3 else 0.0
             theta, value, gradient = trial, trial_value, trial_gradient
         return "Newton (average information): iteration limit"
+
+    def _evaluate(self, theta):
+        value, gradient = self.objective.value_and_gradient(theta)
+        self.record(theta, value, gradient)
+        return value, gradient
 
     def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
         lower = self.objective.lower
