@@ -10,7 +10,8 @@ them (a fourth splits C into its sparse and dense rows), chosen by the problem's
 * ``SparseCoupling``: scipy sparse products (when the pattern would not fit in memory).
 * ``SplitCoupling``: the pattern of the sparse random-effects rows, BLAS for the dense fixed-effects rows.
 
-Interface: ``downdate(W)`` = C W C' (dense, symmetric) for block-diagonal W, ``block_sums(M)`` =
+Interface: ``downdate(W, lower_only)`` = C W C' (dense; with ``lower_only`` only its lower triangle need be
+filled) for block-diagonal W, ``block_sums(M)`` =
 C_j' M C_j per level, ``transpose_times(z)`` = C' z per level,
 ``times_block_diagonal(B)`` = C blockdiag(B).
 """
@@ -35,7 +36,8 @@ class DenseCoupling:
         self.C3 = (C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64)).reshape(C.shape[0], n_levels, k)
         self.shape = C.shape
 
-    def downdate(self, weights: np.ndarray) -> np.ndarray:
+    def downdate(self, weights: np.ndarray, lower_only: bool = False) -> np.ndarray:
+        """C W C' (whole: one BLAS product fills both triangles at once)."""
         if weights.shape[1] == 1:
             C2 = self.C3[:, :, 0]
             return (C2 * weights[:, 0, 0]) @ C2.T
@@ -68,7 +70,8 @@ class SparseCoupling:
     def __init__(self, C: sp.csr_matrix, n_levels: int, k: int):
         self.C, self.n_levels, self.k = C, n_levels, k
 
-    def downdate(self, weights: np.ndarray) -> np.ndarray:
+    def downdate(self, weights: np.ndarray, lower_only: bool = False) -> np.ndarray:
+        """C W C' (whole: the sparse product fills both triangles at once)."""
         return (self.C @ block_diagonal_matrix(weights) @ self.C.T).toarray()
 
     #: entries of the dense M C formed at a time by block_sums (its memory, 8 bytes each)
@@ -216,8 +219,12 @@ class PatternCoupling(SparseCoupling):
         layout, first, second = self._layout
         return self._from_layout(C, sp.csc_matrix(C), self.n_levels, self.k, layout, first, second, self._strict)
 
-    def downdate(self, weights: np.ndarray) -> np.ndarray:
+    def downdate(self, weights: np.ndarray, lower_only: bool = False) -> np.ndarray:
+        """C W C'; with ``lower_only`` on and below the diagonal only (zeros above), for a caller that reads
+        nothing else: the symmetric copy is one more pass over the dense block per evaluation."""
         lower = (self.QT.T @ weights.reshape(-1)).reshape(self.size, self.size)
+        if lower_only:
+            return lower
         diagonal = np.diag(lower).copy()
         full = lower + lower.T
         del lower  # one working copy of the dense block at a time
@@ -269,17 +276,18 @@ class SplitCoupling:
     def C(self) -> sp.csr_matrix:
         return sp.vstack([self.S, sp.csr_matrix(self.D)]).tocsr()
 
-    def downdate(self, weights: np.ndarray) -> np.ndarray:
-        """C W C': the pattern fills S W S' into a full-size block (one working copy, as the pattern strategy),
-        BLAS the rows of D."""
+    def downdate(self, weights: np.ndarray, lower_only: bool = False) -> np.ndarray:
+        """C W C' (``lower_only``: on and below the diagonal, as the pattern strategy): the pattern fills S W S'
+        into a full-size block (one working copy), BLAS the rows of D."""
         split, dense_rows = self.split, self.D.shape[0]
         DW = np.einsum("dla,lab->dlb", self.D3, weights).reshape(dense_rows, -1)
-        full = self.pattern.downdate(weights) if split else np.empty((self.shape[0], self.shape[0]))
+        full = self.pattern.downdate(weights, lower_only) if split else np.empty((self.shape[0], self.shape[0]))
         full[split:, split:] = DW @ self.D.T
         if split:
             cross = np.asarray(self.S @ DW.T)
-            full[:split, split:] = cross
             full[split:, :split] = cross.T
+            if not lower_only:
+                full[:split, split:] = cross
         return full
 
     def block_sums(self, M: np.ndarray) -> np.ndarray:

@@ -319,7 +319,8 @@ class PLSProblem:
         if self.sparse is not None:
             return PLSFactor(self, factors, first, SparseFactor(self.sparse, self, factors, first.downdate_weights))
         # S = Lambda'(E - C W C')Lambda + I_rest, built in the downdate's own array: one dense working copy
-        S = self.coupling.downdate(first.downdate_weights)
+        # LAPACK reads the lower triangle; only a vector-valued term's Lambda mixes it with the upper one
+        S = self.coupling.downdate(first.downdate_weights, lower_only=self.scalar_rest)
         np.subtract(self.E, S, out=S)
         S = self.scale_both(S, factors, in_place=True)
         S[np.arange(self.q_rest), np.arange(self.q_rest)] += 1.0
