@@ -252,8 +252,6 @@ class SplitCoupling:
     name = "split"
     #: block_sums reads M's lower triangle only (M symmetric), as the pattern strategy does
     reads_lower_triangle_only = True
-    #: gathered entries (S's nonzeros x D's rows) that block_sums holds at a time (8 bytes each)
-    chunk_entries = 4_000_000
 
     def __init__(self, S: sp.csr_matrix, D: np.ndarray, n_levels: int, k: int, pattern: "PatternCoupling | None" = None):
         self.S, self.n_levels, self.k = sp.csr_matrix(S), n_levels, k
@@ -264,8 +262,6 @@ class SplitCoupling:
         if pattern is None and self.split:
             pattern = PatternCoupling.build(self.S, n_levels, k, width=self.shape[0])
         self.pattern = pattern
-        entries = self.S.tocoo()
-        self._S_entries = (entries.row, entries.col // k, entries.col % k, entries.data)
 
     def refilled(self, S: sp.csr_matrix, D: np.ndarray) -> "SplitCoupling":
         """New values on the same patterns: the pairs of S are not searched again."""
@@ -301,18 +297,10 @@ class SplitCoupling:
         if not split:
             return sums
         sums += self.pattern.block_sums(M)
-        rows, levels, within, values = self._S_entries
-        lower_left = M[split:, :split]  # M_ds = M_sd'
-        cross = np.zeros(self.n_levels * k * k)
-        per_chunk = max(1, self.chunk_entries // max(1, self.D.shape[0]))
-        for start in range(0, rows.size, per_chunk):
-            part = slice(start, start + per_chunk)
-            r, j, a, v = rows[part], levels[part], within[part], values[part]
-            for b in range(k):
-                # (M_sd D)[r, j k + b] for each nonzero S[r, j k + a]: a dot product over D's rows
-                products = np.einsum("dn,dn->n", lower_left[:, r], self.D[:, j * k + b])
-                cross += np.bincount((j * k + a) * k + b, v * products, minlength=cross.size)
-        cross = cross.reshape(self.n_levels, k, k)
+        # the cross terms sum_r S[r, ja] (M_sd D)[r, jb] = sum_d (M_ds S)[d, ja] D[d, jb]: one sparse product
+        # with the few dense rows (M_ds = M_sd', from the lower triangle)
+        projected = np.asarray(self.S.T @ M[split:, :split].T).T.reshape(self.D3.shape)
+        cross = np.einsum("dla,dlb->lab", projected, self.D3)
         return sums + cross + cross.transpose(0, 2, 1)
 
     def transpose_times(self, z: np.ndarray) -> np.ndarray:
