@@ -31,6 +31,8 @@ NEWTON_DECREMENT_TOL = 1e-7
 NEWTON_STAGE_DECREMENT_TOL = 1e-12
 #: damped trials per Newton step (lambda = 0, 1e-2, ..., 1e6) before the stage gives up
 MAX_DAMPING_TRIES = 10
+#: Newton iterations before L-BFGS-B takes over (the shared references need at most 22 evaluations in all)
+NEWTON_STAGE_ITERATIONS = 100
 #: the longest step of a diagonal theta in log units: far from the optimum, H~ can ask for a 400-fold change
 #: where the optimum is 10 times away (sleepstudy without an intercept)
 MAX_LOG_STEP = float(np.log(10.0))
@@ -201,7 +203,7 @@ class _Search:
             self.record(theta, value, gradient)
         correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
         scalar = np.repeat(np.asarray(objective.dims) == 1, [k * (k + 1) // 2 for k in objective.dims])
-        for _ in range(max_iter):
+        for _ in range(min(max_iter, NEWTON_STAGE_ITERATIONS)):
             information = objective.average_information(theta)
             if information is None:
                 return "Newton (average information): not offered by this kernel"
@@ -213,24 +215,32 @@ class _Search:
                 return "Newton (average information): information singular"
             if decrement <= NEWTON_STAGE_DECREMENT_TOL:
                 return "Newton (average information): decrement below tolerance"
-            for _ in range(MAX_DAMPING_TRIES):
-                trial, expected = model.step(damping)
-                trial_value, trial_gradient = self._evaluate(trial)
-                snapped = model.snapped(trial)
-                if snapped is not None:
-                    snapped_value, snapped_gradient = self._evaluate(snapped)
-                    if snapped_value < trial_value:
-                        trial, trial_value, trial_gradient = snapped, snapped_value, snapped_gradient
-                # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
-                if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
-                    break
-                damping = 1e-2 if damping == 0 else 10 * damping
-            else:
+            accepted = self._damped_step(model, value, damping)
+            if accepted is None:
                 return "Newton (average information): no damped step lowered the criterion"
+            trial, trial_value, trial_gradient, damping = accepted
             secant = (trial - theta, trial_gradient - gradient)
             damping = damping / 10 if damping > 1e-3 else 0.0
             theta, value, gradient = trial, trial_value, trial_gradient
         return "Newton (average information): iteration limit"
+
+    def _damped_step(self, model, value, damping):
+        """(theta, criterion, gradient, lambda) of the first step that lowers the criterion, lambda growing
+        tenfold from ``damping`` per failure (and trying a scalar variance at 0 where the model points past it);
+        None after ``MAX_DAMPING_TRIES``."""
+        for _ in range(MAX_DAMPING_TRIES):
+            trial, expected = model.step(damping)
+            trial_value, trial_gradient = self._evaluate(trial)
+            snapped = model.snapped(trial)
+            if snapped is not None:
+                snapped_value, snapped_gradient = self._evaluate(snapped)
+                if snapped_value < trial_value:
+                    trial, trial_value, trial_gradient = snapped, snapped_value, snapped_gradient
+            # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
+            if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
+                return trial, trial_value, trial_gradient, damping
+            damping = 1e-2 if damping == 0 else 10 * damping
+        return None
 
     def _evaluate(self, theta):
         value, gradient = self.objective.value_and_gradient(theta)
