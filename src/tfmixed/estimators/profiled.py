@@ -164,6 +164,16 @@ class _Search:
         self.objective, self.progress = objective, progress
         self.history: list[tuple[np.ndarray, float]] = []
         self.best_theta, self.best_value, self._best_gradient = None, np.inf, None
+        #: the Newton stage's last point and the criterion decrease its model still predicted there
+        self.newton_point: tuple[np.ndarray, float] | None = None
+
+    def newton_converged(self) -> bool:
+        """Whether the Newton stage ended at the best point with a decrement below NEWTON_DECREMENT_TOL (its
+        H is the average information with BFGS corrections: at the optimum, the Hessian to a few digits)."""
+        if self.newton_point is None:
+            return False
+        theta, decrement = self.newton_point
+        return decrement <= NEWTON_DECREMENT_TOL and np.array_equal(theta, self.best_theta)
 
     def record(self, theta, value, gradient=None):
         if not self.history and not np.isfinite(value):
@@ -213,9 +223,14 @@ class _Search:
             decrement = model.decrement()
             if decrement is None:
                 return "Newton (average information): information singular"
+            self.newton_point = (theta.copy(), decrement)
             if decrement <= NEWTON_STAGE_DECREMENT_TOL:
                 return "Newton (average information): decrement below tolerance"
-            accepted = self._damped_step(model, value, damping)
+            # within NEWTON_DECREMENT_TOL the criterion's rounding can hide the last decrease: no long damping search
+            tries = 2 if decrement <= NEWTON_DECREMENT_TOL else MAX_DAMPING_TRIES
+            accepted = self._damped_step(model, value, damping, tries)
+            if accepted is None and tries < MAX_DAMPING_TRIES:
+                return f"Newton (average information): decrement {decrement:.1e}, within the criterion's rounding"
             if accepted is None:
                 return "Newton (average information): no damped step lowered the criterion"
             trial, trial_value, trial_gradient, damping = accepted
@@ -224,28 +239,34 @@ class _Search:
             theta, value, gradient = trial, trial_value, trial_gradient
         return "Newton (average information): iteration limit"
 
-    def _damped_step(self, model, value, damping):
+    def _damped_step(self, model, value, damping, tries):
         """(theta, criterion, gradient, lambda) of the first step that lowers the criterion, lambda growing
         tenfold from ``damping`` per failure (and trying a scalar variance at 0 where the model points past it);
-        None after ``MAX_DAMPING_TRIES``."""
-        for _ in range(MAX_DAMPING_TRIES):
+        None after ``tries``."""
+        for _ in range(tries):
             trial, expected = model.step(damping)
-            trial_value, trial_gradient = self._evaluate(trial)
+            trial_value = self._evaluate(trial)
             snapped = model.snapped(trial)
             if snapped is not None:
-                snapped_value, snapped_gradient = self._evaluate(snapped)
+                snapped_value = self._evaluate(snapped)
                 if snapped_value < trial_value:
-                    trial, trial_value, trial_gradient = snapped, snapped_value, snapped_gradient
+                    trial, trial_value = snapped, snapped_value
             # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
             if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
+                # the gradient only now: a rejected trial needs no inverse (the factor is the objective's last
+                # but one where a snapped point lost, so that one is factored again)
+                trial_value, trial_gradient = self.objective.value_and_gradient(trial)
+                if np.array_equal(trial, self.best_theta):
+                    self._best_gradient = np.array(trial_gradient, dtype=np.float64)
                 return trial, trial_value, trial_gradient, damping
             damping = 1e-2 if damping == 0 else 10 * damping
         return None
 
-    def _evaluate(self, theta):
-        value, gradient = self.objective.value_and_gradient(theta)
-        self.record(theta, value, gradient)
-        return value, gradient
+    def _evaluate(self, theta) -> float:
+        """The criterion at theta, recorded (no gradient: the caller asks for it where the step is taken)."""
+        value = self.objective(theta)
+        self.record(theta, value)
+        return value
 
     def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
         lower = self.objective.lower
@@ -382,6 +403,9 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
             message = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
                        "constant within the levels of the grouping factors, or the random effects reproduce it exactly, "
                        "so the likelihood has no maximum and the variance components are meaningless")
+            break
+        if stage == "newton" and search.newton_converged():
+            converged = True
             break
         best = search.best_theta
         gradient = search.best_gradient()
