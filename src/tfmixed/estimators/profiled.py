@@ -80,7 +80,9 @@ def _secant_corrected(information, correction, secant):
     """information + correction, BFGS-updated to match the last step's gradient change (H s = y); the correction
     is dropped where it makes the matrix indefinite or the step's curvature is not positive."""
     hessian = information + correction
-    if np.any(np.linalg.eigvalsh(hessian) <= 0):
+    try:
+        np.linalg.cholesky(hessian)
+    except np.linalg.LinAlgError:
         hessian = information.copy()
     if secant is None:
         return hessian
@@ -120,10 +122,13 @@ class _LogModel:
         self.hessian = self.scale[:, None] * hessian * self.scale[None, :]
         self.hessian[np.diag_indices(theta.size)] += np.where(self.bounded, np.maximum(self.gradient, 0.0), 0.0)
         self.direction = _newton_direction(self.hessian, self.gradient, self.free)
-        linear = _newton_direction(hessian, gradient, self.free)  # the Newton step in theta itself
         # only a scalar term's variance is snapped to 0: there the criterion is even in theta (its derivative
         # vanishes), while a vector term's zero diagonal is a singular covariance better left to L-BFGS-B
-        self.crossing = scalar & self.free & (linear is not None) & (theta + (0 if linear is None else linear) <= lower)
+        self.crossing = np.zeros(theta.size, dtype=bool)
+        if np.any(scalar & self.free):
+            linear = _newton_direction(hessian, gradient, self.free)  # the Newton step in theta itself
+            if linear is not None:
+                self.crossing = scalar & self.free & (theta + linear <= lower)
 
     def decrement(self) -> float | None:
         """-g' d / 2 in phi (the criterion decrease the model predicts); None where H is not positive definite."""

@@ -396,12 +396,17 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
         """Omega_r1 x = blockdiag(Lambda_r', I) [Zr; X]'WZ1 T1 x for first-term blocks x (L, k, m)."""
         cp, problem = self.problem.cross_products, self.problem
         scaled = (self.factors[0] @ first).reshape(problem.first.q, -1)
+        if not problem.q_rest:
+            return cp.xy_first[: problem.p] @ scaled
         rows = np.vstack([cp.rest_first @ scaled, cp.xy_first[: problem.p] @ scaled])
         return problem.scale_rows(rows, self.factors, transpose=True)
 
     def _coupled_columns(self, rest: np.ndarray) -> np.ndarray:
         """Z1'W[Zr; X] blockdiag(Lambda_r, I) x as first-term blocks (L, k, m) (T1' is left to the caller)."""
         cp, problem = self.problem.cross_products, self.problem
+        if not problem.q_rest:
+            columns = cp.xy_first[: problem.p].T @ rest
+            return columns.reshape(problem.first.n_levels, problem.first.n_cols, -1)
         scaled = problem.scale_rows(rest, self.factors, transpose=False)
         columns = cp.rest_first.T @ scaled[: problem.q_rest] + cp.xy_first[: problem.p].T @ scaled[problem.q_rest :]
         return columns.reshape(problem.first.n_levels, problem.first.n_cols, -1)
