@@ -246,17 +246,20 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extr
             f"formula refers to grouping column(s) {absent} that the data does not have; columns are {list(data.columns)}"
         )
     used = _used_columns(parsed, data, extra)
-    null_counts = pd.Series({name: int(data[name].isna().sum()) for name in used}, dtype=np.int64)
-    null_counts = null_counts[null_counts > 0]
-    if len(null_counts):
+    columns = {name: data[name] for name in used}  # one lookup each: a data frame's __getitem__ is not cheap
+    null_counts = {name: int(column.isna().sum()) for name, column in columns.items()}
+    null_counts = {name: count for name, count in null_counts.items() if count}
+    if null_counts:
         detail = ", ".join(f"{name} ({count})" for name, count in null_counts.items())
         if missing == "raise":
             raise DataError(f"missing values (NaN/None) in column(s) {detail}; drop them first or pass missing='drop'")
         keep = ~data[used].isna().any(axis=1)
         warnings.warn(f"dropped {int((~keep).sum())} row(s) with missing values in {detail}", TfmixedWarning, stacklevel=4)
         data = data.loc[keep]
+        columns = {name: data[name] for name in used}
     # categories that no (remaining) row uses would give all-zero columns: R's model frames drop them too
-    categorical = [name for name in used if isinstance(data[name].dtype, pd.CategoricalDtype) and has_unused_categories(data[name])]
+    categorical = [name for name, column in columns.items()
+                   if isinstance(column.dtype, pd.CategoricalDtype) and has_unused_categories(column)]
     if categorical:
         data = data.assign(**{name: data[name].cat.remove_unused_categories() for name in categorical})
     return data
