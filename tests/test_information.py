@@ -113,3 +113,31 @@ def test_the_newton_stage_reaches_the_tight_refit_on_ill_conditioned_models(name
     assert fit.deviance <= best["deviance"] + 1e-7 * abs(best["deviance"])
     assert fit.optimum.message.startswith("Newton (average information)")
     assert fit.optimum.n_evaluations <= most
+
+
+def uncentred_slope_data(seed=10, n=600):
+    """Random intercepts and slopes of two crossed factors, x of a random scale and shift (seed 10: x ~
+    N(495, 1026^2)), some variances 0 (the generator of an untuned-models comparison)."""
+    rng = np.random.default_rng(seed)
+    g, h, k = rng.integers(0, 30, n), rng.integers(0, 12, n), rng.integers(0, 5, n)
+    x = rng.normal(size=n) * rng.choice([1, 10, 1000]) + rng.choice([0, 500])
+    z = rng.normal(size=n)
+    sd = rng.uniform(0, 1.5, 6) * rng.choice([0, 1], 6, p=[0.2, 0.8])
+    y = (1 + 0.01 * x + rng.normal(size=30)[g] * sd[0] + rng.normal(size=30)[g] * sd[1] * z
+         + rng.normal(size=12)[h] * sd[2] + rng.normal(size=12)[h] * sd[3] * x / np.std(x)
+         + rng.normal(size=5)[k] * sd[4] + rng.normal(size=n) * (0.3 + sd[5]))
+    return pd.DataFrame({"y": y, "x": x, "g": g, "h": h})
+
+
+@pytest.mark.filterwarnings("ignore:boundary \\(singular\\) fit")  # the slope's variance is 0 at the optimum
+def test_a_variance_is_not_left_at_zero_where_the_optimum_is_inside():
+    # the first Newton step from lme4's start crossed 0 for the intercept variance of g, and the point with it at
+    # 0 was lower than the trial: taking it left the fit at a criterion 0.44 above the optimum (theta_g 0.096)
+    data = uncentred_slope_data()
+    fit = tm.lmer("y ~ x + (1 + x | h) + (1 | g)", data, verbose=False)
+    objective = LmmObjective(problem_from_design(build_design("y ~ x + (1 + x | h) + (1 | g)", data)))
+    from tfmixed.estimators.profiled import fit_profiled
+
+    inside = fit_profiled(objective, start=np.array([0.1, 1.35, 1e-5, 1e-3]))
+    assert inside.theta[0] > 0.05
+    assert fit.deviance <= inside.criterion + 1e-7 * abs(inside.criterion)

@@ -148,14 +148,15 @@ class _LogModel:
         trial[self.bounded] = self.lower[self.bounded] + self.scale[self.bounded] * np.exp(direction[self.bounded])
         return trial, 1e-4 * float(self.gradient @ direction)
 
-    def snapped(self, trial: np.ndarray) -> np.ndarray | None:
-        """The trial with the diagonals that the Newton step in theta takes past their bound set onto it; None
-        where there are none."""
+    def boundary_candidates(self, trial: np.ndarray) -> list[np.ndarray]:
+        """Where the Newton step in theta takes scalar variances past 0: the trial with them a tenth of the way
+        from 0, then with them at 0 (none elsewhere)."""
         if not np.any(self.crossing):
-            return None
-        snapped = trial.copy()
+            return []
+        inside, snapped = trial.copy(), trial.copy()
+        inside[self.crossing] = self.lower[self.crossing] + 0.1 * (trial[self.crossing] - self.lower[self.crossing])
         snapped[self.crossing] = self.lower[self.crossing]
-        return snapped
+        return [inside, snapped]
 
 
 class _Degenerate(Exception):
@@ -251,11 +252,13 @@ class _Search:
         for _ in range(tries):
             trial, expected = model.step(damping)
             trial_value = self._evaluate(trial)
-            snapped = model.snapped(trial)
-            if snapped is not None:
-                snapped_value = self._evaluate(snapped)
-                if snapped_value < trial_value:
-                    trial, trial_value = snapped, snapped_value
+            for candidate in model.boundary_candidates(trial):
+                # the variance at 0, and a tenth of the way to the trial: 0 is taken only where it is lower than
+                # both (a scalar term's criterion is even in its theta, so 0 is always stationary, but it is a
+                # maximum along theta where the optimum is inside; a first step far from the optimum took one)
+                candidate_value = self._evaluate(candidate)
+                if candidate_value < trial_value:
+                    trial, trial_value = candidate, candidate_value
             # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
             if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
                 # the gradient only now: a rejected trial needs no inverse (the factor is the objective's last
@@ -303,15 +306,28 @@ class _Search:
                                  "initial_tr_radius": 1.0})
 
 
-def _boundary_probe(objective, theta, value):
+#: distances from a zero bound, relative to the largest |theta|, at which a boundary point is probed: at 1e-3
+#: alone a collapsed fit (every diagonal 0, 118 criterion units above the optimum) passed as converged
+BOUNDARY_PROBES = (1e-3, 1e-2, 1e-1)
+
+
+def _boundary_probe(search, theta, value):
     """A theta left exactly on a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
-    saddle: probe from inside and return the better point."""
+    saddle: probe from inside at the ``BOUNDARY_PROBES`` distances and return the best point where it is lower
+    (every probe is recorded)."""
+    objective = search.objective
     at_bound = np.isfinite(objective.lower) & (theta <= objective.lower + 1e-10)
     if not np.any(at_bound):
         return None
-    probe = theta.copy()
-    probe[at_bound] = objective.lower[at_bound] + 1e-3 * max(1.0, float(np.max(np.abs(theta))))
-    return probe if objective(probe) < value - 1e-8 * max(1.0, abs(value)) else None
+    best, best_value = None, value - 1e-8 * max(1.0, abs(value))
+    for distance in BOUNDARY_PROBES:
+        probe = theta.copy()
+        probe[at_bound] = objective.lower[at_bound] + distance * max(1.0, float(np.max(np.abs(theta))))
+        probe_value = objective(probe)
+        search.record(probe, probe_value)
+        if probe_value < best_value:
+            best, best_value = probe, probe_value
+    return best
 
 
 def _clip_to_boundary(objective, theta, value):
@@ -399,10 +415,8 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
             else:
                 message = search.lbfgsb(start_here, scale, max_iter, ftol=gradient_tol**2)
             # a theta left on a zero bound may be a saddle (a scalar term's derivative is 0 there): probe inside
-            probe = _boundary_probe(objective, search.best_theta, search.best_value)
-            if probe is not None:
-                search.record(probe, objective(probe))
-                continue
+            if _boundary_probe(search, search.best_theta, search.best_value) is not None:
+                continue  # the next stage starts from the search's best point, the probe
         except _Degenerate:
             converged, status = False, "degenerate"
             message = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
