@@ -312,21 +312,26 @@ BOUNDARY_PROBES = (1e-3, 1e-2, 1e-1)
 
 
 def _boundary_probe(search, theta, value):
-    """A theta left exactly on a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
-    saddle: probe from inside at the ``BOUNDARY_PROBES`` distances and return the best point where it is lower
-    (every probe is recorded)."""
+    """A theta left on or next to a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
+    saddle: probe each such parameter from inside at the ``BOUNDARY_PROBES`` distances and return the best
+    point where it is lower (every probe is recorded)."""
     objective = search.objective
-    at_bound = np.isfinite(objective.lower) & (theta <= objective.lower + 1e-10)
+    scale = max(1.0, float(np.max(np.abs(theta))))
+    # within 1e-4 of the bound counts (what _clip_to_boundary would report as 0): L-BFGS-B leaves 1e-8, not 0
+    at_bound = np.isfinite(objective.lower) & (theta - objective.lower < 1e-4 * scale)
     if not np.any(at_bound):
         return None
     best, best_value = None, value - 1e-8 * max(1.0, abs(value))
-    for distance in BOUNDARY_PROBES:
-        probe = theta.copy()
-        probe[at_bound] = objective.lower[at_bound] + distance * max(1.0, float(np.max(np.abs(theta))))
-        probe_value = objective(probe)
-        search.record(probe, probe_value)
-        if probe_value < best_value:
-            best, best_value = probe, probe_value
+    # one parameter at a time: an uncentred slope's theta lives 1e-4 below an intercept's, so moving them
+    # together (the slope's variance then enormous) hid a collapsed fit's way out
+    for index in np.flatnonzero(at_bound):
+        for distance in BOUNDARY_PROBES:
+            probe = theta.copy()
+            probe[index] = objective.lower[index] + distance * scale
+            probe_value = objective(probe)
+            search.record(probe, probe_value)
+            if probe_value < best_value:
+                best, best_value = probe, probe_value
     return best
 
 
