@@ -63,7 +63,7 @@ def run_tfmixed(frame: pd.DataFrame, formula: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0], "timed fits per engine (large models: a third)")
+    args = arguments(__doc__.splitlines()[0], "timed fits per engine (star: a third, InstEval: a half)")
     with_lme4 = lme4_available()
     rows = ["| model | n | tfmixed fit | evaluations | lme4 fit | lme4 / tfmixed | REML criterion difference | tfmixed Satterthwaite df |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -261,8 +261,9 @@ class _Search:
                     trial, trial_value = candidate, candidate_value
             # a decrease below the criterion's rounding is not asked for (near the optimum the step is exact)
             if trial_value <= value + min(0.0, expected) + 10 * np.finfo(float).eps * abs(value):
-                # the gradient only now: a rejected trial needs no inverse (the factor is the objective's last
-                # but one where a snapped point lost, so that one is factored again)
+                # the gradient only now: a rejected trial needs no inverse (where a boundary candidate was
+                # evaluated after the trial and lost, the objective's cached factor is the candidate's, and the
+                # trial is factored again)
                 trial_value, trial_gradient = self.objective.value_and_gradient(trial)
                 if np.array_equal(trial, self.best_theta):
                     self._best_gradient = np.array(trial_gradient, dtype=np.float64)

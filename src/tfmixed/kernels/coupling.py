@@ -289,7 +289,7 @@ class SplitCoupling:
     def block_sums(self, M: np.ndarray) -> np.ndarray:
         """C_j' M C_j per level: S_j' M_ss S_j (pattern), D_j' M_dd D_j (BLAS) and the two cross terms; reads
         only M's lower triangle."""
-        split, k = self.split, self.k
+        split = self.split
         M = np.asarray(M)
         corner = np.tril(M[split:, split:])
         corner = corner + np.tril(corner, -1).T

@@ -44,12 +44,8 @@ def lambda_times(u: np.ndarray, factors: list[np.ndarray], levels: list[int]) ->
     >>> lambda_times(np.array([1.0, 2.0, 3.0]), [np.array([[2.0]]), np.array([[10.0]])], [2, 1]).tolist()
     [2.0, 4.0, 30.0]
     """
-    pieces, offset = [], 0
-    for T, count in zip(factors, levels):
-        size = count * T.shape[0]
-        pieces.append((u[offset : offset + size].reshape(count, T.shape[0]) @ T.T).ravel())
-        offset += size
-    return np.concatenate(pieces) if pieces else np.zeros(0)
+    u = np.asarray(u, dtype=np.float64)
+    return lambda_matrix_times(u[:, None], factors, levels)[:, 0] if u.size else np.zeros(0)
 
 
 def lambda_matrix_times(M: np.ndarray, factors: list[np.ndarray], levels: list[int], transpose: bool = False) -> np.ndarray:

@@ -27,7 +27,8 @@ from .covariance import lambda_matrix_times, lower_indices
 
 class AverageInformation:
     """Mixed into an exact kernel's factor that provides ``problem`` (``cross_products``, ``terms``),
-    ``factors``, ``spherical_effects()``, ``solve()``, ``pwrss``, ``dof(reml)`` and ``solve_equations(rhs)``
+    ``factors``, ``spherical_effects()``, ``u_to_b(u)``, ``solve()``, ``pwrss``, ``dof(reml)`` and
+    ``solve_equations(rhs)``
     (Omega^{-1} rhs over [u | beta] in spherical coordinates)."""
 
     def average_information(self, reml: bool) -> np.ndarray:
@@ -40,8 +41,7 @@ class AverageInformation:
         >>> bool(np.all(np.linalg.eigvalsh(factor.average_information(reml=True)) > 0))
         True
         """
-        A, residual_z = self._information_directions()
-        gram_z, gram_x = self.problem.cross_products.gram_times(A)
+        A, residual_z, gram_z, gram_x = self._information_directions()
         levels = [term.n_levels for term in self.problem.terms]
         rhs = np.vstack([lambda_matrix_times(gram_z, self.factors, levels, transpose=True), gram_x])
         projected = A.T @ gram_z - rhs.T @ self.solve_equations(rhs)
@@ -50,16 +50,16 @@ class AverageInformation:
         H = self.dof(reml) / r2 * (projected - np.outer(along, along) / r2)
         return (H + H.T) / 2
 
-    def _information_directions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(the q x m matrix of a_m, Z'W r)."""
+    def _information_directions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(A, Z'W r, Z'WZ A, X'WZ A) with A the q x m matrix of a_m: two products with Z'WZ, since A needs
+        Z'W r = Z'W y~ - Z'WX beta - Z'WZ b first."""
         cp = self.problem.cross_products
         u = self.spherical_effects()
-        levels = [term.n_levels for term in self.problem.terms]
         beta, _ = self.solve()
         shifted_beta = beta - cp.shift if cp.shift.size else beta
         z_response = cp.xy_z()
         residual_z = z_response[-1] - z_response[:-1].T @ shifted_beta
-        residual_z -= cp.gram_times(lambda_matrix_times(u[:, None], self.factors, levels))[0][:, 0]
+        residual_z -= cp.gram_times(self.u_to_b(u))[0][:, 0]
         columns, offset = [], 0
         for term, T in zip(self.problem.terms, self.factors):
             U = u[offset : offset + term.q].reshape(term.n_levels, term.n_cols)
@@ -72,4 +72,5 @@ class AverageInformation:
                 column[offset : offset + term.q] = block.ravel()
                 columns.append(column)
             offset += term.q
-        return np.column_stack(columns), residual_z
+        A = np.column_stack(columns)
+        return (A, residual_z, *cp.gram_times(A))
