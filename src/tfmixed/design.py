@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from formulaic import model_matrix
 from formulaic.errors import FormulaicError
 
+from .covariance_structures import structure
 from .cross_products import CrossProducts
 from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, ShapeError, TfmixedWarning
 from .formula import ParsedFormula, parse_formula, translate_r_syntax
@@ -37,7 +38,7 @@ R_FUNCTIONS = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "floor": np.floor, "ceiling": np.ceil, "round": np.round,
 }
 
-_TREATMENT = re.compile(r"^(.*)\[T\.(.*)\]$")
+_TREATMENT = re.compile(r"^(.*)\[(?:T\.)?(.*)\]$")
 _POLY = re.compile(r"^(poly\(.*\))\[(\d+)\]$")
 MISSING_POLICIES = ("raise", "drop")
 RANK_POLICIES = ("drop", "raise")
@@ -446,6 +447,22 @@ def offset_values(parsed: ParsedFormula, frame: pd.DataFrame) -> np.ndarray | No
     return total
 
 
+def check_identifiable(covariance, n_levels: int, nobs: int, label: str) -> None:
+    """lme4's check.nobs.vs.nRE (as many random effects as observations leave their variances and the
+    residual's unidentifiable) for structures that cannot tell them apart; ar1, cs and toep terms need only more
+    observations than covariance parameters, since their correlations identify the residual (glmmTMB fits
+    them with one observation per level and column)."""
+    if not covariance.identifies_residual and n_levels * covariance.k >= nobs:
+        raise DataError(
+            f"number of observations ({nobs}) <= number of random effects ({n_levels * covariance.k}) "
+            f"for term {label}; the random-effects parameters and the residual variance "
+            "are probably unidentifiable (lme4's check.nobs.vs.nRE; a structured covariance such as "
+            "ar1(...) or cs(...) has fewer parameters)"
+        )
+    if covariance.n_params + 1 >= nobs:
+        raise DataError(f"term {label} has {covariance.n_params} covariance parameters for {nobs} observations")
+
+
 def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -> list[RandomEffectsTerm]:
     terms: list[RandomEffectsTerm] = []
     for spec in parsed.random:
@@ -468,15 +485,11 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
         columns = [_lme4_name(c, renames) for c in expr_matrix.columns]
         pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
         for piece in pieces:
-            if len(levels) * len(piece) >= len(frame):
-                raise DataError(
-                    f"number of observations ({len(frame)}) <= number of random effects ({len(levels) * len(piece)}) "
-                    f"for term ({spec.expr} | {spec.name}); the random-effects parameters and the residual variance "
-                    "are probably unidentifiable (lme4's check.nobs.vs.nRE)"
-                )
+            covariance = structure(spec.structure, len(piece))
+            check_identifiable(covariance, len(levels), len(frame), f"({spec.expr} | {spec.name})")
             terms.append(RandomEffectsTerm(
                 codes, values[:, piece], levels, name=spec.name, columns=tuple(columns[i] for i in piece),
-                spec=spec, expr_spec=(expr_matrix.model_spec, piece),
+                spec=spec, expr_spec=(expr_matrix.model_spec, piece), structure=covariance,
             ))
     # lme4 orders terms by decreasing number of levels; sorted() is stable for ties.
     return sorted(terms, key=lambda term: -term.n_levels)

@@ -5,7 +5,9 @@ terms ``(expr | group)`` and expands lme4's shorthands:
 
 * ``(x || g)``  -> one uncorrelated term per column of ``x``'s model matrix,
 * ``(1 | a/b)`` -> ``(1 | a) + (1 | b:a)`` (lme4's naming of the nested factor),
-* ``(1 | a:b)`` -> one grouping factor whose levels are the observed ``a:b`` combinations.
+* ``(1 | a:b)`` -> one grouping factor whose levels are the observed ``a:b`` combinations,
+* ``ar1(0 + factor(t) | g)``, ``cs(...)``, ``toep(...)``, ``diag(...)``, ``us(...)``, ``homcs(...)``,
+  ``homdiag(...)`` -> one term with that covariance structure (:mod:`tfmixed.covariance_structures`).
 
 >>> parsed = parse_formula("Reaction ~ Days + (Days | Subject)")
 >>> parsed.fixed, [(t.expr, t.group) for t in parsed.random]
@@ -37,6 +39,9 @@ class RandomTermSpec:
     group: tuple[str, ...]
     name: str
     split_columns: bool = False
+    #: the covariance structure's code (``us``, ``diag``, ``cs``, ``ar1``, ...) from ``ar1(0 + f | g)``;
+    #: ``us`` for a plain ``(expr | g)``
+    structure: str = "us"
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,25 @@ def _group_variables(group: str, formula: str) -> list[tuple[str, ...]]:
     return expanded
 
 
-def _random_terms(inner: str, formula: str) -> list[RandomTermSpec]:
+#: lme4 2.0's and glmmTMB's covariance-structure wrappers of a random term, ``ar1(0 + factor(t) | g)``
+STRUCTURE_CODES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep")
+_STRUCTURED = re.compile(rf"^({'|'.join(STRUCTURE_CODES)})\s*\(")
+
+
+def _structured_term(stripped: str) -> tuple[str, str] | None:
+    """(structure code, the term inside) of ``ar1(0 + f | g)``, or None for anything else."""
+    match = _STRUCTURED.match(stripped)
+    if not match or _matching_paren(stripped, match.end() - 1) != len(stripped) - 1:
+        return None
+    inner = stripped[match.end() : -1].strip()
+    return (match.group(1), inner) if len(_top_level_split(inner, "|")) > 1 else None
+
+
+def _random_terms(inner: str, formula: str, structure: str = "us") -> list[RandomTermSpec]:
     double = _top_level_split(inner, "||")
+    if len(double) == 2 and structure != "us":
+        raise FormulaError(f"{structure}({inner}) in {formula!r}: '||' already makes the effects independent; "
+                           f"write {structure}({inner.replace('||', '|')}) or diag(...)")
     if len(double) == 2:
         expr, group, split = double[0], double[1], True
     elif len(double) == 1:
@@ -165,7 +187,7 @@ def _random_terms(inner: str, formula: str) -> list[RandomTermSpec]:
     if not expr:
         raise FormulaError(f"random term ({inner}) in {formula!r} has nothing left of the bar; use (1 | g)")
     return [
-        RandomTermSpec(expr=expr, group=names, name=":".join(names), split_columns=split)
+        RandomTermSpec(expr=expr, group=names, name=":".join(names), split_columns=split, structure=structure)
         for names in _group_variables(group, formula)
     ]
 
@@ -199,6 +221,12 @@ def parse_formula(formula: str) -> ParsedFormula:
             if sign == "-":
                 raise FormulaError(f"formula {formula!r} subtracts a random term {stripped!r}; only '+' adds them")
             random.extend(_random_terms(inner, formula))
+            continue
+        structured = _structured_term(stripped)
+        if structured is not None:
+            if sign == "-":
+                raise FormulaError(f"formula {formula!r} subtracts a random term {stripped!r}; only '+' adds them")
+            random.extend(_random_terms(structured[1], formula, structure=structured[0]))
             continue
         if stripped.startswith("offset(") and _matching_paren(stripped, 6) == len(stripped) - 1:
             inner = stripped[7:-1].strip()

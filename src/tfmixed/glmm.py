@@ -95,12 +95,20 @@ def glmer(
                            "effects is statsmodels' GLM")
     prior = np.ones(design.nobs) if design.weights is None else design.weights
     family.check_response(design.y, prior, design.parsed.response)
+    if method == "em" and not objective_is_unstructured(design):
+        raise DataError("method='em' updates unstructured covariances; structured terms (ar1, cs, ...) are "
+                        "estimated by method='optimizer'")
     objective = GlmmObjective(design, family, n_agq, kernel_options)
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = _estimate(objective, method, start, tol, max_iter, verbose)
         fit = GlmerFit(design, objective, optimum, hessian=hessian)
     _warn_about(fit)
     return fit
+
+
+def objective_is_unstructured(design) -> bool:
+    """Whether every random-effects term has lme4's unstructured covariance."""
+    return all(term.structure.is_lme4_theta for term in design.terms)
 
 
 def _estimate(objective: GlmmObjective, method: str, start, tol, max_iter, verbose):

@@ -30,7 +30,7 @@ from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode
 from .families import Family
 from .levels import unique_with_inverse
-from .kernels.covariance import is_singular, lower_indices, theta_lower_bounds, theta_start, theta_to_factors
+from .kernels.covariance import lower_indices
 from .kernels.options import KernelOptions
 
 
@@ -52,12 +52,13 @@ class GlmmObjective:
         self.n_agq = int(n_agq)
         self.pirls = PIRLS(design, family, options)
         self.dims = self.pirls.dims
+        self.covariance = self.pirls.covariance
         self.p = design.n_fixed
-        self.theta_lower = theta_lower_bounds(self.dims)
+        self.theta_lower = self.covariance.lower
         self.n_theta = self.theta_lower.size
-        self.theta_start = theta_start(self.dims)
+        self.theta_start = self.covariance.start.copy()
         if self.n_agq > 1:
-            if len(self.dims) != 1 or self.dims[0] != 1:
+            if len(self.dims) != 1 or self.dims[0] != 1 or not self.covariance.is_lme4_theta:
                 raise DataError("nAGQ > 1 needs a single scalar random-effects term such as (1 | g), as in lme4; "
                                 f"this model has terms with {self.dims} columns")
             knots, weights = hermegauss(self.n_agq)
@@ -87,7 +88,7 @@ class GlmmObjective:
         """Start the next PIRLS run from fixed effects ``beta`` and random effects ``b`` (Z's column order), as
         a model trained elsewhere (a Keras network) already holds them near the mode."""
         theta = np.asarray(theta, dtype=np.float64)
-        factors = theta_to_factors(theta, self.dims)
+        factors = self.covariance.factors(theta)
         pieces = []
         for term, part, T in zip(self.design.terms, np.split(np.asarray(b, dtype=np.float64), self._offsets[1:]), factors):
             pieces.append(np.linalg.lstsq(T, part.reshape(term.n_levels, term.n_cols).T, rcond=None)[0].T.ravel())
@@ -145,7 +146,7 @@ class GlmmObjective:
 
     def leverages(self, mode: Mode) -> np.ndarray:
         """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode."""
-        factors = theta_to_factors(mode.theta, self.dims)
+        factors = self.covariance.factors(mode.theta)
         spherical = [term.values @ T for term, T in zip(self.design.terms, factors)]
         left, right, which, spec = self._pairs
         products = np.concatenate([spherical[t][:, a] * spherical[s][:, b] for t, a, s, b in spec])
@@ -193,7 +194,7 @@ class GlmmObjective:
                 z_du = term.values[:, r] * U[term.codes, c]
                 z_ds = term.values[:, r] * S[term.codes, c]
                 theta_part.append(residual @ z_du - 0.5 * (a @ z_ds))
-        theta_part = np.asarray(theta_part) + d_logdet
+        theta_part = self.covariance.chain(np.asarray(theta_part) + d_logdet, mode.theta)
         return theta_part if joint else np.concatenate([theta_part, self.pirls.X.T @ residual])
 
     def quadrature_gradient(self, mode: Mode) -> np.ndarray:
@@ -297,8 +298,8 @@ class GlmmObjective:
         return H
 
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
-        """lme4's ``isSingular`` (:func:`~tfmixed.kernels.covariance.is_singular`)."""
-        return is_singular(theta, self.theta_lower, tol)
+        """lme4's ``isSingular``, per structure (:meth:`CovarianceParameters.is_singular`)."""
+        return self.covariance.is_singular(theta, tol)
 
 
 class _Criterion:

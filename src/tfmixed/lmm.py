@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .covariance_structures import CovarianceParameters
 from .design import Design, build_design
 from .errors import (ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, MemoryLimitError, ShapeError,
                      SingularFitWarning)
@@ -161,7 +162,11 @@ def lmer(
     iterative = isinstance(problem, IterativeProblem)
     if iterative and method != "profiled":
         raise DataError(f"method={method!r} needs the exact kernel; the iterative backend fits by the profiled method")
-    objective = LmmObjective(problem, reml=REML)
+    if method != "profiled" and not all(term.structure.is_lme4_theta for term in design.terms):
+        structured = sorted({term.structure.code for term in design.terms if not term.structure.is_lme4_theta})
+        raise DataError(f"method={method!r} updates unstructured covariances; the {structured} structure(s) are "
+                        "estimated by method='profiled'")
+    objective = LmmObjective(problem, reml=REML, covariance=CovarianceParameters.of_terms(design.terms))
     with blas_threads_for(problem.q_rest + problem.p + 1):
         if iterative:
             optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter or 100, verbose=verbose)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import TfmixedError
-from .kernels.covariance import is_singular, theta_lower_bounds, theta_start, theta_to_factors
+from .covariance_structures import CovarianceParameters
 from .kernels.pls import PLSFactor, PLSProblem
 
 
@@ -20,7 +20,10 @@ DEGENERATE_RSS = 1e-12
 
 
 class LmmObjective:
-    """The profiled criterion of a linear mixed model, as a function of lme4's theta.
+    """The profiled criterion of a linear mixed model, as a function of theta: lme4's theta for unstructured
+    terms, the structures' parameters otherwise (``covariance``, :class:`CovarianceParameters`; by default every
+    term unstructured). The kernel sees only the factors T_t; gradients and the average information in the
+    stacked vech(T_t) are mapped to theta by the structures' Jacobian.
 
     >>> from tfmixed import datasets, build_design
     >>> from tfmixed.kernels.pls import PLSProblem
@@ -30,11 +33,14 @@ class LmmObjective:
     1773.68
     """
 
-    def __init__(self, problem: PLSProblem, reml: bool = True):
+    def __init__(self, problem: PLSProblem, reml: bool = True, covariance: CovarianceParameters | None = None):
         self.problem, self.reml = problem, bool(reml)
         self.dims = problem.dims
-        self.lower = theta_lower_bounds(self.dims)
-        self.start = theta_start(self.dims)
+        self.covariance = CovarianceParameters.unstructured(self.dims) if covariance is None else covariance
+        if self.covariance.dims != list(self.dims):
+            raise TfmixedError(f"covariance structures of {self.covariance.dims} columns for terms of {self.dims}")
+        self.lower = self.covariance.lower
+        self.start = self.covariance.start.copy()
         self._cache: tuple[bytes, PLSFactor] | None = None
         self.response_ss = float(problem.cross_products.xy_xy[-1, -1])
 
@@ -48,7 +54,7 @@ class LmmObjective:
         theta = np.asarray(theta, dtype=np.float64)
         key = theta.tobytes()
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.problem.factorize(theta_to_factors(theta, self.dims)))
+            self._cache = (key, self.problem.factorize(self.covariance.factors(theta)))
         return self._cache[1]
 
     def __call__(self, theta: np.ndarray) -> float:
@@ -67,23 +73,30 @@ class LmmObjective:
         if not np.isfinite(value):
             return np.inf, np.zeros_like(theta)
         gradient = self.factor(theta).gradient(self.reml)
-        if gradient is None:
-            scale = 1e-7 * max(1.0, float(np.max(np.abs(theta))))
-            inside = np.where(np.isfinite(self.lower), np.maximum(theta, self.lower + scale), theta)
-            try:
-                gradient = self.factor(inside).gradient(self.reml)
-            except TfmixedError:
-                gradient = None
-            if gradient is None:
-                gradient = self._forward_difference(theta, value)
-        return value, gradient
+        if gradient is not None:
+            return value, self.covariance.chain(gradient, theta)
+        scale = 1e-7 * max(1.0, float(np.max(np.abs(theta))))
+        inside = np.where(np.isfinite(self.lower), np.maximum(theta, self.lower + scale), theta)
+        try:
+            gradient = self.factor(inside).gradient(self.reml)
+        except TfmixedError:
+            gradient = None
+        if gradient is not None:
+            return value, self.covariance.chain(gradient, inside)
+        return value, self._forward_difference(theta, value)
 
     def average_information(self, theta: np.ndarray) -> np.ndarray:
         """The criterion's average-information Hessian in theta (:mod:`tfmixed.kernels.information`): positive
         semi-definite, at the cost of one solve per parameter with the factor of ``value_and_gradient``. None
         for a kernel that offers none (the iterative one: its solves are the expensive part)."""
         factor = self.factor(theta)
-        return factor.average_information(self.reml) if hasattr(factor, "average_information") else None
+        if not hasattr(factor, "average_information"):
+            return None
+        information = factor.average_information(self.reml)
+        if self.covariance.is_lme4_theta:
+            return information
+        J = self.covariance.jacobian(theta)
+        return J.T @ information @ J
 
     def _forward_difference(self, theta: np.ndarray, value: float) -> np.ndarray:
         gradient = np.empty_like(theta)
@@ -100,7 +113,9 @@ class LmmObjective:
         the update's fixed point is the optimum; far from it, one update moves much further than a gradient step.
         Zero for vector-valued terms and where a_t or b_t is not positive; None without scalar terms or where
         the gradient's parts cannot be formed."""
-        scalar = np.repeat(np.asarray(self.dims) == 1, [k * (k + 1) // 2 for k in self.dims])
+        if not self.covariance.is_lme4_theta:
+            return None  # the update is of lme4's theta_t^2; a structure's parameters are not
+        scalar = self.covariance.scalar_lme4()
         if not np.any(scalar):
             return None
         factor = self.factor(theta)
@@ -112,8 +127,8 @@ class LmmObjective:
         return np.where(usable, 0.5 * np.log(np.where(usable, b / np.where(usable, a, 1.0), 1.0)), 0.0)
 
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
-        """lme4's ``isSingular`` (:func:`~tfmixed.kernels.covariance.is_singular`)."""
-        return is_singular(theta, self.lower, tol)
+        """lme4's ``isSingular``, per structure (:meth:`CovarianceParameters.is_singular`)."""
+        return self.covariance.is_singular(theta, tol)
 
     def is_degenerate(self, theta: np.ndarray) -> bool:
         """Whether the random effects reproduce the response (penalised RSS ~ 0): no maximum exists."""

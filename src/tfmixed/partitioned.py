@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .covariance_structures import structure
 from .cross_products import CrossProducts
-from .design import (R_FUNCTIONS, _lme4_name, _response, _used_columns, aliased_from_gram, evaluate, grouping_codes,
+from .design import (R_FUNCTIONS, _lme4_name, check_identifiable, _response, _used_columns, aliased_from_gram, evaluate, grouping_codes,
                      offset_values, plain_strings)
 from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, TfmixedWarning
 from .formula import ParsedFormula, parse_formula
@@ -88,7 +89,8 @@ class TermPlan:
             codes = self.levels.get_indexer(labels)[local]
         values = np.asarray(self.expr_spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)
         return RandomEffectsTerm(codes, values[:, self.piece], self.levels, name=self.spec.name, columns=self.columns,
-                                 spec=self.spec, expr_spec=(self.expr_spec, self.piece))
+                                 spec=self.spec, expr_spec=(self.expr_spec, self.piece),
+                                 structure=structure(self.spec.structure, len(self.piece)))
 
 
 @dataclass
@@ -405,9 +407,8 @@ def _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficie
         levels, k = len(term_plan.levels), len(term_plan.piece)
         if levels < 2:
             raise DataError(f"grouping factor {term_plan.spec.name!r} has only {levels} level; it needs at least 2")
-        if levels * k >= nobs:
-            raise DataError(f"number of observations ({nobs}) <= number of random effects ({levels * k}) for term "
-                            f"({term_plan.spec.expr} | {term_plan.spec.name}) (lme4's check.nobs.vs.nRE)")
+        check_identifiable(structure(term_plan.spec.structure, k), levels, nobs,
+                           f"({term_plan.spec.expr} | {term_plan.spec.name})")
     dropped = aliased_from_gram(cp.xy_xy[:-1, :-1]) if cp.p else []
     kept = None
     if dropped:
@@ -420,7 +421,8 @@ def _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficie
         kept = np.array([j for j in range(cp.p) if j not in set(dropped)], dtype=np.int64)
         statistics = PartitionStatistics(cp.select_fixed(kept), statistics.rows, statistics.mean, statistics.m2)
     terms = [RandomEffectsTerm(np.zeros(0, np.int64), np.zeros((0, len(t.piece))), t.levels, name=t.spec.name,
-                               columns=t.columns, spec=t.spec, expr_spec=(t.expr_spec, t.piece)) for t in plan.terms]
+                               columns=t.columns, spec=t.spec, expr_spec=(t.expr_spec, t.piece),
+                               structure=structure(t.spec.structure, len(t.piece))) for t in plan.terms]
     fixed_names = names if kept is None else [names[j] for j in kept]
     return PartitionedDesign(formula, parsed, plan, model_rows(ddf, plan.used, plan.drop_missing), statistics, fixed_names, renames, terms,
                              kept, [names[j] for j in dropped])

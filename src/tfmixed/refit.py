@@ -62,7 +62,7 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
             raise DataError("response has non-finite values")
         design = dataclasses.replace(design, y=response)
         problem = problem.reweighted(design.cross_products())
-    objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml))
+    objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml), covariance=fit.objective.covariance)
     with blas_threads_for(problem.q_rest + problem.p + 1):
         start = fit.theta if start is None else start
         if getattr(problem, "strategy", None) == "iterative":  # an estimated gradient: Newton to its root
@@ -108,8 +108,9 @@ class HeldFixedEffect:
             offset=design.offset_or_zero.copy(),
         )
         self.problem = PLSProblem(self.design.cross_products(), fit.problem.options)
+        self.covariance = fit.objective.covariance
 
     def objective(self, value: float) -> LmmObjective:
         """theta -> ML deviance of the model with the coefficient held at ``value``."""
         shifted = dataclasses.replace(self.design, offset=self.design.offset + value * self.column_values)
-        return LmmObjective(self.problem.reweighted(shifted.cross_products()), reml=False)
+        return LmmObjective(self.problem.reweighted(shifted.cross_products()), reml=False, covariance=self.covariance)

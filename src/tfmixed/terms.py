@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .covariance_structures import Unstructured
 from .errors import ShapeError
 
 
@@ -35,6 +36,9 @@ class RandomEffectsTerm:
     spec: Any = field(default=None, repr=False)
     #: how to evaluate ``values`` on new data: (formulaic model spec, column selection)
     expr_spec: Any = field(default=None, repr=False)
+    #: the covariance structure of the term's k effects per level (:mod:`tfmixed.covariance_structures`);
+    #: unstructured (lme4's default) when not given
+    structure: Any = None
 
     def __post_init__(self):
         codes = np.asarray(self.codes, dtype=np.int64).ravel()
@@ -48,6 +52,11 @@ class RandomEffectsTerm:
             object.__setattr__(self, "columns", tuple(f"x{a}" for a in range(values.shape[1])))
         if len(self.columns) != values.shape[1]:
             raise ShapeError(f"term {self.name!r}: {len(self.columns)} column names for {values.shape[1]} columns")
+        if self.structure is None:
+            object.__setattr__(self, "structure", Unstructured(values.shape[1]))
+        elif self.structure.k != values.shape[1]:
+            raise ShapeError(f"term {self.name!r}: a {self.structure.code} structure of {self.structure.k} columns "
+                             f"for {values.shape[1]} columns")
 
     @classmethod
     def intercept(cls, codes: np.ndarray, n_levels: int, name: str = "group") -> "RandomEffectsTerm":
@@ -75,7 +84,7 @@ class RandomEffectsTerm:
     def rows(self, index) -> "RandomEffectsTerm":
         """The same term on a subset (or chunk) of rows, with the same levels."""
         return RandomEffectsTerm(self.codes[index], self.values[index], self.levels, self.name, self.columns,
-                                 self.spec, self.expr_spec)
+                                 self.spec, self.expr_spec, self.structure)
 
     def z_matrix(self) -> sp.csc_matrix:
         """The sparse n x q block of Z."""

@@ -25,7 +25,8 @@ import numpy as np
 from ..cross_products import CrossProductPattern
 from ..errors import ConvergenceError
 from ..families import Family
-from ..kernels.covariance import lambda_times, theta_to_factors
+from ..covariance_structures import CovarianceParameters
+from ..kernels.covariance import lambda_times
 from ..kernels.options import KernelOptions
 from ..kernels.pls import PLSFactor, PLSProblem
 
@@ -73,6 +74,7 @@ class PIRLS:
         self.prior = np.ones(self.n) if design.weights is None else design.weights
         self.offset = design.offset_or_zero
         self.dims = [term.n_cols for term in design.terms]
+        self.covariance = CovarianceParameters.of_terms(design.terms)
         self._levels = [term.n_levels for term in design.terms]
         self.pattern = CrossProductPattern(design.terms)
         # Z (n x q, CSR) from the pattern's Z': one sparse product per linear predictor, for every step and halving
@@ -115,7 +117,7 @@ class PIRLS:
         """The conditional mode at theta and ``beta`` (or the joint mode of beta and u when beta is None),
         from the mode ``start`` (warm start) or from the family's starting means."""
         theta = np.asarray(theta, dtype=np.float64)
-        factors = theta_to_factors(theta, self.dims)
+        factors = self.covariance.factors(theta)
         joint = beta is None
         X = self.X if joint else self._no_fixed
         fixed_part = 0.0 if joint else self.X @ beta

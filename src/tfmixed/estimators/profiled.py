@@ -19,7 +19,6 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..errors import TfmixedError
-from ..kernels.covariance import lower_indices, theta_to_factors
 from ..objective import LmmObjective
 from ..progress import Progress
 from .result import EstimatorResult
@@ -218,7 +217,7 @@ class _Search:
         if not self.history or not np.array_equal(self.history[-1][0], theta):  # the evidence start's last point
             self.record(theta, value, gradient)
         correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
-        scalar = np.repeat(np.asarray(objective.dims) == 1, [k * (k + 1) // 2 for k in objective.dims])
+        scalar = objective.covariance.even()
         for _ in range(min(max_iter, NEWTON_STAGE_ITERATIONS)):
             information = objective.average_information(theta)
             if information is None:
@@ -459,14 +458,6 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     )
 
 
-def canonical_signs(theta: np.ndarray, dims: list[int]) -> np.ndarray:
-    """The same covariance with non-negative diagonals: T T' is unchanged when a column of T changes sign."""
-    factors = theta_to_factors(theta, dims)
-    for T in factors:
-        T[:, np.diag(T) < 0] *= -1.0
-    return np.concatenate([T[lower_indices(T.shape[0])] for T in factors])
-
-
 def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.ndarray, *, max_iter: int = 50,
              decrement_tol: float = 1e-10, method: str = "profiled") -> EstimatorResult:
     """Minimise the criterion from a start close to the optimum, given an approximate inverse Hessian there
@@ -501,9 +492,12 @@ def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.nda
             rho, identity = 1.0 / (s @ y), np.eye(theta.size)
             B = (identity - rho * np.outer(s, y)) @ B @ (identity - rho * np.outer(y, s)) + rho * np.outer(s, s)
         theta, value, gradient = trial, trial_value, trial_gradient
-    theta = canonical_signs(theta, objective.dims)
-    if not converged or objective.is_singular(theta):
-        return fit_profiled(objective, start=np.maximum(theta, objective.lower), method=method)
+    canonical = objective.covariance.canonical(theta)
+    if canonical is None or not converged or objective.is_singular(canonical):
+        # a structure whose sign flips change the covariance (cs, toep) needs the bounded search
+        return fit_profiled(objective, start=np.maximum(theta if canonical is None else canonical, objective.lower),
+                            method=method)
+    theta = canonical
     return EstimatorResult(method=method, theta=theta, criterion=objective(theta), converged=True, status="converged",
                            message=f"Newton decrement below {decrement_tol:g}", n_evaluations=len(history),
                            seconds=time.perf_counter() - started, iterations=1, history=history)

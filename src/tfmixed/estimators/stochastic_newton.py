@@ -24,7 +24,6 @@ import numpy as np
 from ..errors import TfmixedError
 from ..objective import LmmObjective
 from ..progress import Progress
-from .profiled import canonical_signs
 from .result import EstimatorResult
 
 #: Newton decrement (deviance units) below which the root is accepted
@@ -57,6 +56,7 @@ class _GradientSearch:
         if gradient is None:
             raise TfmixedError("the iterative kernel's gradient is not defined at this theta (a singular covariance "
                                "factor); refit with backend='exact', or a simpler random-effects structure")
+        gradient = self.objective.covariance.chain(np.asarray(gradient, dtype=np.float64), theta)
         self.evaluations += 1
         self.history.append((theta.copy(), np.nan))
         self.progress.update(self.evaluations, f"gradient norm {np.linalg.norm(gradient):.3g}")
@@ -146,11 +146,16 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
         else:  # no curvature information along s: measure H again
             H = search.hessian(trial, trial_gradient)
         z, gradient = trial, trial_gradient
-    theta = canonical_signs(search.theta(z), objective.dims)
+    theta = search.theta(z)
+    canonical = objective.covariance.canonical(theta)
+    theta = theta if canonical is None else canonical
     theta[search.logged & (theta < ZERO_THETA * max(1.0, float(np.max(np.abs(theta)))))] = 0.0
     factor = objective.factor(theta)
     value = factor.deviance(objective.reml)
     covariance = factor.gradient_covariance(objective.reml)
+    if covariance is not None and not objective.covariance.is_lme4_theta:
+        J = objective.covariance.jacobian(theta)
+        covariance = J.T @ covariance @ J
     jacobian = np.where(search.logged, theta, 1.0)  # d theta / dz: the covariance back in theta
     H_inv = jacobian[:, None] * np.linalg.inv(_positive_definite(H)) * jacobian[None, :]
     extra = {"monte_carlo_cov": None if covariance is None else H_inv @ covariance @ H_inv}

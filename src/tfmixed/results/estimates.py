@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from ..design import Design, frames_by_factor
-from ..kernels.covariance import lower_indices
 from ..objective import LmmObjective
 
 
@@ -52,8 +51,14 @@ class Estimates:
 
     @property
     def theta(self) -> np.ndarray:
-        """Relative covariance factor parameters in lme4's order (lower triangles, column-major)."""
+        """The covariance parameters: for unstructured terms lme4's theta (lower triangles of T, column-major),
+        for structured terms their structure's parameters (:attr:`theta_names`)."""
         return self.optimum.theta.copy()
+
+    @property
+    def theta_names(self) -> list[str]:
+        """Names of :attr:`theta`'s entries."""
+        return self.objective.covariance.theta_names(self.design.terms)
 
     @property
     def converged(self) -> bool:
@@ -116,21 +121,29 @@ class Estimates:
     def sdcor_names(self) -> list[str]:
         names = []
         for group, term in zip(unique_names([t.name for t in self.design.terms]), self.design.terms):
-            for i, j in zip(*lower_indices(term.n_cols)):
-                names.append(f"sd_{term.columns[i]}|{group}" if i == j else f"cor_{term.columns[i]}.{term.columns[j]}|{group}")
+            names += [f"{name}|{group}" for name in term.structure.natural_names(term.columns)]
         return names + (["sigma"] if self.has_residual else [])
 
     def sdcor_values(self) -> np.ndarray:
-        """The numbers of :attr:`sdcor` (NaN for the correlation of a zero-variance column)."""
-        values = []
-        for G in self.covariance_matrices():
-            sd = np.sqrt(np.diag(G))
-            rows, cols = lower_indices(G.shape[0])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                values.append(np.where(rows == cols, sd[rows], G[rows, cols] / (sd[rows] * sd[cols])))
+        """The numbers of :attr:`sdcor`: per term its structure's natural values, standard deviations scaled by
+        sigma (NaN for the correlation of a zero-variance column of an unstructured term)."""
+        covariance, scale = self.objective.covariance, np.sqrt(self._sigma2)
+        values = [natural * np.where(s.natural_is_sd(), scale, 1.0)
+                  for s, natural in zip(covariance.structures, covariance.natural(self.theta))]
         if self.has_residual:
             values.append(np.array([self.sigma]))
         return np.concatenate(values)
+
+    @property
+    def structure_parameters(self) -> pd.DataFrame:
+        """The covariance structures' own correlation parameters (rho of ``ar1`` and ``cs``, the lag correlations
+        of ``toep``), one row each, as glmmTMB prints them; empty for unstructured and diagonal terms."""
+        rows = []
+        covariance = self.objective.covariance
+        names = unique_names([t.name for t in self.design.terms])
+        for group, s, part in zip(names, covariance.structures, covariance.split(self.theta)):
+            rows += [(group, s.code, name, value) for name, value in s.structure_parameters(part).items()]
+        return pd.DataFrame(rows, columns=["grp", "structure", "parameter", "value"])
 
     @property
     def b(self) -> np.ndarray:

@@ -43,6 +43,10 @@ class KenwardRoger:
         if not fit.reml:
             raise DataError("Kenward-Roger's method is only available for REML fits (refit with REML=True)")
         design = fit.design
+        structured = sorted({t.structure.code for t in design.terms if not t.structure.is_lme4_theta})
+        if structured:
+            raise DataError(f"Kenward-Roger's method needs covariances linear in their parameters (pbkrtest's "
+                            f"assumption); the {structured} structure(s) are not: use ddf='Satterthwaite'")
         if not design.in_memory:
             raise DataError("Kenward-Roger needs the model's rows in memory (dense n x n matrices); this fit's data "
                             "are partitioned: use ddf='Satterthwaite'")

@@ -72,13 +72,17 @@ class Printing:
     def _random_effects_table(self) -> str:
         rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
         names = unique_names([term.name for term in self.design.terms])
-        for name, term, G in zip(names, self.design.terms, self.covariance_matrices()):
+        covariance = self.objective.covariance
+        for name, term, G, part in zip(names, self.design.terms, self.covariance_matrices(), covariance.split(self.theta)):
             sd = np.sqrt(np.diag(G))
+            structured = not term.structure.is_lme4_theta
             for i, column in enumerate(term.columns):
-                corr = [
-                    f"{G[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else "NaN" for j in range(i)
-                ]
-                rows.append((name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr)))
+                if structured:  # glmmTMB's layout: the structure's own parameters once, tagged with its name
+                    values = term.structure.structure_parameters(part).values()
+                    corr = [" ".join(f"{v:.2f}" for v in values) + f" ({term.structure.code})"] if i == 0 else []
+                else:
+                    corr = [f"{G[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else "NaN" for j in range(i)]
+                rows.append((name if i == 0 else "", column, f"{G[i, i]:.4g}", f"{sd[i]:.4g}", " ".join(corr).strip()))
         if self.has_residual:
             rows.append(("Residual", "", f"{self.sigma**2:.4g}", f"{self.sigma:.4g}", ""))
         widths = [max(len(row[c]) for row in rows) for c in range(5)]

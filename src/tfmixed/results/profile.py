@@ -18,7 +18,7 @@ from scipy import optimize, stats
 
 from ..errors import DataError, TfmixedError
 from ..estimators.profiled import fit_profiled
-from ..kernels.covariance import lower_indices
+from ..covariance_structures import CovarianceParameters
 from ..objective import LmmObjective
 from ..progress import Progress
 from ..refit import HeldFixedEffect, refit, require_exact_kernel
@@ -27,45 +27,21 @@ from ..refit import HeldFixedEffect, refit, require_exact_kernel
 TRACE_LEVEL = 0.99
 
 
-def _psd_cholesky(R: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a correlation matrix that may be singular (|cor| = 1): zero pivots allowed."""
-    k = R.shape[0]
-    L = np.zeros_like(R)
-    for j in range(k):
-        pivot = R[j, j] - L[j, :j] @ L[j, :j]
-        L[j, j] = np.sqrt(max(pivot, 0.0))
-        for i in range(j + 1, k):
-            L[i, j] = (R[i, j] - L[i, :j] @ L[j, :j]) / L[j, j] if L[j, j] > 1e-12 else 0.0
-    return L
-
-
 class VarianceParameters:
-    """The map p = (sd, cor per term; sigma) -> (theta, sigma) and the parameters' bounds."""
+    """The map p = (per term its natural values: standard deviations and correlation parameters, in the order of
+    the fit's ``sdcor``; sigma) -> (theta, sigma), and the parameters' bounds."""
 
-    def __init__(self, dims: list[int]):
-        self.dims = dims
-        self.lower, self.upper, self.is_sd = [], [], []
-        for k in dims:
-            for i, j in zip(*lower_indices(k)):
-                self.lower.append(0.0 if i == j else -1.0)
-                self.upper.append(np.inf if i == j else 1.0)
-                self.is_sd.append(i == j)
-        self.lower.append(0.0)
-        self.upper.append(np.inf)
-        self.lower, self.upper = np.array(self.lower), np.array(self.upper)
+    def __init__(self, covariance: CovarianceParameters):
+        self.covariance = covariance
+        structures = covariance.structures
+        self.lower = np.concatenate([s.natural_lower() for s in structures] + [np.zeros(1)])
+        self.upper = np.concatenate([s.natural_upper() for s in structures] + [np.full(1, np.inf)])
+        self.is_sd = np.concatenate([s.natural_is_sd() for s in structures] + [np.ones(1, dtype=bool)])
 
     def theta(self, p: np.ndarray) -> np.ndarray:
-        sigma, out, offset = p[-1], [], 0
-        for k in self.dims:
-            rows, cols = lower_indices(k)
-            block = np.zeros((k, k))
-            block[rows, cols] = p[offset : offset + rows.size]
-            sd = np.diag(block).copy()
-            R = block - np.diag(sd) + (block - np.diag(sd)).T + np.eye(k)
-            T = sd[:, None] * _psd_cholesky(R) / sigma
-            out.append(T[rows, cols])
-            offset += rows.size
-        return np.concatenate(out)
+        relative = p[:-1] / np.where(self.is_sd[:-1], p[-1], 1.0)
+        parts = [s.from_natural(part) for s, part in zip(self.covariance.structures, self.covariance.split(relative))]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def jacobian(self, p: np.ndarray) -> np.ndarray:
         """d theta / d p by central differences of the (cheap) map, one-sided at the bounds."""
@@ -151,8 +127,8 @@ class ProfileLikelihood(_ProfileBase):
         require_exact_kernel(fit, "a profile")
         self.fit = fit
         self.ml_fit = refit(fit, reml=False) if fit.reml else fit
-        self.objective = LmmObjective(fit.problem, reml=False)
-        self.parameters = VarianceParameters(self.objective.dims)
+        self.objective = LmmObjective(fit.problem, reml=False, covariance=fit.objective.covariance)
+        self.parameters = VarianceParameters(self.objective.covariance)
         self.names = list(self.ml_fit.sdcor.index) + list(self.ml_fit.design.fixed_names)
         self.n_variance = len(self.ml_fit.sdcor)
         self.estimate = np.concatenate([self.ml_fit.sdcor.to_numpy(), self.ml_fit._beta])
@@ -182,7 +158,8 @@ class ProfileLikelihood(_ProfileBase):
         if parts is None:
             return value, optimize.approx_fprime(p, self.deviance, 1e-7 * np.maximum(np.abs(p), 1e-3))
         d_logdet, d_r2 = parts
-        gradient = self.parameters.jacobian(p).T @ (d_logdet + d_r2 / sigma**2)
+        theta = self.parameters.theta(p)
+        gradient = self.parameters.jacobian(p).T @ self.objective.covariance.chain(d_logdet + d_r2 / sigma**2, theta)
         gradient[-1] += -2.0 * factor.pwrss / sigma**3 + 2.0 * factor.dof(False) / sigma
         return value, gradient
 
@@ -257,7 +234,7 @@ class GlmmProfileLikelihood(_ProfileBase):
             raise DataError("profile intervals need the Laplace or quadrature likelihood; this fit used nAGQ = 0")
         self.fit, self.verbose = fit, verbose
         self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit._beta]))
-        self.parameters = VarianceParameters(fit.objective.dims)  # its last entry (sigma) is held at 1
+        self.parameters = VarianceParameters(fit.objective.covariance)  # its last entry (sigma) is held at 1
         self.n_variance, self.n_theta = len(fit.sdcor_names()), fit.theta.size
         self.names = fit.sdcor_names() + list(fit.design.fixed_names)
         self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit._beta])

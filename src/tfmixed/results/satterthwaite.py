@@ -33,7 +33,7 @@ def _theta_gradient_and_vcov(objective: LmmObjective, theta: np.ndarray, sigma2:
     parts = factor.gradient_parts(objective.reml, singular_tol=1e-12)
     if parts is None:
         return None
-    d_logdet, d_r2 = parts
+    d_logdet, d_r2 = (objective.covariance.chain(part, theta) for part in parts)
     return d_logdet + d_r2 / sigma2, d_r2, factor.vcov_beta_unscaled(), factor
 
 
