@@ -170,3 +170,14 @@ def test_the_iterative_backend_fits_the_reduced_statistics(client):
     assert "Backend: iterative" in fit.summary()
     assert abs(fit.deviance - memory.deviance) < 1e-4 * abs(memory.deviance)
     np.testing.assert_allclose(fit.varcorr["vcov"], memory.varcorr["vcov"], rtol=5e-3)
+
+
+def test_structured_covariance_on_partitions(client):
+    """A term's covariance structure travels with its plan: the partitioned fit equals the in-memory one."""
+    frame = synthetic().dropna().reset_index(drop=True).assign(level=lambda d: d.f)
+    formula = "y ~ x + cs(0 + level | g1) + (1 | g2)"
+    memory = tm.lmer(formula, frame, verbose=False)
+    partitioned = tm.lmer(formula, uneven(frame, [700, 13]), client=client, verbose=False)
+    assert partitioned.deviance == pytest.approx(memory.deviance, rel=1e-10)
+    np.testing.assert_allclose(partitioned.theta, memory.theta, rtol=1e-5, atol=1e-7)
+    assert list(partitioned.sdcor.index) == list(memory.sdcor.index)

@@ -35,10 +35,11 @@
 # (n - p) log(2 pi) + log|V| + log|X' V^-1 X| + r' V^-1 r, with the same constant; criterion_dense checks this.
 # vcov() of a REML fit takes TMB's joint precision of (theta, beta, b) (sdreport, getJointPrecision = TRUE),
 # marginalises out b and inverts, so its beta block is (X' V^-1 X)^-1 PLUS the delta-method term
-# J Cov(theta) J', J = d beta_hat(theta) / d theta, Cov(theta) = inverse Hessian of the REML criterion: it does
-# include the variance-parameter uncertainty (the term vanishes when beta_hat does not depend on theta, e.g. in
-# balanced designs). vcov_check in each REML JSON rebuilds it that way. For ML, vcov() is the beta block of
-# the inverse Hessian of -log L in (beta, betad, theta) jointly, again not the plug-in (X' V^-1 X)^-1.
+# J Cov(theta) J', J = d beta_hat(theta) / d(betad, theta), beta_hat(theta) the GLS estimate, Cov(theta) the
+# inverse Hessian of the REML criterion: it does include the variance-parameter uncertainty. The term vanishes
+# where beta_hat does not depend on theta (the balanced Machines fits); it is ~10% of an SE in orthodont_us_reml.
+# vcov_check in each REML JSON rebuilds vcov that way. For ML, vcov() is the beta block of the inverse Hessian
+# of -log L in (beta, betad, theta) jointly, again not the plug-in (X' V^-1 X)^-1 (observed cross terms).
 #
 # The equivalences used for the two structures glmmTMB 1.1.5 lacks (Machines: 6 workers x 3 machines x 3 runs):
 #   homdiag(0 + Machine | Worker), G = s^2 I_3 per worker          == lmer(score ~ Machine + (1 | Worker:Machine))
@@ -48,21 +49,30 @@
 #                                                                     rho = var_W / s^2 (so only rho >= 0).
 #   nlme::lme with pdCompSymm / pdIdent(~ 0 + Machine) fits the same models directly, as a cross-check.
 #
-# Fitting: each glmmTMB model is fitted three times: with default settings (deviance_default), with nlminb at
-# iter.max = eval.max = 1e4, rel.tol = 1e-14 ("tight"), and with optim's BFGS (reltol 1e-15) started from the
-# tight estimate ("refit"); the fit with the lower criterion is `best` and everything else comes from it. lme4
-# fits are done the same way (default; bobyqa with rhoend = 1e-12; Nelder_Mead from there).
+# Fitting: each glmmTMB model is fitted three times: with default optimiser settings (deviance_default), with
+# nlminb at iter.max = eval.max = 1e4, rel.tol = 1e-14 ("tight"), and from the tight estimate with optim's BFGS
+# (reltol 1e-15) followed by Newton steps on TMB's gradient ("refit"); the fit with the lower criterion is `best`
+# and everything else comes from it, at TMB's last.par.best (fit$fit$parfull, the point VarCorr, vcov and
+# sdreport use), where the criterion is re-evaluated. Where a model has `start` values (the sleepstudy and the
+# BodyWeight-ML ar1 fits: from glmmTMB's default start the optimiser stops at an inferior point with the
+# residual SD near 0, or fails) all three fits use them, and fit_from_default_start records the other outcome.
+# Eight tight fits from jittered starts (multistart) check that no lower criterion is found. lme4 fits are done
+# the same way (default; bobyqa with rhoend = 1e-12; Nelder_Mead from there).
 #
 # JSON keys: id, csv, factor_columns, formula (glmmTMB syntax; for homcs/homdiag the structure meant, with the
-# lme4 formula actually fitted in lme4_formula), structure, family, REML, software, nobs, logLik, deviance
-# (-2 logLik of the best fit: the REML criterion for REML fits), deviance_tight, deviance_refit,
+# lme4 formula actually fitted in lme4_formula), structure, family, REML, software, nobs, logLik (= -deviance/2),
+# deviance (-2 logLik of the best fit: the REML criterion for REML fits), deviance_tight, deviance_refit,
 # deviance_default, best, df (number of parameters, counting the fixed effects also for REML, as glmmTMB and
-# lme4 do), AIC, BIC, fixef, fixef_se and vcov_beta (the software's own), fixef_se_plugin and vcov_beta_plugin
-# ((X' V^-1 X)^-1 at the fitted V, Gaussian only), sigma (null for binomial), random (per term: group, columns,
-# structure, sd, correlation, covariance, theta as glmmTMB holds it and the structure's own parameters: rho for
-# cs and ar1, lag_correlations for toep, s and rho for homcs, s for homdiag), criterion_dense (the criterion
-# recomputed here with dense matrices; for the binomial model the Laplace criterion at a Newton mode), pdHess,
-# max_abs_gradient, convergence (per fit: code, message, warnings), seconds, notes.
+# lme4 do), AIC, BIC (deviance + 2 df, deviance + log(nobs) df), fixef, fixef_se and vcov_beta (the software's
+# own), fixef_se_plugin and vcov_beta_plugin ((X' V^-1 X)^-1 at the fitted V, Gaussian only), sigma (null for
+# binomial), random (per term: group, columns, structure, sd, correlation, covariance, theta as glmmTMB holds it,
+# and the structure's own parameters: rho for cs and ar1, lag_correlations for toep, s and rho for homcs, s for
+# homdiag), criterion_dense (the criterion recomputed here with dense matrices, lme4's convention; for the
+# binomial model the Laplace criterion at a Newton mode), pdHess, max_abs_gradient, convergence (per fit:
+# criterion, code, message, warnings), seconds, notes (criterion_dense - deviance, param_check, remarks).
+# glmmTMB fits add vcov_check, multistart, start and fit_from_default_start, and lme4_check (the same model in
+# lme4) where there is one; lme4 fits add lme4_components, hessian_eigenvalues (of lme4's profiled criterion in
+# its theta; pdHess says whether all are positive) and nlme_check.
 
 suppressMessages({ library(glmmTMB); library(lme4); library(nlme); library(jsonlite); library(numDeriv) })
 args <- commandArgs(trailingOnly = TRUE)
@@ -233,7 +243,32 @@ timed <- function(expr) {
 }
 
 tight_control <- glmmTMBControl(optCtrl = list(iter.max = 1e4, eval.max = 1e4, rel.tol = 1e-14))
-bfgs_control <- glmmTMBControl(optimizer = optim, optArgs = list(method = "BFGS"), optCtrl = list(maxit = 1e4, reltol = 1e-15))
+# The refit: optim's BFGS, then Newton steps on TMB's exact gradient with a numerical (central-difference) Hessian
+# of it, each step halved until the criterion does not increase, until max |gradient| < 1e-11 or no progress.
+bfgs_newton <- function(par, fn, gr, control = list(), ...) {
+  o <- optim(par, fn, gr, method = "BFGS", control = list(maxit = 1e4, reltol = 1e-15))
+  p <- o$par; f <- fn(p); g <- gr(p); steps <- 0
+  for (iteration in 1:30) {
+    if (max(abs(g)) < 1e-11) break
+    H <- jacobian(function(x) as.numeric(gr(x)), p); H <- (H + t(H)) / 2
+    step <- tryCatch(solve(H, as.numeric(g)), error = function(e) NULL)
+    if (is.null(step) || any(!is.finite(step))) break
+    step_size <- 1; accepted <- FALSE
+    while (step_size > 1e-4) {
+      candidate <- p - step_size * step; fc <- fn(candidate)
+      if (is.finite(fc) && fc <= f) { accepted <- TRUE; break }
+      step_size <- step_size / 2
+    }
+    if (!accepted) break
+    improvement <- f - fc
+    p <- candidate; f <- fc; g <- gr(p); steps <- steps + 1
+    if (improvement == 0 && max(abs(step_size * step)) < 1e-14) break
+  }
+  list(par = p, objective = f, value = f, convergence = o$convergence,
+       message = sprintf("optim BFGS (convergence %d, %d function evaluations), then %d Newton steps; max |gradient| %.2e",
+                         o$convergence, o$counts[["function"]], steps, max(abs(g))))
+}
+bfgs_control <- glmmTMBControl(optimizer = bfgs_newton)
 
 fit_tmb <- function(spec, d, control = NULL, start = NULL) {
   call_args <- list(formula = as.formula(spec$formula), data = d, family = spec$family_object, REML = spec$REML)
@@ -272,9 +307,9 @@ fixed_design <- function(fixed_formula, d) model.matrix(as.formula(fixed_formula
 # One glmmTMB model end to end.
 run_glmmTMB <- function(spec) {
   ds <- datasets[[spec$data]]; d <- ds$data
-  default <- fit_tmb(spec, d)
+  default <- fit_tmb(spec, d, start = spec$start)
   deviance_default <- if (inherits(default$value, "error")) NULL else criterion_at_best(default$value)
-  tight <- fit_tmb(spec, d, tight_control)
+  tight <- fit_tmb(spec, d, tight_control, spec$start)
   if (inherits(tight$value, "error")) stop(spec$id, ": ", conditionMessage(tight$value))
   start <- tight$value$obj$env$parList(outer_best(tight$value), tight$value$fit$parfull)[c("beta", "betad", "theta")]
   start <- start[lengths(start) > 0]
@@ -359,6 +394,27 @@ run_glmmTMB <- function(spec) {
   notes <- c(notes, sprintf("param_check (max relative difference of the covariance built from theta vs glmmTMB's) = %.3g", param_check))
   if (!is.null(spec$note)) notes <- c(spec$note, notes)
 
+  # Random restarts around the estimate (tight nlminb): none should find a lower criterion.
+  set.seed(20240601)
+  outer <- outer_best(fit)
+  restarts <- vapply(1:8, function(i) {
+    jitter <- outer + rnorm(length(outer), 0, 1.5)
+    st <- list(theta = unname(jitter[names(jitter) == "theta"]))
+    if (gaussian) st$betad <- unname(jitter[["betad"]])
+    r <- suppressWarnings(tryCatch(fit_tmb(spec, d, tight_control, st)$value, error = function(e) NULL))
+    if (is.null(r) || inherits(r, "error")) NA_real_ else criterion_at_best(r)
+  }, 0)
+  multistart <- list(description = "8 tight fits from theta (and betad) = estimate + N(0, 1.5^2) jitter",
+                     criteria = I(restarts), lowest_minus_deviance = min(restarts, na.rm = TRUE) - deviance)
+  if (min(restarts, na.rm = TRUE) < deviance - 1e-8) notes <- c(notes, "WARNING: a restart found a lower criterion")
+  no_start <- NULL
+  if (!is.null(spec$start)) {
+    r <- fit_tmb(spec, d, tight_control)
+    no_start <- tmb_status(r)
+    if (!inherits(r$value, "error")) { par <- outer_best(r$value); no_start$par <- I(unname(par)); no_start$par_names <- I(names(par)) }
+    notes <- c(notes, "fitted from the start values in `start`: from glmmTMB's default start the optimiser ends at an inferior point (see fit_from_default_start)")
+  }
+
   lme4_check <- NULL
   if (!is.null(spec$lme4_formula)) {
     lm_default <- timed(lmer(as.formula(spec$lme4_formula), d, REML = spec$REML))
@@ -380,12 +436,12 @@ run_glmmTMB <- function(spec) {
          deviance_default = deviance_default,
          best = best_name, df = df, AIC = deviance + 2 * df, BIC = deviance + log(n) * df,
          fixef = beta, fixef_se = setNames(sqrt(diag(V_beta)), names(beta)), vcov_beta = V_beta),
-    result_extra[c("fixef_se_plugin", "vcov_beta_plugin")],
+    list(fixef_se_plugin = result_extra$fixef_se_plugin, vcov_beta_plugin = result_extra$vcov_beta_plugin),
     list(sigma = sigma_hat, random = random, criterion_dense = dense, pdHess = fit$sdr$pdHess,
          max_abs_gradient = max(abs(fit$sdr$gradient.fixed)),
          convergence = list(default = tmb_status(default), tight = tmb_status(tight), refit = tmb_status(refit))),
-    result_extra["vcov_check"],
-    list(lme4_check = lme4_check,
+    list(vcov_check = result_extra$vcov_check),
+    list(start = spec$start, fit_from_default_start = no_start, multistart = multistart, lme4_check = lme4_check,
          seconds = list(default = default$seconds, tight = tight$seconds, refit = refit$seconds),
          notes = I(notes)))
 }
@@ -485,13 +541,14 @@ run_hom <- function(spec) {
 
 # ---------------------------------------------------------------------------------------------------------------
 # The models.
-tmb_spec <- function(id, data, response, fixed, terms, REML, family = "gaussian", size = NULL, lme4_formula = NULL, note = NULL) {
+tmb_spec <- function(id, data, response, fixed, terms, REML, family = "gaussian", size = NULL, lme4_formula = NULL, note = NULL,
+                     start = NULL) {
   term_text <- vapply(terms, function(t) sprintf("%s(%s | %s)", t$structure, t$lhs, t$group), "")
   lhs <- if (family == "binomial") sprintf("cbind(%s, %s - %s)", response, size, response) else response
   formula <- paste(lhs, "~", paste(c(sub("^~ *", "", fixed), term_text), collapse = " + "))
   list(id = id, engine = "glmmTMB", data = data, response = response, size = size, fixed = fixed, terms = terms,
        REML = REML, family = family, family_object = if (family == "binomial") binomial() else gaussian(),
-       formula = formula, structure = terms[[1]]$structure, lme4_formula = lme4_formula, note = note)
+       formula = formula, structure = terms[[1]]$structure, lme4_formula = lme4_formula, note = note, start = start)
 }
 term <- function(structure, lhs, group) list(structure = structure, lhs = lhs, group = group)
 
@@ -522,6 +579,13 @@ specs <- list(
   tmb_spec("sleepstudy_cs_reml", "sleepstudy", "Reaction", "~ Days", list(term("cs", "Days", "Subject")), TRUE,
            lme4_formula = "Reaction ~ Days + (Days | Subject)",
            note = "cs on 2 columns (intercept, Days) is the unstructured model: compare lme4_check"),
+  tmb_spec("sleepstudy_ar1_reml", "sleepstudy", "Reaction", "~ Days", list(term("ar1", "0 + dayf", "Subject")), TRUE,
+           start = list(betad = 5, theta = c(4, 2))),
+  tmb_spec("sleepstudy_ar1_ml", "sleepstudy", "Reaction", "~ Days", list(term("ar1", "0 + dayf", "Subject")), FALSE,
+           start = list(betad = 5, theta = c(4, 2))),
+  tmb_spec("bodyweight_ar1_ml", "BodyWeight", "weight", "~ Time + Diet", list(term("ar1", "0 + timef", "Rat")), FALSE,
+           start = list(betad = 0.5, theta = c(3.5, 6.5)),
+           note = "ar1 treats the 11 levels of timef (days 1, 8, ..., 43, 44, ..., 64) as unit-spaced steps"),
   tmb_spec("bodyweight_ar1_reml", "BodyWeight", "weight", "~ Time + Diet", list(term("ar1", "0 + timef", "Rat")), TRUE,
            note = "ar1 treats the 11 levels of timef (days 1, 8, ..., 43, 44, ..., 64) as unit-spaced steps"),
   tmb_spec("cbpp_ar1_ml", "cbpp", "incidence", "~ period", list(term("ar1", "0 + period", "herd")), FALSE,
@@ -539,27 +603,18 @@ dropped <- list(
   list(spec = tmb_spec("orthodont_cs_ml", "Orthodont", "distance", "~ age + Sex", list(term("cs", "0 + agef", "Subject")), FALSE),
        reason = "as orthodont_cs_reml: rho -> 1"),
   list(spec = tmb_spec("orthodont_toep_reml", "Orthodont", "distance", "~ age + Sex", list(term("toep", "0 + agef", "Subject")), TRUE),
-       reason = "heterogeneous toep plus a residual with one observation per subject and age: the fit fails (non-finite Hessian)"),
-  list(spec = tmb_spec("sleepstudy_ar1_reml", "sleepstudy", "Reaction", "~ Days", list(term("ar1", "0 + dayf", "Subject")), TRUE),
-       reason = "the residual SD goes to 0 (betad -> -inf): the ar1 term absorbs the residual; not identified in the interior"),
-  list(spec = tmb_spec("sleepstudy_ar1_ml", "sleepstudy", "Reaction", "~ Days", list(term("ar1", "0 + dayf", "Subject")), FALSE),
-       reason = "as sleepstudy_ar1_reml: the residual SD goes to 0 (false convergence, Hessian not positive definite)"),
-  list(spec = tmb_spec("bodyweight_ar1_ml", "BodyWeight", "weight", "~ Time + Diet", list(term("ar1", "0 + timef", "Rat")), FALSE),
-       reason = "the ML fit fails (non-finite Hessian; phi is near 1); the REML fit is kept"),
+       reason = "heterogeneous toep plus a residual with one observation per subject and age: the fit fails (non-finite Hessian), also from random starts"),
   list(spec = tmb_spec("cbpp_cs_ml", "cbpp", "incidence", "~ period", list(term("cs", "0 + period", "herd")), FALSE,
                        family = "binomial", size = "size"),
-       reason = "the SD of one period goes to 0 (log sd -> -inf): at the boundary"))
+       reason = "the SD of one period goes to 0 (log sd -> -inf, the same criterion from random starts): at the boundary"))
 
 # ---------------------------------------------------------------------------------------------------------------
-summary_rows <- list()
+# Run: one JSON per model, one line per model on stdout.
 for (spec in specs) {
   t0 <- proc.time()[["elapsed"]]
   result <- if (spec$engine == "glmmTMB") run_glmmTMB(spec) else run_hom(spec)
   result$seconds$total <- proc.time()[["elapsed"]] - t0
   write_json_exact(result, file.path(out_dir, paste0(spec$id, ".json")))
-  summary_rows[[spec$id]] <- data.frame(id = spec$id, structure = result$structure, REML = result$REML,
-                                        deviance = result$deviance, default_minus_best = result$deviance_default - result$deviance,
-                                        dense_minus_best = result$criterion_dense - result$deviance, pdHess = result$pdHess)
   cat(sprintf("%-24s %-8s REML=%-5s deviance=%.12f default-best=%.3g dense-best=%.3g pdHess=%s\n", spec$id, result$structure,
               result$REML, result$deviance, result$deviance_default - result$deviance, result$criterion_dense - result$deviance, result$pdHess))
 }

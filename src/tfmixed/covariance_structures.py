@@ -609,9 +609,10 @@ class CovarianceParameters:
     def canonical(self, theta: np.ndarray) -> np.ndarray | None:
         """theta inside the bounds with the same covariances (None where a structure cannot flip signs)."""
         parts = [s.canonical(part) for s, part in zip(self.structures, self.split(theta))]
-        if any(part is None for part in parts):
+        kept = [part for part in parts if part is not None]
+        if len(kept) < len(parts):
             return None
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return np.concatenate(kept) if kept else np.zeros(0)
 
     def natural(self, theta: np.ndarray) -> list[np.ndarray]:
         """Per term, the relative SDs and correlation parameters."""

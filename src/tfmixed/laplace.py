@@ -308,6 +308,9 @@ class _Criterion:
     convergence, so evaluations are exact to rounding)."""
 
     step = 1e-5
+    #: capabilities the estimators read: no average information and no evidence update for a GLMM criterion
+    has_average_information = False
+    has_evidence_step = False
 
     def __call__(self, params) -> float:
         try:

@@ -33,6 +33,11 @@ class LmmObjective:
     1773.68
     """
 
+    #: capabilities the estimators read: an average-information Hessian (None where the kernel has none) and
+    #: MacKay's evidence update of scalar unstructured terms
+    has_average_information = True
+    has_evidence_step = True
+
     def __init__(self, problem: PLSProblem, reml: bool = True, covariance: CovarianceParameters | None = None):
         self.problem, self.reml = problem, bool(reml)
         self.dims = problem.dims
@@ -90,7 +95,7 @@ class LmmObjective:
         semi-definite, at the cost of one solve per parameter with the factor of ``value_and_gradient``. None
         for a kernel that offers none (the iterative one: its solves are the expensive part)."""
         factor = self.factor(theta)
-        if not hasattr(factor, "average_information"):
+        if not factor.has_average_information:
             return None
         information = factor.average_information(self.reml)
         if self.covariance.is_lme4_theta:

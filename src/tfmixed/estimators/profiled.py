@@ -404,11 +404,11 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     progress = Progress(objective.label, verbose=verbose)
     started = time.perf_counter()
     search = _Search(objective, progress)
-    if default_start and hasattr(objective, "evidence_step") and all(k == 1 for k in objective.dims):
+    if default_start and objective.has_evidence_step and all(k == 1 for k in objective.dims):
         theta = _evidence_start(objective, search, theta)
     scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
     message, stages, status, decrement = "", 0, None, np.nan
-    newton = ("newton",) if hasattr(objective, "average_information") else ()
+    newton = ("newton",) if objective.has_average_information else ()
     for stage in (*newton, "lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
         stages += 1
         start_here = search.best_theta if search.history else theta

@@ -26,7 +26,19 @@ import scipy.sparse as sp
 from ..cross_products import block_diagonal_matrix
 
 
-class DenseCoupling:
+class CouplingCapabilities:
+    """What a coupling strategy declares about itself (read by the problem and the rest strategies, never
+    probed): the defaults are the plain sparse strategy's."""
+
+    #: ``reweighted`` takes C as a dense array (PLSProblem.reweighted skips building it sparse)
+    takes_dense: bool = False
+    #: ``downdate`` and ``block_sums`` read only the lower triangle of symmetric inputs
+    reads_lower_triangle_only: bool = False
+    #: C's sparse and dense parts are held apart and re-weighted by ``refilled(S, D)``
+    holds_split_parts: bool = False
+
+
+class DenseCoupling(CouplingCapabilities):
     """C as a dense (rows, L, k) array."""
 
     name = "dense"
@@ -58,11 +70,10 @@ class DenseCoupling:
         """The same strategy for new values of C (same pattern; sparse, or already dense)."""
         return DenseCoupling(C, self.n_levels, self.k)
 
-    #: takes C as a dense array: PLSProblem.reweighted skips building it sparse
     takes_dense = True
 
 
-class SparseCoupling:
+class SparseCoupling(CouplingCapabilities):
     """C as a scipy CSR matrix; products by scipy (no precomputation)."""
 
     name = "sparse"
@@ -243,7 +254,7 @@ class PatternCoupling(SparseCoupling):
     reads_lower_triangle_only = True
 
 
-class SplitCoupling:
+class SplitCoupling(CouplingCapabilities):
     """C = [S; D] held as its two parts: S = Zr'WZ1 (sparse) by the pattern strategy and D = [X y~]'WZ1 (dense:
     every level meets the fixed effects) by BLAS. The pattern of all of C pairs each level's p + 1 dense entries
     with every other entry, (nnz_j + p + 1)^2 / 2 products per level, where S alone needs nnz_j^2 / 2 (guImmun,
@@ -252,6 +263,7 @@ class SplitCoupling:
     name = "split"
     #: block_sums reads M's lower triangle only (M symmetric), as the pattern strategy does
     reads_lower_triangle_only = True
+    holds_split_parts = True
 
     def __init__(self, S: sp.csr_matrix, D: np.ndarray, n_levels: int, k: int, pattern: "PatternCoupling | None" = None):
         self.S, self.n_levels, self.k = sp.csr_matrix(S), n_levels, k

@@ -137,7 +137,7 @@ class DenseFactor:
 
     def inverse_sums(self, problem, factors, include_fixed: bool):
         size = self.q_rest + (self.p if include_fixed else 0)
-        lower_only = getattr(problem.coupling, "reads_lower_triangle_only", False) and problem.scalar_rest
+        lower_only = problem.coupling.reads_lower_triangle_only and problem.scalar_rest
         S_inv = self.leading_inverse(size, full=not lower_only)
         sums, offset = [], 0
         for term in problem.rest:

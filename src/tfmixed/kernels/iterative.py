@@ -54,12 +54,12 @@ class IterativeOptions:
     exact_trace_columns: int = 100
 
     def __post_init__(self):
-        for name, least in (("probes", 2), ("lanczos_steps", 1), ("cg_max_iter", 1), ("exact_trace_columns", 0)):
-            value = getattr(self, name)
+        integers = (("probes", self.probes, 2), ("lanczos_steps", self.lanczos_steps, 1),
+                    ("cg_max_iter", self.cg_max_iter, 1), ("exact_trace_columns", self.exact_trace_columns, 0))
+        for name, value, least in integers:
             if not isinstance(value, (int, np.integer)) or value < least:
                 raise DataError(f"IterativeOptions.{name} must be an integer of at least {least}, got {value!r}")
-        for name in ("cg_tol", "probe_tol"):
-            value = getattr(self, name)
+        for name, value in (("cg_tol", self.cg_tol), ("probe_tol", self.probe_tol)):
             if not (isinstance(value, (int, float)) and 0 < value < 1):
                 raise DataError(f"IterativeOptions.{name} must be a number between 0 and 1, got {value!r}")
 
@@ -286,6 +286,9 @@ class _Preconditioner:
 class IterativeFactor(ProfiledCriterion, ProfiledGradient):
     """The quantities of the profiled criterion at one theta, by PCG and stochastic estimates, each computed
     when first asked for: the criterion's value (log-determinant by Lanczos) costs more than the gradient."""
+
+    #: each of its solves is a PCG run: an average information (one solve per parameter) is not offered
+    has_average_information = False
 
     def __init__(self, problem: IterativeProblem, factors: list[np.ndarray]):
         self.problem, self.factors = problem, factors

@@ -159,10 +159,10 @@ class PLSProblem:
             new.sparse = self.sparse.reweighted(cp)
         else:
             new.E = self._dense_rest(cp)
-        if hasattr(self.coupling, "refilled"):  # the split strategy holds C's two parts apart
+        if self.coupling.holds_split_parts:
             new.coupling = self.coupling.refilled(cp.rest_first, cp.xy_first)
         else:
-            dense = getattr(self.coupling, "takes_dense", False)
+            dense = self.coupling.takes_dense
             new.coupling = self.coupling.reweighted(self._dense_coupling_matrix(cp) if dense else self._coupling_matrix(cp))
         return new
 
@@ -330,6 +330,9 @@ class PLSProblem:
 @dataclass
 class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
     """The blocked Cholesky factor of Omega(theta) and the quantities derived from it."""
+
+    #: exact solves make the average information cheap (one solve per parameter)
+    has_average_information = True
 
     problem: PLSProblem
     factors: list[np.ndarray]
