@@ -71,3 +71,12 @@ def test_structure_parameters(case):
         assert own[f"rho{lag}"] == pytest.approx(value, abs=1e-3)
     if reference.get("sigma") is not None:
         assert fit.sigma == pytest.approx(reference["sigma"], rel=1e-3)
+
+
+def test_glmmtmb_standard_errors(case):
+    """glmmTMB's own vcov (variance-parameter uncertainty included) is fixef_se_joint."""
+    reference, fit = case
+    if reference["family"] != "gaussian" or not reference["software"].startswith("glmmTMB"):
+        pytest.skip("glmmTMB's vcov of a Gaussian fit")
+    expected = pd.Series(reference["fixef_se"])
+    np.testing.assert_allclose(fit.fixef_se_joint[expected.index], expected, rtol=1e-4)
