@@ -5,7 +5,6 @@ Penicillin extras, and ``cake_ftests.json`` from tools/ftest_references.R).
 """
 
 import json
-import warnings
 from pathlib import Path
 
 import matplotlib

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.special import logit
 
 from .errors import FormulaError
+from .derivatives import jacobian, relative_steps
 from .kernels.covariance import lower_indices
 
 #: a standard deviation below this (relative to sigma) or a correlation matrix whose smallest eigenvalue is below
@@ -351,12 +352,13 @@ class _Correlated(CovarianceStructure):
     def _differenced_jacobian(self, params: np.ndarray) -> np.ndarray:
         """One-sided differences of :meth:`factor` into the feasible side, where chol(R) has no derivative."""
         rows, cols = lower_indices(self.k)
-        base, columns = self.factor(params)[rows, cols], []
-        for i in range(self.n_params):
-            step = np.zeros(self.n_params)
-            step[i] = -1e-7 * max(1.0, abs(params[i])) * (1.0 if params[i] > 0 else -1.0)
-            columns.append((self.factor(params + step)[rows, cols] - base) / step[i])
-        return np.column_stack(columns)
+        params = np.asarray(params, dtype=np.float64)
+
+        def vech(point):
+            return self.factor(point)[rows, cols]
+
+        # towards 0 for each parameter: into the feasible side of a correlation at its bound
+        return jacobian(vech, params, -np.sign(params + (params == 0)) * relative_steps(params, 1e-7), f0=vech(params))
 
     def natural_names(self, columns: Sequence[str]) -> list[str]:
         sds = [f"sd_{self.code}"] if self.homogeneous else [f"sd_{column}" for column in columns]

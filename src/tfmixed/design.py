@@ -29,6 +29,7 @@ from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficien
 from .formula import ParsedFormula, parse_formula, translate_r_syntax
 from .levels import combine_levels, encode_levels, has_unused_categories
 from .terms import RandomEffectsTerm
+from .validation import RANK_POLICIES, check_choice, check_design_options, check_formula
 
 #: R's math functions that formulaic's evaluation context lacks (log, exp, poly, scale, C are formulaic's own);
 #: the same context must be used again when a model spec evaluates new data
@@ -40,8 +41,6 @@ R_FUNCTIONS = {
 
 _TREATMENT = re.compile(r"^(.*)\[(?:T\.)?(.*)\]$")
 _POLY = re.compile(r"^(poly\(.*\))\[(\d+)\]$")
-MISSING_POLICIES = ("raise", "drop")
-RANK_POLICIES = ("drop", "raise")
 
 
 def _lme4_name(column: str, renames: dict[str, str] | None = None) -> str:
@@ -239,8 +238,6 @@ def _used_columns(parsed: ParsedFormula, data: pd.DataFrame, extra: list[str]) -
 
 
 def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, missing: str, extra: list[str]) -> pd.DataFrame:
-    if missing not in MISSING_POLICIES:
-        raise DataError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
     absent = sorted(name for name in [*parsed.variables, *extra] if name not in data.columns)
     if absent:
         raise FormulaError(
@@ -319,8 +316,7 @@ def aliased_from_gram(gram: np.ndarray, tol: float = 1e-7) -> list[int]:
 def check_rank(X: np.ndarray, names: list[str], policy: str = "raise") -> list[int]:
     """The columns of X to drop as aliased (``policy="drop"``, with a :class:`RankDeficiencyWarning` as lme4's
     message) or a :class:`RankDeficientError` naming them (``"raise"``)."""
-    if policy not in RANK_POLICIES:
-        raise DataError(f"rank_deficient must be one of {RANK_POLICIES}, got {policy!r}")
+    policy = check_choice(policy, "rank_deficient", RANK_POLICIES)
     if X.shape[1] == 0:
         return []
     if X.shape[0] < X.shape[1] and policy == "raise":
@@ -512,12 +508,8 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     >>> [(t.name, t.n_levels) for t in d.terms]
     [('plate', 24), ('sample', 6)]
     """
-    if isinstance(formula, ParsedFormula):
-        parsed = formula
-    elif isinstance(formula, str):
-        parsed = parse_formula(formula)
-    else:
-        raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}")
+    missing, rank_deficient = check_design_options(missing=missing, rank_deficient=rank_deficient, partitioned=False)
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(check_formula(formula))
     frame = as_frame(data)
     # arrays travel as hidden columns so that rows dropped for missing values drop their weights too
     weights, frame = _as_column(weights, frame, "weights")

@@ -13,11 +13,11 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .design import build_design
 from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
 from .estimators.laplace_em import fit_laplace_em
+from .estimators.optimizer import minimize_bounded
 from .estimators.profiled import fit_profiled
 from .families import Binomial, get_family
 from .kernels.options import KernelOptions
@@ -25,6 +25,7 @@ from .partitioned import is_partitioned
 from .laplace import GlmmObjective, JointCriterion, ThetaCriterion
 from .results.glmm import GlmerFit
 from .threads import blas_threads_for
+from .validation import check_flag, check_positive_integer
 
 
 def _check_nagq(nAGQ) -> int:
@@ -83,8 +84,8 @@ def glmer(
         raise DataError("tol applies to method='em' only (the optimiser judges convergence by its Newton decrement)")
     if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise DataError(f"tol must be a number in (0, 1), got {tol!r}")
-    if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
-        raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
+    max_iter = check_positive_integer(max_iter, "max_iter")
+    verbose = check_flag(verbose, "verbose")
     if is_partitioned(data):
         raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
                         "iteration; fit lmer, or glmer on the data in memory")
@@ -152,9 +153,7 @@ def _rough_start(criterion: ThetaCriterion, start, max_iter: int = 20) -> np.nda
             best[:] = [point.copy(), value]
         return value, gradient
 
-    bounds = [(low if np.isfinite(low) else None, None) for low in criterion.lower]
-    minimize(value_and_gradient, theta, method="L-BFGS-B", jac=True, bounds=bounds,
-             options={"maxiter": max_iter, "ftol": 1e-8})
+    minimize_bounded(value_and_gradient, theta, criterion.lower, max_iter=max_iter, ftol=1e-8, gtol=1e-5)
     return best[0]
 
 

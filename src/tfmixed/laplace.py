@@ -29,6 +29,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode
 from .families import Family
+from .derivatives import hessian_of_gradient, hessian_of_values, jacobian, relative_steps
 from .levels import unique_with_inverse
 from .kernels.covariance import lower_indices
 from .kernels.options import KernelOptions
@@ -266,13 +267,8 @@ class GlmmObjective:
             return self.mode(point[:n_theta], point[n_theta:])
 
         if analytic:
-            columns = []
-            for i, h in enumerate(1e-4 * np.asarray(scales, dtype=np.float64)):
-                shift = np.zeros_like(params)
-                shift[i] = h
-                columns.append((self.gradient(mode_at(shift)) - self.gradient(mode_at(-shift))) / (2 * h))
-            H = np.array(columns)
-            return (H + H.T) / 2
+            return hessian_of_gradient(lambda point: self.gradient(mode_at(point - params)), params,
+                                       1e-4 * np.asarray(scales, dtype=np.float64))
         return self._second_differences(params, scales, fraction)
 
     def _second_differences(self, params, scales, fraction):
@@ -285,17 +281,11 @@ class GlmmObjective:
         center = at(np.zeros_like(params))
         eye = np.eye(params.size)
         steps = fraction * np.asarray(scales, dtype=np.float64)
+        # a first pass of the diagonal refines the steps to the curvature's scale
         diagonal = np.array([(at(h * e) - 2 * center + at(-h * e)) / h**2 for h, e in zip(steps, eye)])
         positive = diagonal > 0
         steps[positive] = fraction * np.sqrt(2.0 / diagonal[positive])
-        H = np.empty((params.size, params.size))
-        for i in range(params.size):
-            ei, hi = eye[i] * steps[i], steps[i]
-            H[i, i] = (at(ei) - 2 * center + at(-ei)) / hi**2
-            for j in range(i):
-                ej = eye[j] * steps[j]
-                H[i, j] = H[j, i] = (at(ei + ej) - at(ei - ej) - at(ej - ei) + at(-ei - ej)) / (4 * hi * steps[j])
-        return H
+        return hessian_of_values(lambda point: at(point - params), params, steps)
 
     def is_singular(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """lme4's ``isSingular``, per structure (:meth:`CovarianceParameters.is_singular`)."""
@@ -333,13 +323,7 @@ class _Criterion:
             gradient = self._gradient_inside(params)
         if gradient is not None:
             return value, gradient
-        gradient = np.empty_like(params)
-        for i in range(params.size):
-            h = self.step * max(1.0, abs(params[i]))
-            plus, minus = params.copy(), params.copy()
-            plus[i] += h
-            minus[i] -= h
-            gradient[i] = (self(plus) - self(minus)) / (2 * h)
+        gradient = jacobian(self, params, relative_steps(params, self.step))
         self(params)  # the centre's mode stays the warm start of the next evaluation
         return value, gradient
 

@@ -28,6 +28,7 @@ from .objective import LmmObjective
 from .partitioned import build_partitioned_design, is_partitioned
 from .results import LmerFit
 from .threads import blas_threads_for
+from .validation import check_choice, check_flag, check_positive_integer
 
 #: the options that only some methods use: method -> the options it accepts
 _METHOD_OPTIONS = {
@@ -141,10 +142,11 @@ def lmer(
     >>> round(fit.deviance, 3), fit.fixef.round(3).tolist()
     (1743.628, [251.405, 10.467])
     """
+    REML, verbose = check_flag(REML, "REML"), check_flag(verbose, "verbose")
+    backend = check_choice(backend, "backend", BACKENDS)
+    max_iter = check_positive_integer(max_iter, "max_iter")
     _check_method_options(method, {"start": start, "G0": G0, "sigma2_0": sigma2_0, "acceleration": acceleration,
                                    "tol": tol, "covariance": covariance})
-    if max_iter is not None and (not isinstance(max_iter, (int, np.integer)) or max_iter < 1):
-        raise DataError(f"max_iter must be a positive integer, got {max_iter!r}")
     if is_partitioned(data):
         if method != "profiled":
             raise DataError(f"method={method!r} needs the rows in memory; partitioned (Dask) data are fitted by the "

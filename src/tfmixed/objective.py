@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import TfmixedError
 from .covariance_structures import CovarianceParameters
+from .derivatives import jacobian, relative_steps
 from .kernels.pls import PLSFactor, PLSProblem
 
 
@@ -104,13 +105,7 @@ class LmmObjective:
         return J.T @ information @ J
 
     def _forward_difference(self, theta: np.ndarray, value: float) -> np.ndarray:
-        gradient = np.empty_like(theta)
-        for i in range(theta.size):
-            step = 1e-7 * max(1.0, abs(theta[i]))
-            shifted = theta.copy()
-            shifted[i] += step
-            gradient[i] = (self(shifted) - value) / step
-        return gradient
+        return jacobian(self, theta, relative_steps(theta, 1e-7), f0=value)
 
     def evidence_step(self, theta: np.ndarray) -> np.ndarray | None:
         """MacKay's evidence update of each scalar term as a step in log theta: theta_t^2 <- theta_t^2 b_t / a_t

@@ -40,6 +40,7 @@ from .formula import ParsedFormula, parse_formula
 from .levels import encode_levels
 from .progress import Progress
 from .terms import RandomEffectsTerm
+from .validation import check_design_options, check_formula
 
 _FACTOR_CALL = re.compile(r"(?:factor|as\.factor|C)\(\s*`?([A-Za-z_.][\w.]*)`?")
 
@@ -343,11 +344,13 @@ def build_partitioned_design(formula: str, data: Any, *, missing: str = "raise",
 
     ``weights`` and ``offset`` must be column names here (an array cannot be split with the partitions).
     """
-    parsed = parse_formula(formula)
+    missing, rank_deficient = check_design_options(missing=missing, rank_deficient=rank_deficient, partitioned=True,
+                                                   weights=weights, offset=offset)
+    parsed = parse_formula(check_formula(formula))
     ddf = as_dask_frame(data)
     for name, value in (("weights", weights), ("offset", offset)):
-        if value is not None and (not isinstance(value, str) or value not in ddf.columns):
-            raise DataError(f"with partitioned data, {name} must be the name of a column, got {value!r}")
+        if value is not None and value not in ddf.columns:
+            raise DataError(f"{name} column {value!r} is not in the data; columns are {list(ddf.columns)}")
     absent = sorted(name for name in parsed.variables if name not in ddf.columns)
     if absent:
         raise FormulaError(f"formula refers to grouping column(s) {absent} that the data does not have; columns are "

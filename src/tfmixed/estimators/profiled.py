@@ -13,28 +13,56 @@ search restarts in coordinates rescaled by the Hessian's diagonal and, failing t
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
-from ..errors import TfmixedError
+from ..errors import DataError, TfmixedError
+from .. import derivatives
 from ..objective import LmmObjective
 from ..progress import Progress
-from .result import EstimatorResult
+from .result import EstimatorResult, StageRecord
+from .optimizer import minimize_bounded, minimize_derivative_free
 
-#: the criterion decrease below which an optimum is accepted (criterion units: deviance)
-NEWTON_DECREMENT_TOL = 1e-7
-#: the decrease at which the Newton stage stops: its steps are cheap near the optimum (quadratic convergence),
-#: and a decrement of 1e-9 still left Dyestuff's variance 1.1e-5 off (relative)
-NEWTON_STAGE_DECREMENT_TOL = 1e-12
-#: damped trials per Newton step (lambda = 0, 1e-2, ..., 1e6) before the stage gives up
-MAX_DAMPING_TRIES = 10
-#: Newton iterations before L-BFGS-B takes over (the shared references need at most 22 evaluations in all)
-NEWTON_STAGE_ITERATIONS = 100
-#: the longest step of a diagonal theta in log units: far from the optimum, H~ can ask for a 400-fold change
-#: where the optimum is 10 times away (sleepstudy without an intercept)
-MAX_LOG_STEP = float(np.log(10.0))
+@dataclass(frozen=True)
+class ProfiledOptions:
+    """Every tolerance and limit of :func:`fit_profiled`, with its default (recorded in the fit's ``optsum``).
+
+    ``gradient_tol``: the accepted projected gradient, relative to the criterion (a loose value gives a cheap
+    starting point, as for the GLMM's first stage). ``decrement_tol``: the criterion decrease g'H^{-1}g / 2 below
+    which an optimum is accepted (criterion units). ``newton_decrement_tol``: where the Newton stage stops (its
+    steps are cheap near the optimum, and 1e-9 still left Dyestuff's variance 1.1e-5 off). ``max_damping_tries``:
+    damped trials per Newton step (lambda = 0, 1e-2, ..., 1e6). ``newton_iterations``: Newton steps before L-BFGS-B
+    takes over. ``max_log_step``: the longest step of a bounded parameter in log units (far from the optimum the
+    average information can ask for a 400-fold change). ``boundary_probes``: distances from a zero bound, relative
+    to the largest |theta|, at which a boundary point is probed (at 1e-3 alone a collapsed fit passed as
+    converged). ``evidence_steps``: evidence updates from lme4's start for models of scalar unstructured terms.
+    """
+
+    gradient_tol: float = 1e-6
+    decrement_tol: float = 1e-7
+    newton_decrement_tol: float = 1e-12
+    max_damping_tries: int = 10
+    newton_iterations: int = 100
+    max_log_step: float = float(np.log(10.0))
+    boundary_probes: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    evidence_steps: int = 2
+
+    def __post_init__(self):
+        for name, value in (("gradient_tol", self.gradient_tol), ("decrement_tol", self.decrement_tol),
+                            ("newton_decrement_tol", self.newton_decrement_tol), ("max_log_step", self.max_log_step)):
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise DataError(f"ProfiledOptions.{name} must be a positive number, got {value!r}")
+        for name, value, least in (("max_damping_tries", self.max_damping_tries, 2),
+                                   ("newton_iterations", self.newton_iterations, 0),
+                                   ("evidence_steps", self.evidence_steps, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise DataError(f"ProfiledOptions.{name} must be an integer of at least {least}, got {value!r}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _projected_gradient(theta, gradient, lower):
@@ -43,16 +71,10 @@ def _projected_gradient(theta, gradient, lower):
 
 
 def hessian_of_gradient(objective: LmmObjective, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
-    """Symmetrised central differences of the analytic gradient (2 factorisations per theta)."""
-    columns = []
-    for i in range(theta.size):
-        h = step * max(1.0, abs(theta[i]))
-        plus, minus = theta.copy(), theta.copy()
-        plus[i] += h
-        minus[i] = max(minus[i] - h, objective.lower[i]) if np.isfinite(objective.lower[i]) else minus[i] - h
-        columns.append((objective.value_and_gradient(plus)[1] - objective.value_and_gradient(minus)[1]) / (plus[i] - minus[i]))
-    H = np.array(columns)
-    return (H + H.T) / 2
+    """Symmetrised central differences of the analytic gradient (2 factorisations per theta), one-sided at a
+    bound."""
+    return derivatives.hessian_of_gradient(lambda point: objective.value_and_gradient(point)[1], theta,
+                                           derivatives.relative_steps(theta, step), lower=objective.lower)
 
 
 def newton_decrement(objective: LmmObjective, theta: np.ndarray,
@@ -112,8 +134,8 @@ class _LogModel:
     criterion still falls towards its bound); s = d theta / d phi. A diagonal on its bound stays there.
     """
 
-    def __init__(self, theta, gradient, hessian, lower, scalar):
-        self.theta, self.lower = theta, lower
+    def __init__(self, theta, gradient, hessian, lower, scalar, max_log_step):
+        self.theta, self.lower, self.max_log_step = theta, lower, max_log_step
         self.bounded = np.isfinite(lower)
         self.scale = np.where(self.bounded, theta - np.where(self.bounded, lower, 0.0), 1.0)
         self.free = ~self.bounded | (self.scale > 0)
@@ -141,8 +163,8 @@ class _LogModel:
             damped = self.hessian + damping * np.diag(np.diag(self.hessian))
             direction = _newton_direction(damped, self.gradient, self.free)
         longest = float(np.max(np.abs(direction[self.bounded]), initial=0.0))
-        if longest > MAX_LOG_STEP:
-            direction = direction * (MAX_LOG_STEP / longest)
+        if longest > self.max_log_step:
+            direction = direction * (self.max_log_step / longest)
         trial = np.where(self.bounded, self.theta, self.theta + direction)
         trial[self.bounded] = self.lower[self.bounded] + self.scale[self.bounded] * np.exp(direction[self.bounded])
         return trial, 1e-4 * float(self.gradient @ direction)
@@ -165,20 +187,20 @@ class _Degenerate(Exception):
 class _Search:
     """Bookkeeping shared by the optimisers: every evaluation recorded, the best point kept."""
 
-    def __init__(self, objective: LmmObjective, progress: Progress):
-        self.objective, self.progress = objective, progress
+    def __init__(self, objective: LmmObjective, progress: Progress, options: ProfiledOptions):
+        self.objective, self.progress, self.options = objective, progress, options
         self.history: list[tuple[np.ndarray, float]] = []
         self.best_theta, self.best_value, self._best_gradient = None, np.inf, None
         #: the Newton stage's last point and the criterion decrease its model still predicted there
         self.newton_point: tuple[np.ndarray, float] | None = None
 
     def newton_converged(self) -> bool:
-        """Whether the Newton stage ended at the best point with a decrement below NEWTON_DECREMENT_TOL (its
+        """Whether the Newton stage ended at the best point with a decrement below ``decrement_tol`` (its
         H is the average information with BFGS corrections: at the optimum, the Hessian to a few digits)."""
         if self.newton_point is None:
             return False
         theta, decrement = self.newton_point
-        return decrement <= NEWTON_DECREMENT_TOL and np.array_equal(theta, self.best_theta)
+        return decrement <= self.options.decrement_tol and np.array_equal(theta, self.best_theta)
 
     def record(self, theta, value, gradient=None):
         if not self.history and not np.isfinite(value):
@@ -218,23 +240,24 @@ class _Search:
             self.record(theta, value, gradient)
         correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
         scalar = objective.covariance.even()
-        for _ in range(min(max_iter, NEWTON_STAGE_ITERATIONS)):
+        options = self.options
+        for _ in range(min(max_iter, options.newton_iterations)):
             information = objective.average_information(theta)
             if information is None:
                 return "Newton (average information): not offered by this kernel"
             hessian = _secant_corrected(information, correction, secant)
             correction = hessian - information
-            model = _LogModel(theta, gradient, hessian, objective.lower, scalar)
+            model = _LogModel(theta, gradient, hessian, objective.lower, scalar, options.max_log_step)
             decrement = model.decrement()
             if decrement is None:
                 return "Newton (average information): information singular"
             self.newton_point = (theta.copy(), decrement)
-            if decrement <= NEWTON_STAGE_DECREMENT_TOL:
+            if decrement <= options.newton_decrement_tol:
                 return "Newton (average information): decrement below tolerance"
-            # within NEWTON_DECREMENT_TOL the criterion's rounding can hide the last decrease: no long damping search
-            tries = 2 if decrement <= NEWTON_DECREMENT_TOL else MAX_DAMPING_TRIES
+            # within decrement_tol the criterion's rounding can hide the last decrease: no long damping search
+            tries = 2 if decrement <= options.decrement_tol else options.max_damping_tries
             accepted = self._damped_step(model, value, damping, tries)
-            if accepted is None and tries < MAX_DAMPING_TRIES:
+            if accepted is None and tries < options.max_damping_tries:
                 return f"Newton (average information): decrement {decrement:.1e}, within the criterion's rounding"
             if accepted is None:
                 return "Newton (average information): no damped step lowered the criterion"
@@ -277,43 +300,29 @@ class _Search:
         return value
 
     def lbfgsb(self, start, scale, max_iter, ftol=1e-12):
-        lower = self.objective.lower
-
-        def fun(z):
-            theta = z * scale
+        def recorded(theta):
             value, gradient = self.objective.value_and_gradient(theta)
             self.record(theta, value, gradient)
-            return value, gradient * scale
+            return value, gradient
 
-        bounds = [(lo / s if np.isfinite(lo) else None, None) for lo, s in zip(lower, scale)]
-        result = minimize(fun, start / scale, method="L-BFGS-B", jac=True, bounds=bounds,
-                          options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-8, "maxls": 50})
+        result = minimize_bounded(recorded, start, self.objective.lower, scale=scale, max_iter=max_iter, ftol=ftol,
+                                  maxls=50)
         return str(result.message)  # the best point is the search's, not necessarily the last iterate
 
     def cobyqa(self, start, scale, max_iter):
         """COBYQA from ``start``; returns scipy's result (the best point is the search's)."""
-        lower = self.objective.lower
-
-        def fun(z):
-            theta = z * scale
+        def recorded(theta):
             value = self.objective(theta)
             self.record(theta, value)
-            return value if np.isfinite(value) else 1e300
+            return value
 
-        bounds = [(lo / s if np.isfinite(lo) else -np.inf, np.inf) for lo, s in zip(lower, scale)]
-        return minimize(fun, start / scale, method="COBYQA", bounds=bounds,
-                        options={"maxfev": 200 * start.size + max_iter, "final_tr_radius": 1e-10,
-                                 "initial_tr_radius": 1.0})
-
-
-#: distances from a zero bound, relative to the largest |theta|, at which a boundary point is probed: at 1e-3
-#: alone a collapsed fit (every diagonal 0, 118 criterion units above the optimum) passed as converged
-BOUNDARY_PROBES = (1e-3, 1e-2, 1e-1)
+        return minimize_derivative_free(recorded, start, self.objective.lower, scale=scale,
+                                        max_evaluations=200 * start.size + max_iter)
 
 
 def _boundary_probe(search, theta, value):
     """A theta left on or next to a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
-    saddle: probe each such parameter from inside at the ``BOUNDARY_PROBES`` distances and return the best
+    saddle: probe each such parameter from inside at the ``boundary_probes`` distances and return the best
     point where it is lower (every probe is recorded)."""
     objective = search.objective
     scale = max(1.0, float(np.max(np.abs(theta))))
@@ -325,7 +334,7 @@ def _boundary_probe(search, theta, value):
     # one parameter at a time: an uncentred slope's theta lives 1e-4 below an intercept's, so moving them
     # together (the slope's variance then enormous) hid a collapsed fit's way out
     for index in np.flatnonzero(at_bound):
-        for distance in BOUNDARY_PROBES:
+        for distance in search.options.boundary_probes:
             probe = theta.copy()
             probe[index] = objective.lower[index] + distance * scale
             probe_value = objective(probe)
@@ -348,17 +357,12 @@ def _clip_to_boundary(objective, theta, value):
     return theta, value
 
 
-#: evidence updates before L-BFGS-B from lme4's start, for models of scalar terms only (InstEval: 25 evaluations
-#: -> 14; with a vector-valued term, egsingle's slope model went from 20 to 28, so those start from lme4's)
-EVIDENCE_STEPS = 2
-
-
 def _evidence_start(objective, search, theta):
-    """Up to ``EVIDENCE_STEPS`` evidence updates (:meth:`LmmObjective.evidence_step`) from lme4's start, each kept
+    """Up to ``evidence_steps`` evidence updates (:meth:`LmmObjective.evidence_step`) from lme4's start, each kept
     only where it lowers the criterion."""
     value, gradient = objective.value_and_gradient(theta)
     search.record(theta, value, gradient)
-    for _ in range(EVIDENCE_STEPS):
+    for _ in range(search.options.evidence_steps):
         try:
             step = objective.evidence_step(theta)
         except TfmixedError:
@@ -375,25 +379,49 @@ def _evidence_start(objective, search, theta):
 
 
 def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
-                 verbose: bool = False, method: str = "profiled", gradient_tol: float = 1e-6,
+                 verbose: bool = False, method: str = "profiled", options: ProfiledOptions | None = None,
                  scale: np.ndarray | None = None) -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
 
     Any objective with the interface of :class:`~tfmixed.objective.LmmObjective` (``lower``, ``start``,
-    ``label``, call, ``value_and_gradient``, ``is_degenerate``, ``diagnose``) can be minimised: the GLMM's
-    Laplace criterion over (theta, beta) is (:mod:`tfmixed.laplace`); ``method`` names the result.
-    ``gradient_tol`` is the accepted projected gradient relative to the criterion (a loose value gives a
-    cheap starting point, as for the GLMM's first stage). ``scale`` (one positive number per parameter, such as
-    approximate standard errors) preconditions the search: it runs in the coordinates params / scale.
+    ``label``, call, ``value_and_gradient``, ``is_degenerate``, ``diagnose`` and the declared capabilities
+    ``has_average_information`` and ``has_evidence_step``) can be minimised: the GLMM's Laplace criterion over
+    (theta, beta) is (:mod:`tfmixed.laplace`); ``method`` names the result. ``options`` holds every tolerance
+    (:class:`ProfiledOptions`). ``scale`` (one positive number per parameter, such as approximate standard
+    errors) preconditions the search: it runs in the coordinates params / scale. The result records each stage
+    taken, its evaluations and where it stopped.
 
     >>> from tfmixed import datasets, build_design
     >>> from tfmixed.kernels.pls import PLSProblem
     >>> d = build_design("Yield ~ 1 + (1 | Batch)", datasets.load("Dyestuff"))
-    >>> round(float(fit_profiled(LmmObjective(PLSProblem(d.cross_products()))).theta[0]), 4)
-    0.8483
+    >>> result = fit_profiled(LmmObjective(PLSProblem(d.cross_products())))
+    >>> round(float(result.theta[0]), 4), [stage.name for stage in result.stages]
+    (0.8483, ['evidence', 'newton'])
     """
+    options = ProfiledOptions() if options is None else options
+    theta = _checked_start(objective, start, max_iter)
+    initial = theta.copy()
+    progress = Progress(objective.label, verbose=verbose)
+    started = time.perf_counter()
+    search = _Search(objective, progress, options)
+    stages: list[StageRecord] = []
+    if start is None and objective.has_evidence_step and all(k == 1 for k in objective.dims):
+        theta = _evidence_start(objective, search, theta)
+        stages.append(StageRecord("evidence", len(search.history), search.best_value, "evidence updates from lme4's start"))
+    scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
+    converged, status, message = _run_stages(search, theta, scale, max_iter, stages)
+    theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
+    progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
+    return EstimatorResult(
+        method=method, theta=theta, criterion=value, converged=converged,
+        status=status or ("converged" if converged else "not converged"), message=message,
+        n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=len(stages),
+        history=search.history, start=initial, stages=tuple(stages), tolerances=options.as_dict(),
+    )
+
+
+def _checked_start(objective, start, max_iter) -> np.ndarray:
     lower = objective.lower
-    default_start = start is None
     theta = objective.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
     if theta.shape != lower.shape:
         raise TfmixedError(f"start must have {lower.size} theta values (lme4's order), got {theta.size}")
@@ -401,16 +429,22 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
         raise TfmixedError("start has a negative relative standard deviation (a diagonal theta below 0)")
     if max_iter < 1:
         raise TfmixedError(f"max_iter must be a positive number of iterations, got {max_iter}")
-    progress = Progress(objective.label, verbose=verbose)
-    started = time.perf_counter()
-    search = _Search(objective, progress)
-    if default_start and objective.has_evidence_step and all(k == 1 for k in objective.dims):
-        theta = _evidence_start(objective, search, theta)
-    scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
-    message, stages, status, decrement = "", 0, None, np.nan
-    newton = ("newton",) if objective.has_average_information else ()
-    for stage in (*newton, "lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish"):
-        stages += 1
+    return theta
+
+
+#: the optimisers tried in turn, each from the best point so far, until one ends at a converged point
+STAGES = ("newton", "lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish")
+
+
+def _run_stages(search: _Search, theta, scale, max_iter, stages: list[StageRecord]):
+    """Run the stages (the Newton stage where the objective declares an average information), appending a
+    record of each; returns (converged, status, message)."""
+    objective, options = search.objective, search.options
+    message, decrement = "", np.nan
+    for stage in STAGES:
+        if stage == "newton" and not objective.has_average_information:
+            continue
+        before = len(search.history)
         start_here = search.best_theta if search.history else theta
         try:
             if stage == "newton":
@@ -418,44 +452,36 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
             elif stage == "cobyqa":
                 message = f"COBYQA: {search.cobyqa(start_here, scale, max_iter).message}"
             else:
-                message = search.lbfgsb(start_here, scale, max_iter, ftol=gradient_tol**2)
+                message = search.lbfgsb(start_here, scale, max_iter, ftol=options.gradient_tol**2)
             # a theta left on a zero bound may be a saddle (a scalar term's derivative is 0 there): probe inside
-            if _boundary_probe(search, search.best_theta, search.best_value) is not None:
-                continue  # the next stage starts from the search's best point, the probe
+            probed = _boundary_probe(search, search.best_theta, search.best_value) is not None
         except _Degenerate:
-            converged, status = False, "degenerate"
-            message = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
-                       "constant within the levels of the grouping factors, or the random effects reproduce it exactly, "
-                       "so the likelihood has no maximum and the variance components are meaningless")
-            break
+            stages.append(StageRecord(stage, len(search.history) - before, search.best_value, "degenerate"))
+            return False, "degenerate", DEGENERATE_MESSAGE
+        stages.append(StageRecord(stage, len(search.history) - before, search.best_value,
+                                  message + ("; a boundary probe found a lower point" if probed else "")))
+        if probed:
+            continue  # the next stage starts from the search's best point, the probe
         if stage == "newton" and search.newton_converged():
-            converged = True
-            break
+            return True, None, message
         best = search.best_theta
         gradient = search.best_gradient()
-        projected, _ = _projected_gradient(best, gradient, lower)
-        if np.max(np.abs(projected), initial=0.0) <= gradient_tol * max(1.0, abs(search.best_value)):
-            converged = True
-            break
+        projected, _ = _projected_gradient(best, gradient, objective.lower)
+        if np.max(np.abs(projected), initial=0.0) <= options.gradient_tol * max(1.0, abs(search.best_value)):
+            return True, None, message
         decrement, H = newton_decrement(objective, best, gradient)
-        if decrement <= NEWTON_DECREMENT_TOL:
-            converged = True
-            break
+        if decrement <= options.decrement_tol:
+            return True, None, message
         if H is not None and stage in ("lbfgsb", "rescaled"):
             diagonal = np.abs(np.diag(H))
             scale = np.where(diagonal > 0, 1.0 / np.sqrt(np.maximum(diagonal, 1e-300)), 1.0)
             scale = scale / np.max(scale)
-    else:
-        converged = False
-        message = f"{message}; Newton decrement {decrement:.3g} after {stages} optimiser runs"
-    theta, value = _clip_to_boundary(objective, search.best_theta, search.best_value)
-    progress.finish(f"{len(search.history)} evaluations, criterion {value:.6f}")
-    return EstimatorResult(
-        method=method, theta=theta, criterion=value, converged=converged,
-        status=status or ("converged" if converged else "not converged"), message=message,
-        n_evaluations=len(search.history), seconds=time.perf_counter() - started, iterations=stages,
-        history=search.history,
-    )
+    return False, None, f"{message}; Newton decrement {decrement:.3g} after {len(stages)} optimiser runs"
+
+
+DEGENERATE_MESSAGE = ("the penalised residual sum of squares vanishes as theta grows: the response is (nearly) "
+                      "constant within the levels of the grouping factors, or the random effects reproduce it "
+                      "exactly, so the likelihood has no maximum and the variance components are meaningless")
 
 
 def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.ndarray, *, max_iter: int = 50,

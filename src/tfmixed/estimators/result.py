@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 
 
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of an estimator: its name, the criterion evaluations it spent, the best criterion after it
+    and where (why) it stopped."""
+
+    name: str
+    evaluations: int
+    criterion: float
+    message: str
+
+
 @dataclass
 class EstimatorResult:
     """Where an estimator stopped and how it got there.
@@ -16,7 +27,9 @@ class EstimatorResult:
     estimator's own value for the fixed-point methods. ``iterations`` counts outer iterations where the
     method has them (fixed points, optimiser restarts), ``n_evaluations`` criterion evaluations or updates.
     ``history`` holds (theta, criterion) pairs (profiled) or the fixed-point steps; ``extra`` what one estimator
-    alone reports (the iterative kernel's Monte Carlo covariance of theta).
+    alone reports (the iterative kernel's Monte Carlo covariance of theta). ``start`` is the parameter vector the
+    search started from, ``stages`` the :class:`StageRecord` of each stage taken, ``tolerances`` every tolerance
+    and limit the estimator used.
     """
 
     method: str
@@ -32,3 +45,6 @@ class EstimatorResult:
     factor: Any = field(default=None, repr=False)
     history: list = field(default_factory=list, repr=False)
     extra: dict = field(default_factory=dict, repr=False)
+    start: np.ndarray | None = field(default=None, repr=False)
+    stages: tuple = ()
+    tolerances: dict = field(default_factory=dict, repr=False)

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from ..errors import TfmixedError
+from ..derivatives import hessian_of_gradient
 from ..objective import LmmObjective
 from ..progress import Progress
 from .result import EstimatorResult
@@ -68,14 +69,8 @@ class _GradientSearch:
 
     def hessian(self, z: np.ndarray, gradient: np.ndarray, step: float = 1e-4) -> np.ndarray:
         """Symmetrised forward differences of the estimated gradient (a start for BFGS)."""
-        columns = []
-        for i in range(z.size):
-            h = step * (1.0 if self.logged[i] else max(0.1, abs(z[i])))
-            shifted = z.copy()
-            shifted[i] += h
-            columns.append((self(shifted) - gradient) / h)
-        H = np.array(columns)
-        return (H + H.T) / 2
+        steps = np.where(self.logged, step, step * np.maximum(0.1, np.abs(z)))
+        return hessian_of_gradient(self, z, steps, f0=gradient)
 
 
 def _positive_definite(H: np.ndarray) -> np.ndarray:

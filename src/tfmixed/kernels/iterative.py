@@ -99,6 +99,11 @@ class IterativeProblem:
 
     strategy = "iterative"
 
+    @property
+    def strategies(self) -> dict[str, str]:
+        """The matrix-free strategy and its accuracy settings (shown in a fit's ``optsum``)."""
+        return {"backend": "iterative", "settings": self.options.describe()}
+
     def __init__(self, cross_products: CrossProducts, options: IterativeOptions | None = None):
         from .._tf import tf
 

@@ -77,6 +77,8 @@ class PLSProblem:
     True
     """
 
+    strategy = "exact"
+
     def __init__(self, cross_products: CrossProducts, options: KernelOptions | None = None):
         self.options = options or KernelOptions()
         self.cross_products = cp = cross_products
@@ -99,6 +101,13 @@ class PLSProblem:
             self.E = self._dense_rest(cp)
         self.coupling = choose_coupling(C, self.first.n_levels, self.first.n_cols, self.options,
                                         parts=(sp.csr_matrix(cp.rest_first), cp.xy_first))
+
+    @property
+    def strategies(self) -> dict[str, str]:
+        """The block strategies chosen for these cross-products (shown in a fit's ``optsum``)."""
+        rest = "bordered" if self.bordered is not None else "sparse" if self.sparse is not None else "dense"
+        return {"backend": "exact", "first term": f"block-diagonal ({self.first.n_levels} x {self.first.n_cols})",
+                "coupling": self.coupling.name, "remaining terms": rest if self.rest else "none"}
 
     @staticmethod
     def _coupling_matrix(cp: CrossProducts) -> sp.csr_matrix:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import ConvergenceWarning, DataError, SingularFitWarning, TfmixedError
 from ..progress import Progress
+from ..validation import require_rows_in_memory
 
 #: below this many replicates a bootstrap runs in one process by default (starting workers costs ~0.1 s)
 PARALLEL_MIN_REPLICATES = 200
@@ -145,6 +146,7 @@ class Resampling:
         >>> fit.simulate(3, seed=1).shape
         (180, 3)
         """
+        require_rows_in_memory(self.design, "simulate()", "simulate from a fit of a sample of the rows")
         n = _positive_count(n, "n")
         condition = _check_re_form(re_form)
         children = np.random.SeedSequence(seed).spawn(n)
@@ -168,6 +170,7 @@ class Resampling:
         >>> boot.replicates.shape, list(boot.replicates.columns[:2])
         ((20, 6), ['(Intercept)', 'Days'])
         """
+        require_rows_in_memory(self.design, "a parametric bootstrap", "use confint('Wald')")
         n = _positive_count(n, "n")
         condition = _check_re_form(re_form)
         if statistic is not None and not callable(statistic):

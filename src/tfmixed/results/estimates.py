@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..design import Design, frames_by_factor
 from ..objective import LmmObjective
+from .optsum import OptSummary
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -54,6 +55,13 @@ class Estimates:
         """The covariance parameters: for unstructured terms lme4's theta (lower triangles of T, column-major),
         for structured terms their structure's parameters (:attr:`theta_names`)."""
         return self.optimum.theta.copy()
+
+    @cached_property
+    def optsum(self) -> OptSummary:
+        """The fit record: initial and final theta, evaluations, the stages taken and where each stopped, every
+        tolerance used, the backend and block strategies (MixedModels.jl's ``OptSummary``)."""
+        return OptSummary.of(self.optimum, criterion_name="REML" if self.reml else "ML", theta_names=self.theta_names,
+                             strategies=self.problem.strategies)
 
     @property
     def theta_names(self) -> list[str]:

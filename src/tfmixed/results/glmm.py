@@ -22,6 +22,7 @@ from .prediction import Prediction, is_dask_frame, on_partitions
 from .bootstrap import Resampling
 from .intervals import Intervals
 from .plots import Plots
+from .optsum import OptSummary
 from .printing import Printing
 
 
@@ -47,8 +48,17 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
 
     @property
     def theta(self) -> np.ndarray:
-        """Relative covariance factor parameters in lme4's order (the scale is 1: no residual variance)."""
+        """The covariance parameters (lme4's theta for unstructured terms; the scale is 1: no residual
+        variance)."""
         return self._theta.copy()
+
+    @cached_property
+    def optsum(self) -> OptSummary:
+        """The fit record (see :class:`~tfmixed.results.optsum.OptSummary`), theta and beta held apart."""
+        label = {0: "nAGQ=0", 1: "Laplace"}.get(self.n_agq, f"AGQ {self.n_agq}")
+        strategies = {"backend": "exact", "criterion": f"{label}, {self.family.name}"}
+        return OptSummary.of(self.optimum, criterion_name=label, theta_names=self.theta_names,
+                             strategies=strategies, n_theta=self.objective.n_theta)
 
     @cached_property
     def criterion(self) -> float:

@@ -6,9 +6,9 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import DataError
+from ..derivatives import jacobian, relative_steps
 from .ftests import DDF_METHODS, anova_table
 from .kenward_roger import KenwardRoger
 from .satterthwaite import SatterthwaiteParts, t_pvalues
@@ -55,11 +55,8 @@ class Inference:
                             "fit is at a boundary (singular) or its gradient is not available: use vcov_beta")
         theta, m = self.optimum.theta, self.optimum.theta.size
         J = np.zeros((self.problem.p, m + 1))  # beta_hat does not depend on sigma: its column stays 0
-        steps = 1e-5 * np.maximum(np.abs(theta), 0.1)
-        for i, h in enumerate(steps):
-            shift = h * np.eye(m)[i]
-            J[:, i] = (self.objective.factor(theta + shift).solve()[0]
-                       - self.objective.factor(theta - shift).solve()[0]) / (2 * h)
+        J[:, :m] = jacobian(lambda point: self.objective.factor(point).solve()[0], theta,
+                            relative_steps(theta, 1e-5, floor=0.1))
         self.objective.factor(theta)  # leave the objective's cached factor at the estimates
         covariance = self.vcov_beta.to_numpy() + J @ parts.A @ J.T
         names = self.design.fixed_names

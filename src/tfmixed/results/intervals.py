@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError
+from ..validation import require_rows_in_memory
 from .profile import _ProfileBase, profile_likelihood
 
 CONFINT_METHODS = ("profile", "Wald", "boot")
@@ -53,6 +54,8 @@ class Intervals:
             raise DataError(f"method must be one of {CONFINT_METHODS}, got {method!r}")
         if not 0 < level < 1:
             raise DataError(f"level must be between 0 and 1, got {level!r}")
+        if method != "Wald":
+            require_rows_in_memory(self.design, f"confint(method={method!r})", "use confint('Wald')")
         if method == "profile":
             return profile_likelihood(self, verbose=verbose).confint(level, which)
         if method == "Wald":
@@ -81,6 +84,7 @@ class Intervals:
         >>> list(fit.profile(verbose=False).traces)
         ['sd_(Intercept)|Batch', 'sigma', '(Intercept)']
         """
+        require_rows_in_memory(self.design, "a profile", "use confint('Wald')")
         likelihood = profile_likelihood(self, verbose=verbose)
         names = likelihood.names if which is None else list(which)
         unknown = [name for name in names if name not in likelihood.names]

@@ -10,8 +10,8 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError
-
 from ..kernels.covariance import lower_indices
+from ..validation import require_rows_in_memory
 from .estimates import unique_names
 
 
@@ -100,6 +100,7 @@ class Plots:
         >>> fit.plot_residuals().axes[0].get_xlabel()
         'fitted values'
         """
+        require_rows_in_memory(self.design, "plot_residuals()", "fit.residuals is a Dask series; plot a sample of it")
         figure, axes = _grid(1, width=4.5, height=3.5)
         axes[0].plot(self.fitted, self.residuals, ".", markersize=4)
         axes[0].axhline(0.0, color="grey", linewidth=0.6)
@@ -118,6 +119,8 @@ class Plots:
         2
         """
         if which == "residuals":
+            require_rows_in_memory(self.design, "plot_qq('residuals')", "fit.residuals is a Dask series; plot a "
+                                   "sample of it")
             figure, axes = _grid(1, width=4.5, height=3.5)
             _normal_qq(axes[0], self.residuals / self.sigma if self.has_residual else self.residuals,
                        "scaled residuals")

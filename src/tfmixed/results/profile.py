@@ -18,13 +18,17 @@ from scipy import optimize, stats
 
 from ..errors import DataError, TfmixedError
 from ..estimators.profiled import fit_profiled
+from ..estimators.optimizer import minimize_bounded
 from ..covariance_structures import CovarianceParameters
+from ..derivatives import hessian_of_gradient, jacobian, relative_steps
 from ..objective import LmmObjective
 from ..progress import Progress
 from ..refit import HeldFixedEffect, refit, require_exact_kernel
 
 #: how far beyond the limit at the highest level the traces of ``fit.profile()`` reach
 TRACE_LEVEL = 0.99
+#: the inner optimisations of a profile run to the criterion's rounding: zeta is a square root of differences
+INNER_OPTIONS = {"ftol": 1e-15, "gtol": 1e-9, "max_iter": 500}
 
 
 class VarianceParameters:
@@ -45,13 +49,7 @@ class VarianceParameters:
 
     def jacobian(self, p: np.ndarray) -> np.ndarray:
         """d theta / d p by central differences of the (cheap) map, one-sided at the bounds."""
-        base, columns = self.theta(p), []
-        for i in range(p.size):
-            h = 1e-6 * max(abs(p[i]), 1e-3)
-            up, down = p.copy(), p.copy()
-            up[i], down[i] = min(p[i] + h, self.upper[i]), max(p[i] - h, self.lower[i])
-            columns.append((self.theta(up) - self.theta(down)) / (up[i] - down[i]) if up[i] > down[i] else 0 * base)
-        return np.array(columns).T
+        return jacobian(self.theta, p, relative_steps(p, 1e-6, floor=1e-3), lower=self.lower, upper=self.upper)
 
 
 class _ProfileBase:
@@ -71,7 +69,7 @@ class _ProfileBase:
         lower, upper = self.bounds(index)
         bound = lower if direction < 0 else upper
         step = abs(target) * self._scales[index]
-        inner, inner_zeta, start = estimate, 0.0, None
+        inner, start = estimate, None
         for _ in range(60):
             trial = estimate + direction * step
             if (direction < 0 and trial <= lower) or (direction > 0 and trial >= upper):
@@ -81,7 +79,7 @@ class _ProfileBase:
                 break
             if trial == bound:
                 return float(bound)
-            inner, inner_zeta, start = trial, value, where
+            inner, start = trial, where
             step *= 1.6
         else:
             return float(bound)
@@ -156,7 +154,7 @@ class ProfileLikelihood(_ProfileBase):
         factor, sigma = self.objective.factor(self.parameters.theta(p)), p[-1]
         parts = factor.gradient_parts(reml=False, singular_tol=1e-12)
         if parts is None:
-            return value, optimize.approx_fprime(p, self.deviance, 1e-7 * np.maximum(np.abs(p), 1e-3))
+            return value, jacobian(self.deviance, p, relative_steps(p, 1e-7, floor=1e-3), f0=value)
         d_logdet, d_r2 = parts
         theta = self.parameters.theta(p)
         gradient = self.parameters.jacobian(p).T @ self.objective.covariance.chain(d_logdet + d_r2 / sigma**2, theta)
@@ -167,14 +165,8 @@ class ProfileLikelihood(_ProfileBase):
         """Approximate standard errors (inverse Hessian of d / 2) that set the first step of each limit search."""
         p = self.estimate[: self.n_variance].copy()
         p[-1] = max(p[-1], 1e-12)
-        H = np.zeros((p.size, p.size))
-        for i in range(p.size):
-            h = 1e-4 * max(abs(p[i]), 1e-2)
-            up, down = p.copy(), p.copy()
-            up[i] = min(p[i] + h, self.parameters.upper[i])
-            down[i] = max(p[i] - h, self.parameters.lower[i])
-            H[:, i] = (self.deviance_and_gradient(up)[1] - self.deviance_and_gradient(down)[1]) / (up[i] - down[i])
-        H = (H + H.T) / 2
+        H = hessian_of_gradient(lambda point: self.deviance_and_gradient(point)[1], p, relative_steps(p, 1e-4, floor=1e-2),
+                                lower=self.parameters.lower, upper=self.parameters.upper)
         try:
             variance = np.abs(np.diag(np.linalg.inv(H / 2)))
         except np.linalg.LinAlgError:
@@ -195,10 +187,7 @@ class ProfileLikelihood(_ProfileBase):
 
         lower = self.parameters.lower.copy()
         lower[-1] = 1e-8 * self.estimate[self.n_variance - 1]  # sigma > 0: the deviance is infinite at 0
-        upper = np.where(np.isfinite(self.parameters.upper), self.parameters.upper, np.nan)
-        bounds = [(lo, None if np.isnan(hi) else hi) for lo, hi in zip(lower[free], upper[free])]
-        result = optimize.minimize(criterion, start[free], jac=True, method="L-BFGS-B", bounds=bounds,
-                                   options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500})
+        result = minimize_bounded(criterion, start[free], lower[free], self.parameters.upper[free], **INNER_OPTIONS)
         full[free] = result.x
         return float(result.fun), full.copy()
 
@@ -270,28 +259,23 @@ class GlmmProfileLikelihood(_ProfileBase):
         free = np.arange(full.size) != index
         lower = np.concatenate([self.parameters.lower[: self.n_variance], np.full(full.size - self.n_variance, -np.inf)])
         upper = np.concatenate([self.parameters.upper[: self.n_variance], np.full(full.size - self.n_variance, np.inf)])
-        bounds = [(None if not np.isfinite(lo) else lo, None if not np.isfinite(hi) else hi)
-                  for lo, hi in zip(lower[free], upper[free])]
-
+        lower, upper = lower[free], upper[free]
         scale = self._scales[free]  # covariates on different scales: search in units of approximate SEs
 
-        def criterion(z):
-            full[free] = z * scale
+        def criterion(point):
+            full[free] = point
             d, g = self.deviance_and_gradient(full)
-            return d, g[free] * scale
+            return d, g[free]
 
-        bounds = [(None if lo is None else lo / s, None if hi is None else hi / s) for (lo, hi), s in zip(bounds, scale)]
-        options = {"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500}
-        result = optimize.minimize(criterion, full[free] / scale, jac=True, method="L-BFGS-B", bounds=bounds,
-                                   options=options)
+        result = minimize_bounded(criterion, full[free], lower, upper, scale=scale, **INNER_OPTIONS)
         # an SD left at 0 may be a saddle (a scalar term's criterion is even in its SD): try again from inside
-        at_zero = np.array([lo == 0.0 for lo, _ in bounds]) & (result.x <= 0.0)
+        at_zero = (lower == 0.0) & (result.x <= 0.0)
         if np.any(at_zero):
             inside = result.x.copy()
-            inside[at_zero] = 0.1
-            retry = optimize.minimize(criterion, inside, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+            inside[at_zero] = 0.1 * scale[at_zero]
+            retry = minimize_bounded(criterion, inside, lower, upper, scale=scale, **INNER_OPTIONS)
             result = retry if retry.fun < result.fun else result
-        full[free] = result.x * scale
+        full[free] = result.x
         spread = max(float(result.fun) - self.minimum, 0.0)
         return float(np.sign(value - self.estimate[index]) * np.sqrt(spread)), full.copy()
 

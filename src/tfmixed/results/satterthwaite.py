@@ -18,7 +18,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from .. import derivatives
 from ..objective import LmmObjective
+
+
+class _NotExact(Exception):
+    """The gradient is not exact at a point of the difference quotient (a singular factor there)."""
 
 
 def _steps(theta: np.ndarray) -> np.ndarray:
@@ -48,14 +53,19 @@ def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigm
     _, d_r2, M, factor = centre
     H = np.zeros((m + 1, m + 1))
     jacobian = np.zeros((p, p, m + 1))
-    h = _steps(theta)
-    for i in range(m):
-        plus = _theta_gradient_and_vcov(objective, theta + h[i] * np.eye(m)[i], sigma2)
-        minus = _theta_gradient_and_vcov(objective, theta - h[i] * np.eye(m)[i], sigma2)
-        if plus is None or minus is None:
-            return None
-        H[:m, i] = (plus[0] - minus[0]) / (2 * h[i])
-        jacobian[:, :, i] = sigma2 * (plus[2] - minus[2]) / (2 * h[i])
+
+    def gradient_and_vcov(point):  # both from one factorisation, stacked for one difference quotient
+        pieces = _theta_gradient_and_vcov(objective, point, sigma2)
+        if pieces is None:
+            raise _NotExact
+        return np.concatenate([pieces[0], pieces[2].ravel()])
+
+    try:
+        quotients = derivatives.jacobian(gradient_and_vcov, theta, _steps(theta))
+    except _NotExact:
+        return None
+    H[:m, :m] = quotients[:m]
+    jacobian[:, :, :m] = sigma2 * quotients[m:].reshape(p, p, m)
     H[:m, :m] = (H[:m, :m] + H[:m, :m].T) / 2
     H[m, :m] = H[:m, m] = -2.0 * d_r2 / sigma**3
     H[m, m] = 6.0 * factor.pwrss / sigma**4 - 2.0 * factor.dof(objective.reml) / sigma2
