@@ -11,7 +11,9 @@ loading are paid once, in a warm-up call of every model that is not timed. Then 
 round every model is fitted by every peer in turn (the peers' order rotates), each peer repeating the call until
 ``--budget`` seconds have passed (at least 3 and at most 30 calls, or one call past 2 s); a round's time is the
 median of its calls, and the reported time the median over the rounds. Each worker gets a fresh copy of the
-data frame for every call, so no peer can reuse work keyed on the frame. The load average is printed at the
+data frame for every call, so no peer can reuse work keyed on the frame. Every worker runs with one BLAS thread
+(``--blas-threads``): tfmixed picks one itself for small blocks, and on the 2-core machine mixedlm's sleepstudy
+fit took 8-72 ms with OpenBLAS's default of two threads against 3 ms with one. The load average is printed at the
 start and the end; the criteria (REML criterion for the LMMs, -2 log L for the GLMMs) are compared across peers,
 and a peer more than 1e-3 above the lowest one is flagged as stopping at a worse optimum.
 
@@ -286,8 +288,11 @@ def worker(peer: str, folder: Path) -> None:
 # --- the driver ----------------------------------------------------------------------------------------------
 
 class Peer:
-    def __init__(self, name: str, folder: Path, log):
+    def __init__(self, name: str, folder: Path, log, blas_threads: int):
         self.name = name
+        env = dict(os.environ)
+        if blas_threads:
+            env.update({v: str(blas_threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
         if name == "lme4":
             spec = folder / "models.tsv"
             rows = ["key\tdata\tformula\tfamily\tfactors"] + [
@@ -298,7 +303,7 @@ class Peer:
         else:
             argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--data", str(folder)]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                        bufsize=1)
+                                        bufsize=1, env=env)
 
     def ask(self, command: dict) -> dict:
         if self.name == "lme4":
@@ -350,7 +355,7 @@ def run(args) -> None:
     started = time.time()
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     with open(log_path, "w") as log:
-        peers = [Peer(name, folder, log) for name in peers_wanted]
+        peers = [Peer(name, folder, log, args.blas_threads) for name in peers_wanted]
         versions = {p.name: p.ask({"cmd": "version"}).get("version", "?") for p in peers}
         print("versions: " + "; ".join(versions[p] for p in peers_wanted), flush=True)
         models = [m for m in MODELS if not args.models or m.key in args.models]
@@ -465,7 +470,10 @@ def report(args, models, peers, versions, rounds, criteria, se_times, errors, lo
         "",
         f"Median ms of the whole call (formula and data frame in, fitted model out), over {args.rounds} rounds of "
         f"at least 3 calls each (a round's value is its median), after one untimed warm-up call per peer and model; "
-        "every peer in its own warm process, lme4 in one persistent Rscript timed inside R. glmm: "
+        "every peer in its own warm process, lme4 in one persistent Rscript timed inside R, "
+        + (f"each with {args.blas_threads} BLAS thread(s) (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS). "
+           if args.blas_threads else "BLAS threads left at each library's default. ")
+        + "glmm: "
         "`glmm.fit(..., satterthwaite=False, anova_test='Wald')`, the fit without the inference passes it runs "
         "by default; glmm (defaults): the plain `glmm.fit(data, formula, family=...)`, which also computes "
         "Satterthwaite df and, for Poisson, likelihood-ratio refits. Ratios above 1: tfmixed is slower; the "
@@ -516,6 +524,19 @@ def profile(args) -> None:
     profiler.disable()
     print(f"{model.key}: {1e3 * (time.perf_counter() - t0) / repeats:.1f} ms per call under the profiler, "
           f"{repeats} calls")
+    stats = pstats.Stats(profiler)
+    top = {"lmer" if model.family == "gaussian" else "glmer"}
+    roots = [key for key in stats.stats if key[2] in top and "tfmixed" in key[0]]
+    print(f"direct callees of tfmixed's {'/'.join(top)} (cumulative ms per call): set-up (formula, design, checks), "
+          "optimiser, result construction")
+    children = []
+    for key, (_, _, _, _, callers) in stats.stats.items():
+        edge = [callers[root][3] for root in roots if root in callers]
+        if edge:
+            children.append((sum(edge), f"{Path(key[0]).parent.name}/{Path(key[0]).name}:{key[1]}({key[2]})"))
+    for spent, name in sorted(children, reverse=True):
+        if spent / repeats >= 1e-5:
+            print(f"  {1e3 * spent / repeats:8.2f}  {name}")
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(args.profile_top)
     print(stream.getvalue())
@@ -528,6 +549,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="append or replace this section of RESULTS.md")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "bench_small_data"),
                         help="folder for the exported CSVs and the R worker")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="OPENBLAS/OMP/MKL_NUM_THREADS for every worker (0: leave the defaults)")
     parser.add_argument("--peers", nargs="*", choices=PEERS, help="a subset of the peers")
     parser.add_argument("--models", nargs="*", choices=list(BY_KEY), help="a subset of the models")
     parser.add_argument("--profile", choices=list(BY_KEY), help="profile tfmixed on this model and stop")

@@ -26,6 +26,7 @@ from .formula import parse_formula
 from .design import build_design
 from .cross_products import CrossProducts
 from .kernels.options import KernelOptions
+from .estimators.profiled import ProfiledOptions
 from .levels import encode_levels
 from .lmm import lmer
 from .glmm import glmer
@@ -65,6 +66,7 @@ __all__ = [
     "FormulaError",
     "CrossProducts",
     "KernelOptions",
+    "ProfiledOptions",
     "LmerFit",
     "LikelihoodRatioTable",
     "BootstrapResult",

@@ -301,6 +301,14 @@ class _Criterion:
     #: capabilities the estimators read: no average information and no evidence update for a GLMM criterion
     has_average_information = False
     has_evidence_step = False
+    objective: GlmmObjective
+    lower: np.ndarray
+    start: np.ndarray
+
+    def even_parameters(self) -> np.ndarray:
+        """The covariance parameters' evenness (see CovarianceStructure.even); beta's entries are not even."""
+        even = self.objective.covariance.even()
+        return np.concatenate([even, np.zeros(self.lower.size - even.size, dtype=bool)])
 
     def __call__(self, params) -> float:
         try:

@@ -19,7 +19,7 @@ from .design import Design, build_design
 from .errors import (ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, MemoryLimitError, ShapeError,
                      SingularFitWarning)
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
-from .estimators.profiled import fit_profiled
+from .estimators.profiled import ProfiledOptions, fit_profiled
 from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.iterative import IterativeOptions, IterativeProblem
 from .kernels.options import KernelOptions
@@ -32,7 +32,7 @@ from .validation import check_choice, check_flag, check_positive_integer
 
 #: the options that only some methods use: method -> the options it accepts
 _METHOD_OPTIONS = {
-    "profiled": {"start"},
+    "profiled": {"start", "optimizer"},
     "em": {"G0", "sigma2_0", "acceleration", "tol"},
     "evidence": {"G0", "sigma2_0", "acceleration", "tol"},
     "mackay": {"G0", "sigma2_0", "acceleration", "tol", "covariance"},
@@ -108,6 +108,7 @@ def lmer(
     client=None,
     backend: str = "auto",
     iterative_options: IterativeOptions | None = None,
+    optimizer: ProfiledOptions | None = None,
 ) -> LmerFit:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer`` does.
 
@@ -145,7 +146,9 @@ def lmer(
     REML, verbose = check_flag(REML, "REML"), check_flag(verbose, "verbose")
     backend = check_choice(backend, "backend", BACKENDS)
     max_iter = check_positive_integer(max_iter, "max_iter")
-    _check_method_options(method, {"start": start, "G0": G0, "sigma2_0": sigma2_0, "acceleration": acceleration,
+    if optimizer is not None and not isinstance(optimizer, ProfiledOptions):
+        raise DataError(f"optimizer must be a tfmixed.ProfiledOptions, got {type(optimizer).__name__}")
+    _check_method_options(method, {"start": start, "optimizer": optimizer, "G0": G0, "sigma2_0": sigma2_0, "acceleration": acceleration,
                                    "tol": tol, "covariance": covariance})
     if is_partitioned(data):
         if method != "profiled":
@@ -162,6 +165,9 @@ def lmer(
         raise DataError("iterative_options apply to backend='iterative' or 'auto'")
     problem = problem_from_design(design, kernel_options, backend, iterative_options)
     iterative = isinstance(problem, IterativeProblem)
+    if iterative and optimizer is not None:
+        raise DataError("optimizer= sets the exact kernel's profiled estimator; the iterative backend's accuracy is "
+                        "set by iterative_options")
     if iterative and method != "profiled":
         raise DataError(f"method={method!r} needs the exact kernel; the iterative backend fits by the profiled method")
     if method != "profiled" and not all(term.structure.is_lme4_theta for term in design.terms):
@@ -173,7 +179,7 @@ def lmer(
         if iterative:
             optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter or 100, verbose=verbose)
         elif method == "profiled":
-            optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose)
+            optimum = fit_profiled(objective, start=start, max_iter=max_iter or 1000, verbose=verbose, options=optimizer)
         else:
             optimum = _fit_fixed_point(design, problem, method, REML, G0, sigma2_0, acceleration, covariance,
                                        tol, max_iter, verbose)

@@ -29,7 +29,7 @@ def _require_lmer(fit, what: str) -> None:
 def require_exact_kernel(fit, what: str) -> None:
     """Profiles, bootstraps and new-response refits lean on the exact kernel: its criterion and gradient at every
     step, where the iterative backend has stochastic estimates (their Monte Carlo error would enter every interval)."""
-    if getattr(fit.problem, "strategy", None) == "iterative":
+    if fit.problem.strategy == "iterative":
         raise DataError(f"{what} needs the exact kernel; this fit used the iterative backend, whose criterion and "
                         "gradient are stochastic estimates "
                         "(use confint('Wald'), or refit with backend='exact' where the model fits in memory)")
@@ -65,7 +65,7 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
     objective = LmmObjective(problem, reml=fit.reml if reml is None else bool(reml), covariance=fit.objective.covariance)
     with blas_threads_for(problem.q_rest + problem.p + 1):
         start = fit.theta if start is None else start
-        if getattr(problem, "strategy", None) == "iterative":  # an estimated gradient: Newton to its root
+        if problem.strategy == "iterative":  # an estimated gradient: Newton to its root
             optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter)
         elif inverse_hessian is None:
             optimum = fit_profiled(objective, start=start, max_iter=max_iter)

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import DataError, TfmixedError
 from .. import derivatives
 from ..objective import LmmObjective
+from ..protocols import Criterion
 from ..progress import Progress
 from .result import EstimatorResult, StageRecord
 from .optimizer import minimize_bounded, minimize_derivative_free
@@ -239,7 +240,7 @@ class _Search:
         if not self.history or not np.array_equal(self.history[-1][0], theta):  # the evidence start's last point
             self.record(theta, value, gradient)
         correction, secant, damping = np.zeros((theta.size, theta.size)), None, 0.0
-        scalar = objective.covariance.even()
+        scalar = objective.even_parameters()
         options = self.options
         for _ in range(min(max_iter, options.newton_iterations)):
             information = objective.average_information(theta)
@@ -378,7 +379,7 @@ def _evidence_start(objective, search, theta):
     return theta
 
 
-def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, max_iter: int = 1000,
+def fit_profiled(objective: Criterion, *, start: np.ndarray | None = None, max_iter: int = 1000,
                  verbose: bool = False, method: str = "profiled", options: ProfiledOptions | None = None,
                  scale: np.ndarray | None = None) -> EstimatorResult:
     """Minimise the profiled REML criterion (or ML deviance) over theta.
@@ -405,7 +406,7 @@ def fit_profiled(objective: LmmObjective, *, start: np.ndarray | None = None, ma
     started = time.perf_counter()
     search = _Search(objective, progress, options)
     stages: list[StageRecord] = []
-    if start is None and objective.has_evidence_step and all(k == 1 for k in objective.dims):
+    if start is None and objective.has_evidence_step:
         theta = _evidence_start(objective, search, theta)
         stages.append(StageRecord("evidence", len(search.history), search.best_value, "evidence updates from lme4's start"))
     scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64) / np.max(scale)
@@ -437,12 +438,13 @@ STAGES = ("newton", "lbfgsb", "lbfgsb", "rescaled", "cobyqa", "polish")
 
 
 def _run_stages(search: _Search, theta, scale, max_iter, stages: list[StageRecord]):
-    """Run the stages (the Newton stage where the objective declares an average information), appending a
+    """Run the stages (the Newton stage where the objective declares an average information and
+    ``newton_iterations`` allows it), appending a
     record of each; returns (converged, status, message)."""
     objective, options = search.objective, search.options
     message, decrement = "", np.nan
     for stage in STAGES:
-        if stage == "newton" and not objective.has_average_information:
+        if stage == "newton" and (not objective.has_average_information or options.newton_iterations == 0):
             continue
         before = len(search.history)
         start_here = search.best_theta if search.history else theta

@@ -25,7 +25,7 @@ from ..errors import TfmixedError
 from ..derivatives import hessian_of_gradient
 from ..objective import LmmObjective
 from ..progress import Progress
-from .result import EstimatorResult
+from .result import EstimatorResult, StageRecord
 
 #: Newton decrement (deviance units) below which the root is accepted
 DECREMENT_TOL = 1e-6
@@ -116,6 +116,7 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
     progress = Progress(objective.label, verbose=verbose)
     started = time.perf_counter()
     search = _GradientSearch(objective, progress)
+    initial = theta.copy()
     z = search.coordinates(theta)
     gradient = search(z)
     for _ in range(EVIDENCE_STEPS):  # far from the root, evidence updates move faster than Newton's first steps
@@ -124,6 +125,7 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
             break
         z = z + np.clip(step, -radius, radius)
         gradient = search(z)
+    evidence_gradients = search.evaluations
     H = search.hessian(z, gradient)
     converged, decrement, iterations = False, np.inf, 0
     for iterations in range(1, max_iter + 1):
@@ -157,9 +159,12 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
     progress.finish(f"{search.evaluations} gradients, criterion {value:.6f}")
     message = (f"Newton decrement {decrement:.2g} below {tol:g}" if converged
                else f"Newton decrement {decrement:.3g} after {max_iter} steps")
+    stages = (StageRecord("evidence", evidence_gradients, np.nan, "evidence updates while they move theta by 10%"),
+              StageRecord("stochastic Newton", search.evaluations - evidence_gradients, value, message))
     return EstimatorResult(
         method=method, theta=theta, criterion=value, converged=converged,
         status="converged" if converged else "not converged", message=message,
         n_evaluations=search.evaluations, seconds=time.perf_counter() - started, iterations=iterations,
-        history=search.history, extra=extra,
+        history=search.history, extra=extra, start=initial, stages=stages,
+        tolerances={"decrement_tol": tol, "radius": radius, "evidence_steps": EVIDENCE_STEPS, "zero_theta": ZERO_THETA},
     )

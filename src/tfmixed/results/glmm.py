@@ -206,15 +206,17 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
             return "Laplace Approximation"
         return f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.n_agq}"
 
-    def summary(self) -> str:
-        """lme4-style summary: family, information criteria, scaled residuals, random effects, z tests."""
+    def summary(self, verbose: bool = False) -> str:
+        """lme4-style summary: family, information criteria, scaled residuals, random effects, z tests; with
+        ``verbose`` the fit record (:attr:`optsum`) too."""
         family = self.family
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({self.approximation}) [tfmixed]",
                  f" Family: {family.name}  ( {family.link.name} )", f"Formula: {self.formula}", ""]
         lines.append("".join(f"{h:>10}" for h in ["AIC", "BIC", "logLik", "-2logLik", "deviance", "df.resid"]))
         lines.append("".join(f"{v:10.1f}" for v in [self.aic, self.bic, self.loglik, self.minus2loglik, self.deviance])
                      + f"{self.nobs - self.n_params:10d}")
-        return "\n".join(lines + self._summary_body(self.pearson_residuals, self.coef_table))
+        return "\n".join(lines + self._summary_body(self.pearson_residuals, self.coef_table)
+                         + self._fit_record_lines(verbose))
 
     def __repr__(self) -> str:
         return (f"GlmerFit({self.formula!r}, family={self.family!r}, nAGQ={self.n_agq}, "

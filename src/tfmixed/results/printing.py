@@ -21,15 +21,15 @@ class Printing:
             f"criterion {self.deviance:.6f}; {optimum.message}"
         )
 
-    def summary(self, satterthwaite: bool = True) -> str:
-        """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals)."""
+    def summary(self, satterthwaite: bool = True, verbose: bool = False) -> str:
+        """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals); with
+        ``verbose`` the fit record (:attr:`optsum`: stages, tolerances, backend and block strategies) too."""
         lines = [
             f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
             f"Formula: {self.formula}",
         ]
-        backend = getattr(self.problem, "options", None)
-        if hasattr(backend, "describe"):  # the iterative kernel states its accuracy settings
-            lines.append(f"Backend: {backend.describe()}; conditional variances not available")
+        if self.problem.strategy == "iterative":  # the iterative kernel states its accuracy settings
+            lines.append(f"Backend: {self.problem.options.describe()}; conditional variances not available")
             covariance = self.optimum.extra.get("monte_carlo_cov")
             if covariance is not None:
                 spread = ", ".join(f"{value:.2g}" for value in np.sqrt(np.maximum(np.diag(covariance), 0.0)))
@@ -48,7 +48,10 @@ class Printing:
             )
         scaled = self.residuals / self.sigma if self.design.in_memory else None
         table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
-        return "\n".join(lines + self._summary_body(scaled, table))
+        return "\n".join(lines + self._summary_body(scaled, table) + self._fit_record_lines(verbose))
+
+    def _fit_record_lines(self, verbose: bool) -> list[str]:
+        return ["", "Fit record (optsum):", str(self.optsum)] if verbose else []
 
     def _summary_body(self, scaled_residuals, coefficients) -> list[str]:
         """The part of lme4's summary after the fit criteria: residual quantiles, random effects, coefficients,

@@ -1,0 +1,58 @@
+"""The fit record (fit.optsum): where the optimisation started and ended, its stages and tolerances, the backend;
+every tolerance an option (issue 28)."""
+
+import numpy as np
+import pytest
+
+import tfmixed as tm
+from tfmixed.errors import DataError
+
+
+def test_lmer_record():
+    fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
+    record = fit.optsum
+    np.testing.assert_array_equal(record.initial, [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(record.final, fit.theta)
+    assert record.theta_names == ("Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days")
+    assert record.evaluations == fit.optimum.n_evaluations == record.stages["evaluations"].sum()
+    assert record.stages["stage"].tolist() == ["newton"]
+    assert record.criterion == pytest.approx(fit.deviance, rel=1e-12)
+    assert record.tolerances["decrement_tol"] == 1e-7 and record.final_beta is None
+    assert record.strategies["backend"] == "exact" and record.strategies["coupling"] in ("dense", "pattern", "sparse", "split")
+    assert "Tolerances: gradient_tol 1e-06" in str(record)
+
+
+def test_glmer_record_holds_beta_apart():
+    fit = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+                   family="binomial", verbose=False)
+    record = fit.optsum
+    assert record.final.size == 1 and record.final_beta.size == 4
+    np.testing.assert_allclose(record.final_beta, fit.fixef, rtol=1e-10)
+    assert record.stages["stage"].iloc[0] == "nAGQ=0 start" and record.initial_beta is not None
+
+
+def test_tolerances_are_options():
+    data = tm.datasets.load("sleepstudy")
+    loose = tm.lmer("Reaction ~ Days + (Days | Subject)", data, verbose=False,
+                    optimizer=tm.ProfiledOptions(newton_iterations=0, gradient_tol=1e-3))
+    assert "newton" not in loose.optsum.stages["stage"].tolist()
+    assert loose.optsum.tolerances["gradient_tol"] == 1e-3
+    tight = tm.lmer("Reaction ~ Days + (Days | Subject)", data, verbose=False)
+    assert loose.deviance == pytest.approx(tight.deviance, abs=1e-3)
+    with pytest.raises(DataError, match="decrement_tol must be a positive number"):
+        tm.ProfiledOptions(decrement_tol=-1.0)
+    with pytest.raises(DataError, match="max_damping_tries must be an integer"):
+        tm.ProfiledOptions(max_damping_tries=1.5)
+    with pytest.raises(DataError, match="optimizer"):
+        tm.lmer("Reaction ~ Days + (Days | Subject)", data, optimizer={"gradient_tol": 1e-3})
+    with pytest.raises(DataError, match="do not apply"):
+        tm.lmer("Reaction ~ Days + (Days | Subject)", data, method="em", optimizer=tm.ProfiledOptions())
+
+
+def test_verbose_summary_shows_the_record():
+    fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
+    assert "Fit record (optsum):" in fit.summary(verbose=True)
+    assert "Fit record" not in fit.summary()
+    glmm = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+                    family="binomial", verbose=False)
+    assert "nAGQ=0 start" in glmm.summary(verbose=True)
