@@ -12,10 +12,10 @@ round every model is fitted by every peer in turn (the peers' order rotates), ea
 ``--budget`` seconds have passed (at least 3 and at most 30 calls, or one call past 2 s); a round's time is the
 median of its calls, and the reported time the median over the rounds. Each worker gets a fresh copy of the
 data frame for every call, so no peer can reuse work keyed on the frame. Every worker runs with one BLAS thread
-(``--blas-threads``): tfmixed picks one itself for small blocks, and on the 2-core machine mixedlm's sleepstudy
-fit took 8-72 ms with OpenBLAS's default of two threads against 3 ms with one. The load average is printed at the
-start and the end; the criteria (REML criterion for the LMMs, -2 log L for the GLMMs) are compared across peers,
-and a peer more than 1e-3 above the lowest one is flagged as stopping at a worse optimum.
+(``--blas-threads``): tfmixed picks one itself for small blocks, and on the busy 2-core machine mixedlm's
+sleepstudy fit took 8-72 ms with OpenBLAS's default of two threads against 3 ms with one. The load average is
+printed at the start and the end; the criteria (REML criterion for the LMMs, -2 log L for the GLMMs) are compared
+across peers, and a peer more than 1e-3 above the lowest one is flagged as stopping at a worse optimum.
 
 Usage:
 
@@ -277,7 +277,7 @@ def worker(peer: str, folder: Path) -> None:
                 reply = {"ok": True, "times": times, "criterion": float(criterion(model, result))}
                 if peer == "tfmixed" and model.family != "gaussian":
                     t0 = time.perf_counter()
-                    result.fixef_se  # lme4's glmer computes its Hessian in the call; tfmixed when asked
+                    _ = result.fixef_se  # lme4's glmer computes its Hessian in the call; tfmixed when asked
                     reply["se_seconds"] = time.perf_counter() - t0
             except Exception as error:  # noqa: BLE001 - a peer that cannot fit is recorded, not fatal
                 reply = {"ok": False, "error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
@@ -404,8 +404,9 @@ def report(args, models, peers, versions, rounds, criteria, se_times, errors, lo
     flagged, failures = [], []
     nrows = {}
     for m in models:
-        path = Path(args.data) / f"{m.data}.csv"
-        nrows[m.data] = nrows.get(m.data) or sum(1 for _ in open(path)) - 1
+        if m.data not in nrows:
+            with open(Path(args.data) / f"{m.data}.csv") as csv:
+                nrows[m.data] = sum(1 for _ in csv) - 1
         found = {p: criteria[(p, m.key)] for p in peers if (p, m.key) in criteria}
         best = min(found.values()) if found else None
         worse = {p for p, c in found.items() if c - best > WORSE}
@@ -482,15 +483,15 @@ def report(args, models, peers, versions, rounds, criteria, se_times, errors, lo
         *rows,
         se_line,
         "",
-        "Criterion reached, minus the lowest over the peers (REML criterion for the LMMs, -2 log L for the GLMMs, "
-        f"all on lme4's scale); **worse**: more than {WORSE:g} above.",
+        ("Criterion reached, minus the lowest over the peers (REML criterion for the LMMs, -2 log L for the GLMMs, "
+         f"all on lme4's scale); **worse**: more than {WORSE:g} above."),
         "",
         *crit_rows,
         "",
         "Peer failures: " + ("; ".join(failures) if failures else "none") + ".",
         "",
-        "Models and each peer's syntax where it cannot read lme4's formula (the same model; derived columns "
-        "are in the exported CSV for every peer):",
+        ("Models and each peer's syntax where it cannot read lme4's formula (the same model; derived columns "
+         "are in the exported CSV for every peer):"),
         "",
         *formulas,
     ])
