@@ -48,3 +48,16 @@ def as_array(value) -> np.ndarray:
 @pytest.fixture(params=sorted(LME4_CASES))
 def lme4_case(request):
     return request.param, load_reference(request.param), LME4_CASES[request.param]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A dask.distributed client on an in-process cluster of two single-threaded workers."""
+    import warnings
+
+    distributed = pytest.importorskip("distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        yield client

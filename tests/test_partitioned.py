@@ -13,15 +13,6 @@ dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def client():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
-    with cluster, distributed.Client(cluster) as client:
-        yield client
-
-
 def uneven(frame: pd.DataFrame, sizes) -> "dd.DataFrame":
     """A Dask frame whose partitions have the given numbers of rows (the last takes the rest)."""
     bounds = np.cumsum([0, *sizes, len(frame) - sum(sizes)])

@@ -1,7 +1,6 @@
 """One set of checks for every data path: a bad option raises the same DataError whether the rows are in memory
 or partitioned, before any pass over the data; what a partitioned fit cannot do is refused at once (issue 28)."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -11,15 +10,6 @@ from tfmixed.errors import DataError, FormulaError
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    with cluster, distributed.Client(cluster) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

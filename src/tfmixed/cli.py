@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
     from . import mackay
 
     print("\nMacKay's quick-and-dirty loop, as in the seed article (exact inner solves):")
-    start = dict(G0=[[410.0, 10.0], [10.0, 22.0]], sigma2_0=0.25 * float(np.var(data["Reaction"])))
+    start: dict[str, Any] = dict(G0=[[410.0, 10.0], [10.0, 22.0]], sigma2_0=0.25 * float(np.var(data["Reaction"])))
     result = mackay(formula, data, covariance="diagonal", verbose=False, **start)
     print(result.report())
     with warnings.catch_warnings(record=True) as caught:

@@ -279,8 +279,10 @@ class _Correlated(CovarianceStructure):
 
     homogeneous: ClassVar[bool] = False
     identifies_residual = True
-    #: number of correlation parameters (a method of k)
-    n_correlation: int = 1
+    @property
+    def n_correlation(self) -> int:
+        """Number of correlation parameters (one; toep has k - 1)."""
+        return 1
 
     @property
     def n_sd(self) -> int:
@@ -477,7 +479,7 @@ class Toeplitz(_Correlated):
     code = "toep"
 
     @property
-    def n_correlation(self) -> int:  # type: ignore[override]
+    def n_correlation(self) -> int:
         return self.k - 1
 
     def lag_correlations(self, z: np.ndarray) -> np.ndarray:
@@ -510,10 +512,10 @@ class Toeplitz(_Correlated):
         return {f"rho{lag}": float(value) for lag, value in enumerate(rho, start=1)}
 
 
-STRUCTURES: dict[str, type[CovarianceStructure]] = {
-    cls.code: cls for cls in (Unstructured, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
-                              HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz)
-}
+# declared: mypy 1.10 would join the classes to the abstract _Correlated and refuse them as dict values
+_CONCRETE: tuple[type[CovarianceStructure], ...] = (Unstructured, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
+                                                     HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz)
+STRUCTURES: dict[str, type[CovarianceStructure]] = {cls.code: cls for cls in _CONCRETE}
 
 
 def structure(code: str, k: int) -> CovarianceStructure:

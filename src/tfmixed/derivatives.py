@@ -24,7 +24,7 @@ def relative_steps(x: np.ndarray, fraction: float, floor: float = 1.0) -> np.nda
     return fraction * np.maximum(np.abs(np.asarray(x, dtype=np.float64)), floor)
 
 
-def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, steps: np.ndarray, *,
+def jacobian(f: Callable[[np.ndarray], np.ndarray | float], x: np.ndarray, steps: np.ndarray, *,
              lower: np.ndarray | None = None, upper: np.ndarray | None = None,
              f0: np.ndarray | float | None = None) -> np.ndarray:
     """d f / d x by difference quotients, as an array of shape f(x).shape + (x.size,).

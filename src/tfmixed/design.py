@@ -295,7 +295,8 @@ def aliased_from_gram(gram: np.ndarray, tol: float = 1e-7) -> list[int]:
     """
     norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
     unit = gram / np.outer(np.where(norms > 0, norms, 1.0), np.where(norms > 0, norms, 1.0))
-    kept, dropped = [], []
+    kept: list[int] = []
+    dropped: list[int] = []
     for j in range(gram.shape[0]):
         if norms[j] == 0:
             dropped.append(j)
@@ -434,7 +435,7 @@ def _as_column(value, frame: pd.DataFrame, what: str):
 
 def offset_values(parsed: ParsedFormula, frame: pd.DataFrame) -> np.ndarray | None:
     """The sum of the formula's ``offset(expr)`` terms on ``frame``, or None."""
-    total = None
+    total: np.ndarray | None = None
     for expr in parsed.offsets:
         values = np.asarray(evaluate(f"~ 0 + I({expr})", frame)[0], dtype=np.float64).ravel()
         if not np.all(np.isfinite(values)):

@@ -157,13 +157,15 @@ def mackay(
             error.history = history
             raise error
         warnings.warn(message, CovarianceCollapseWarning, stacklevel=2)
-    module.reset_variances(fit.state.G, fit.state.sigma2)
+    state, iterations = fit.state, fit.iterations
+    assert state is not None and iterations is not None  # fit_fixed_point sets both
+    module.reset_variances(state.G, state.sigma2)
     return MacKayResult(
-        G=fit.state.G,
-        sigma2=fit.state.sigma2,
+        G=state.G,
+        sigma2=state.sigma2,
         beta=module.beta.numpy()[:, 0].copy(),
         module=module,
-        iterations=fit.iterations,
+        iterations=iterations,
         converged=fit.converged,
         status=fit.status,
         history=history,

@@ -31,6 +31,10 @@ class RankDeficientError(TfmixedError, ValueError):
 class SingularCovarianceError(TfmixedError, ValueError):
     """A covariance matrix given or produced is not positive (semi-)definite as required."""
 
+    #: the iterations up to the collapse (:class:`~tfmixed.empirical_bayes.MacKayIteration`), where
+    #: :func:`~tfmixed.mackay` raises it
+    history: list
+
 
 class NewLevelError(DataError):
     """``predict`` met grouping levels that were not in the training data and new levels are not allowed."""

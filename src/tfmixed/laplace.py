@@ -22,12 +22,14 @@ Two criteria are minimised by the optimiser of :mod:`tfmixed.estimators.profiled
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import scipy.sparse as sp
 from numpy.polynomial.hermite_e import hermegauss
 
 from .errors import DataError, TfmixedError
-from .estimators.pirls import PIRLS, Mode
+from .estimators.pirls import PIRLS, Mode, WarmStart
 from .families import Family
 from .derivatives import hessian_of_gradient, hessian_of_values, jacobian, relative_steps
 from .levels import unique_with_inverse
@@ -64,7 +66,7 @@ class GlmmObjective:
                                 f"this model has terms with {self.dims} columns")
             knots, weights = hermegauss(self.n_agq)
             self.knots, self.knot_weights = knots, weights / np.sqrt(2 * np.pi)
-        self._last: Mode | None = None
+        self._last: WarmStart | None = None
         self.n_pirls = 0
         self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
         self._pairs = self._leverage_pairs()
@@ -96,8 +98,7 @@ class GlmmObjective:
         u = np.concatenate(pieces)
         beta = np.asarray(beta, dtype=np.float64)
         eta = self.pirls.linear_predictor(beta, np.asarray(b, dtype=np.float64))
-        self._last = Mode(theta, beta, u, np.asarray(b, dtype=np.float64), eta, self.family.link.inverse(eta),
-                          np.nan, None, 0)
+        self._last = WarmStart(theta, beta, u, np.asarray(b, dtype=np.float64), eta, self.family.link.inverse(eta))
 
     def laplace(self, mode: Mode) -> float:
         """sum -2 log p(y | mu) + ||u||^2 + log|L|^2 at the mode."""
@@ -195,8 +196,8 @@ class GlmmObjective:
                 z_du = term.values[:, r] * U[term.codes, c]
                 z_ds = term.values[:, r] * S[term.codes, c]
                 theta_part.append(residual @ z_du - 0.5 * (a @ z_ds))
-        theta_part = self.covariance.chain(np.asarray(theta_part) + d_logdet, mode.theta)
-        return theta_part if joint else np.concatenate([theta_part, self.pirls.X.T @ residual])
+        chained = self.covariance.chain(np.asarray(theta_part) + d_logdet, mode.theta)
+        return chained if joint else np.concatenate([chained, self.pirls.X.T @ residual])
 
     def quadrature_gradient(self, mode: Mode) -> np.ndarray:
         """Gradient of the quadrature criterion in (theta, beta) for a canonical link.
@@ -266,8 +267,8 @@ class GlmmObjective:
             point = params + shift
             return self.mode(point[:n_theta], point[n_theta:])
 
-        if analytic:
-            return hessian_of_gradient(lambda point: self.gradient(mode_at(point - params)), params,
+        if analytic:  # the gradient exists at params, so next to it too
+            return hessian_of_gradient(lambda point: cast(np.ndarray, self.gradient(mode_at(point - params))), params,
                                        1e-4 * np.asarray(scales, dtype=np.float64))
         return self._second_differences(params, scales, fraction)
 
@@ -304,6 +305,16 @@ class _Criterion:
     objective: GlmmObjective
     lower: np.ndarray
     start: np.ndarray
+
+    # each criterion's own: the mode at a parameter vector, the criterion's value there and its analytic gradient
+    def mode_at(self, params) -> Mode:  # pragma: no cover
+        raise NotImplementedError
+
+    def value_at(self, mode: Mode) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def analytic_gradient(self, mode: Mode) -> np.ndarray | None:  # pragma: no cover
+        raise NotImplementedError
 
     def even_parameters(self) -> np.ndarray:
         """The covariance parameters' evenness (see CovarianceStructure.even); beta's entries are not even."""

@@ -41,8 +41,10 @@ class LinearRegression(tf.Module):
             raise DataError(f"starting_vector has {start.shape[0]} values for {n_features} features")
         self.beta = tf.Variable(start, dtype=DTYPE, name="beta")
         self.feature_names = feature_names or [f"x{i}" for i in range(n_features)]
-        self._X = self._y = None
-        self._weights = self._offset = None
+        self._X: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._weights: np.ndarray | None = None
+        self._offset: np.ndarray | None = None
         self.result_: dict | None = None
         self.history: list[float] = []
 
@@ -81,7 +83,7 @@ class LinearRegression(tf.Module):
 
     def _data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         if X is None and y is None:
-            if self._X is None:
+            if self._X is None or self._y is None:  # from_formula sets both
                 raise NotFittedError("fit() needs X and y unless the model was built with from_formula")
             return self._X, self._y
         X = as_matrix(X)

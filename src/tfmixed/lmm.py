@@ -25,7 +25,7 @@ from .kernels.iterative import IterativeOptions, IterativeProblem
 from .kernels.options import KernelOptions
 from .kernels.pls import PLSProblem
 from .objective import LmmObjective
-from .partitioned import build_partitioned_design, is_partitioned
+from .partitioned import PartitionedDesign, build_partitioned_design, is_partitioned
 from .results import LmerFit
 from .threads import blas_threads_for
 from .validation import check_choice, check_flag, check_positive_integer
@@ -42,8 +42,8 @@ _METHOD_OPTIONS = {
 BACKENDS = ("exact", "iterative", "auto")
 
 
-def problem_from_design(design: Design, options: KernelOptions | None = None, backend: str = "exact",
-                        iterative_options: IterativeOptions | None = None):
+def problem_from_design(design: Design | PartitionedDesign, options: KernelOptions | None = None,
+                        backend: str = "exact", iterative_options: IterativeOptions | None = None):
     """The penalised least-squares problem (cross-products, chosen strategies) of a design: the exact kernel,
     the iterative one, or (``"auto"``) the exact one unless its blocks exceed the memory limit."""
     if not design.terms:
@@ -150,6 +150,7 @@ def lmer(
         raise DataError(f"optimizer must be a tfmixed.ProfiledOptions, got {type(optimizer).__name__}")
     _check_method_options(method, {"start": start, "optimizer": optimizer, "G0": G0, "sigma2_0": sigma2_0, "acceleration": acceleration,
                                    "tol": tol, "covariance": covariance})
+    design: Design | PartitionedDesign
     if is_partitioned(data):
         if method != "profiled":
             raise DataError(f"method={method!r} needs the rows in memory; partitioned (Dask) data are fitted by the "
@@ -216,6 +217,7 @@ def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, 
 def _warn_about(fit: LmerFit, method: str) -> None:
     optimum = fit.optimum
     if optimum.status == "collapsed":
+        assert optimum.iterations is not None  # the fixed-point methods count theirs
         warnings.warn(
             f"{method} collapsed at iteration {optimum.iterations - 1}: a covariance matrix became singular "
             "(correlation -> 1); see docs/mackay.md", CovarianceCollapseWarning, stacklevel=3,

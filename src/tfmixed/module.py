@@ -22,6 +22,7 @@ from .errors import ConvergenceWarning, DataError, ShapeError, SingularCovarianc
 from .kernels.covariance import covariance_factor
 from .lmm import problem_from_design
 from .progress import Progress
+from .protocols import KernelFactor
 
 
 class MixedModule(tf.Module):
@@ -43,7 +44,7 @@ class MixedModule(tf.Module):
         self.b = tf.Variable(np.zeros((self.problem.q, 1)), dtype=DTYPE, name="b")
         self.G: list[np.ndarray] | None = None
         self.sigmasq_epsilon: float | None = None
-        self._factor = None
+        self._factor: KernelFactor | None = None
 
     @classmethod
     def from_formula(cls, formula: str, data: Any, *, missing: str = "raise") -> "MixedModule":
@@ -104,10 +105,10 @@ class MixedModule(tf.Module):
         ]
         self.G, self.sigmasq_epsilon = matrices, sigma2
         if method == "exact":
-            self._factor = self.problem.factorize(factors)
-            beta, u = self._factor.solve()
+            self._factor = factor = self.problem.factorize(factors)
+            beta, u = factor.solve()
             self.beta.assign(beta.reshape(-1, 1))
-            self.b.assign(self._factor.u_to_b(u).reshape(-1, 1))
+            self.b.assign(factor.u_to_b(u).reshape(-1, 1))
         elif method == "gradient":
             self._factor = None
             self._gradient_solve(matrices, sigma2, optimizer, max_epochs, tol, verbose)
@@ -127,7 +128,8 @@ class MixedModule(tf.Module):
         for variable, matrix in zip(self._precisions_t, matrices):
             variable.assign(np.linalg.inv(matrix))
         progress = Progress("MixedModule", verbose=verbose)
-        previous, best = np.inf, (np.inf, None)
+        # a loss that is NaN from the start (a diverging step) leaves the starting point
+        previous, best = np.inf, (np.inf, (self.beta.numpy().copy(), self.b.numpy().copy()))
         for epoch in range(max_epochs):
             before = (self.beta.numpy().copy(), self.b.numpy().copy())
             loss = float(step())  # the loss at ``before``, the variables as they were before this step

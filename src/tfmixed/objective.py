@@ -7,12 +7,14 @@ at the optimum from it. The last factorisation is cached, since optimisers ask f
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from .errors import TfmixedError
 from .covariance_structures import CovarianceParameters
 from .derivatives import jacobian, relative_steps
-from .kernels.pls import PLSFactor, PLSProblem
+from .protocols import AverageInformationFactor, KernelFactor, KernelProblem
 
 
 #: a penalised RSS below this fraction of the response's own sum of squares means the random effects reproduce
@@ -37,7 +39,7 @@ class LmmObjective:
     #: a capability the estimators read: an average-information Hessian (None where the kernel has none)
     has_average_information = True
 
-    def __init__(self, problem: PLSProblem, reml: bool = True, covariance: CovarianceParameters | None = None):
+    def __init__(self, problem: KernelProblem, reml: bool = True, covariance: CovarianceParameters | None = None):
         self.problem, self.reml = problem, bool(reml)
         self.dims = problem.dims
         self.covariance = CovarianceParameters.unstructured(self.dims) if covariance is None else covariance
@@ -45,7 +47,7 @@ class LmmObjective:
             raise TfmixedError(f"covariance structures of {self.covariance.dims} columns for terms of {self.dims}")
         self.lower = self.covariance.lower
         self.start = self.covariance.start.copy()
-        self._cache: tuple[bytes, PLSFactor] | None = None
+        self._cache: tuple[bytes, KernelFactor] | None = None
         self.response_ss = float(problem.cross_products.xy_xy[-1, -1])
 
     @property
@@ -63,7 +65,7 @@ class LmmObjective:
         """The criterion's name in progress lines."""
         return "REML" if self.reml else "ML"
 
-    def factor(self, theta: np.ndarray) -> PLSFactor:
+    def factor(self, theta: np.ndarray) -> KernelFactor:
         """The blocked Cholesky factor at theta (raises TfmixedError where Omega is not positive definite)."""
         theta = np.asarray(theta, dtype=np.float64)
         key = theta.tobytes()
@@ -99,14 +101,14 @@ class LmmObjective:
             return value, self.covariance.chain(gradient, inside)
         return value, self._forward_difference(theta, value)
 
-    def average_information(self, theta: np.ndarray) -> np.ndarray:
+    def average_information(self, theta: np.ndarray) -> np.ndarray | None:
         """The criterion's average-information Hessian in theta (:mod:`tfmixed.kernels.information`): positive
         semi-definite, at the cost of one solve per parameter with the factor of ``value_and_gradient``. None
         for a kernel that offers none (the iterative one: its solves are the expensive part)."""
         factor = self.factor(theta)
         if not factor.has_average_information:
             return None
-        information = factor.average_information(self.reml)
+        information = cast(AverageInformationFactor, factor).average_information(self.reml)
         if self.covariance.is_lme4_theta:
             return information
         J = self.covariance.jacobian(theta)

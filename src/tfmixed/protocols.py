@@ -8,9 +8,13 @@ criterion is what the estimators minimise. Capabilities are attributes a class d
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .cross_products import CrossProducts
+    from .kernels.pls import BlockShape
 
 
 class Coupling(Protocol):
@@ -52,6 +56,23 @@ class RestFactor(Protocol):
 
     def rest_inverse_blocks(self, terms: Any) -> list[np.ndarray]: ...
 
+    def fixed_block(self) -> np.ndarray: ...
+
+    def inverse_sums(self, problem: Any, factors: list[np.ndarray],
+                     include_fixed: bool) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+    def inverse_lookup(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]: ...
+
+
+class FactoredProblem(Protocol):
+    """What a factor's profiled criterion, gradient and average information (``kernels/criterion.py``,
+    ``kernels/information.py``) read from the problem it factors: exact and iterative problems alike."""
+
+    n: int
+    p: int
+    cross_products: CrossProducts
+    terms: list[BlockShape]
+
 
 class KernelFactor(Protocol):
     """What every kernel's factor at one theta delivers (``kernels/pls.py``, ``kernels/iterative.py``)."""
@@ -90,6 +111,12 @@ class KernelFactor(Protocol):
     def inverse_diagonal_blocks(self) -> list[np.ndarray]: ...
 
 
+class AverageInformationFactor(KernelFactor, Protocol):
+    """A factor that declares ``has_average_information`` (the exact kernel's) and so offers it."""
+
+    def average_information(self, reml: bool) -> np.ndarray: ...
+
+
 class KernelProblem(Protocol):
     """The mixed model equations of one set of cross-products with the strategies chosen for them."""
 
@@ -100,11 +127,12 @@ class KernelProblem(Protocol):
     p: int
     q_rest: int
     options: Any
+    cross_products: CrossProducts
 
     @property
     def strategies(self) -> dict[str, str]: ...
 
-    def factorize(self, factors: list[np.ndarray]) -> Any: ...
+    def factorize(self, factors: list[np.ndarray]) -> KernelFactor: ...
 
     def reweighted(self, cross_products: Any) -> "KernelProblem": ...
 
@@ -130,10 +158,17 @@ class Criterion(Protocol):
         """Parameters in which the criterion is even (a zero there is stationary)."""
         ...
 
-    def __call__(self, theta: np.ndarray) -> float: ...
+    # theta is passed positionally (the GLMM's criteria name it ``params``)
+    def __call__(self, theta: np.ndarray, /) -> float: ...
 
-    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]: ...
+    def value_and_gradient(self, theta: np.ndarray, /) -> tuple[float, np.ndarray]: ...
 
-    def is_degenerate(self, theta: np.ndarray) -> bool: ...
+    def is_degenerate(self, theta: np.ndarray, /) -> bool: ...
 
-    def diagnose(self, theta: np.ndarray) -> str: ...
+    def diagnose(self, theta: np.ndarray, /) -> str: ...
+
+
+class AverageInformationCriterion(Criterion, Protocol):
+    """A criterion that declares ``has_average_information`` and so offers it (None where its kernel has none)."""
+
+    def average_information(self, theta: np.ndarray, /) -> np.ndarray | None: ...

@@ -56,7 +56,7 @@ def load(name: str) -> pd.DataFrame:
     """
     key = _resolve(name)
     filename, grouping, _ = _CATALOGUE[key]
-    with resources.files(__package__).joinpath("data", filename).open("r") as handle:
+    with resources.files(__package__).joinpath("data").joinpath(filename).open("r") as handle:
         return pd.read_csv(handle, dtype={column: str for column in grouping})
 
 

@@ -41,8 +41,9 @@ QUADRATIC_MARGIN = 1e-6
 
 
 @dataclass
-class Mode:
-    """The conditional mode at (theta, beta): spherical u, b = Lambda u, linear predictor and mean."""
+class WarmStart:
+    """Where PIRLS can start: spherical u, b = Lambda u, linear predictor and mean at (theta, beta), of a mode
+    or of effects a model trained elsewhere holds (:meth:`~tfmixed.laplace.GlmmObjective.start_from`)."""
 
     theta: np.ndarray
     beta: np.ndarray
@@ -50,6 +51,12 @@ class Mode:
     b: np.ndarray
     eta: np.ndarray
     mu: np.ndarray
+
+
+@dataclass
+class Mode(WarmStart):
+    """The conditional mode at (theta, beta): spherical u, b = Lambda u, linear predictor and mean."""
+
     pdev: float
     factor: PLSFactor
     iterations: int
@@ -113,7 +120,7 @@ class PIRLS:
         mu = self.family.link.inverse(eta)
         return float(np.sum(self.family.deviance_residuals(self.y, mu, self.prior)) + u @ u), mu
 
-    def run(self, theta: np.ndarray, beta: np.ndarray | None = None, start: Mode | None = None) -> Mode:
+    def run(self, theta: np.ndarray, beta: np.ndarray | None = None, start: WarmStart | None = None) -> Mode:
         """The conditional mode at theta and ``beta`` (or the joint mode of beta and u when beta is None),
         from the mode ``start`` (warm start) or from the family's starting means."""
         theta = np.asarray(theta, dtype=np.float64)
@@ -124,7 +131,7 @@ class PIRLS:
         if start is None:
             mu = self.family.start_mu(self.y, self.prior)
             eta = self.family.link.link(mu)
-            current = None
+            current: tuple | None = None
         else:
             current_beta = start.beta if joint else np.asarray(beta, dtype=np.float64)
             current = self._warm_start(start, current_beta, factors)
@@ -149,10 +156,11 @@ class PIRLS:
             eta, mu = current[2], current[3]
         else:
             raise ConvergenceError(f"PIRLS did not converge in 100 iterations at theta={theta.tolist()}")
+        assert current is not None  # the first iteration always steps
         beta_out, u, eta, mu, pdev = current
         return Mode(theta, beta_out, u, self.to_b(u, factors), eta, mu, pdev, factor, iteration)
 
-    def _warm_start(self, start: Mode, beta: np.ndarray, factors):
+    def _warm_start(self, start: WarmStart, beta: np.ndarray, factors) -> tuple:
         """The better of two starts from a nearby mode: its spherical effects u (kept when theta moves little) or
         its effects b = Lambda u themselves (the same linear predictor: an optimiser's trial point far in theta,
         where Lambda_new u would put eta, and a Poisson mean, far out and cost PIRLS a dozen halving steps)."""
@@ -161,12 +169,13 @@ class PIRLS:
             candidates.append(self._to_u(start.b, factors))
         except np.linalg.LinAlgError:
             pass
-        best = None
+        best: tuple | None = None
         for u in candidates:
             eta = self.linear_predictor(beta, self.to_b(u, factors))
             pdev, mu = self.penalised_deviance(eta, u)
             if best is None or pdev < best[4]:
                 best = (beta, u, eta, mu, pdev)
+        assert best is not None  # start.u is always a candidate
         return best
 
     def _to_u(self, b: np.ndarray, factors) -> np.ndarray:
@@ -185,7 +194,7 @@ class PIRLS:
         last = decreases[-1]
         return 0 <= last <= decreases[-2] and last**3 / decreases[-2] ** 2 <= PIRLS_TOL * QUADRATIC_MARGIN * (1.0 + abs(pdev))
 
-    def _step(self, current, new_beta, new_u, factors):
+    def _step(self, current, new_beta, new_u, factors) -> tuple[tuple, bool]:
         """Move towards the least-squares solution, halving the step until the penalised deviance decreases."""
         if current is None:
             eta = self.linear_predictor(new_beta, self.to_b(new_u, factors))

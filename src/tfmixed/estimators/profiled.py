@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from ..errors import DataError, TfmixedError
 from .. import derivatives
 from ..objective import LmmObjective
-from ..protocols import Criterion
+from ..protocols import AverageInformationCriterion, Criterion
 from ..progress import Progress
 from .result import EstimatorResult, StageRecord
 from .optimizer import minimize_bounded, minimize_derivative_free
@@ -71,14 +72,14 @@ def _projected_gradient(theta, gradient, lower):
     return np.where(at_bound & (gradient >= 0), 0.0, gradient), at_bound
 
 
-def hessian_of_gradient(objective: LmmObjective, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
+def hessian_of_gradient(objective: Criterion, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
     """Symmetrised central differences of the analytic gradient (2 factorisations per theta), one-sided at a
     bound."""
     return derivatives.hessian_of_gradient(lambda point: objective.value_and_gradient(point)[1], theta,
                                            derivatives.relative_steps(theta, step), lower=objective.lower)
 
 
-def newton_decrement(objective: LmmObjective, theta: np.ndarray,
+def newton_decrement(objective: Criterion, theta: np.ndarray,
                      gradient: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
     """(g' H^{-1} g / 2 over the free parameters, H); inf when H is not positive definite there. ``gradient``
     is g where the caller has it already."""
@@ -188,10 +189,13 @@ class _Degenerate(Exception):
 class _Search:
     """Bookkeeping shared by the optimisers: every evaluation recorded, the best point kept."""
 
-    def __init__(self, objective: LmmObjective, progress: Progress, options: ProfiledOptions):
+    def __init__(self, objective: Criterion, progress: Progress, options: ProfiledOptions):
         self.objective, self.progress, self.options = objective, progress, options
         self.history: list[tuple[np.ndarray, float]] = []
-        self.best_theta, self.best_value, self._best_gradient = None, np.inf, None
+        #: None until the first evaluation is recorded
+        self.best_theta: np.ndarray | None = None
+        self.best_value = np.inf
+        self._best_gradient: np.ndarray | None = None
         #: the Newton stage's last point and the criterion decrease its model still predicted there
         self.newton_point: tuple[np.ndarray, float] | None = None
 
@@ -201,7 +205,8 @@ class _Search:
         if self.newton_point is None:
             return False
         theta, decrement = self.newton_point
-        return decrement <= self.options.decrement_tol and np.array_equal(theta, self.best_theta)
+        return (decrement <= self.options.decrement_tol and self.best_theta is not None
+                and np.array_equal(theta, self.best_theta))
 
     def record(self, theta, value, gradient=None):
         if not self.history and not np.isfinite(value):
@@ -217,6 +222,7 @@ class _Search:
     def best_gradient(self) -> np.ndarray:
         """The gradient at the best point (kept from its evaluation where the optimiser computed one)."""
         if self._best_gradient is None:
+            assert self.best_theta is not None  # asked for after the first evaluation
             self._best_gradient = np.asarray(self.objective.value_and_gradient(self.best_theta)[1], dtype=np.float64)
         return self._best_gradient
 
@@ -243,7 +249,8 @@ class _Search:
         scalar = objective.even_parameters()
         options = self.options
         for _ in range(min(max_iter, options.newton_iterations)):
-            information = objective.average_information(theta)
+            # this stage runs where the criterion declares has_average_information
+            information = cast(AverageInformationCriterion, objective).average_information(theta)
             if information is None:
                 return "Newton (average information): not offered by this kernel"
             hessian = _secant_corrected(information, correction, secant)
@@ -467,6 +474,7 @@ def _run_stages(search: _Search, theta, scale, max_iter, stages: list[StageRecor
         if stage == "newton" and search.newton_converged():
             return True, None, message
         best = search.best_theta
+        assert best is not None  # the stage has evaluated the criterion
         gradient = search.best_gradient()
         projected, _ = _projected_gradient(best, gradient, objective.lower)
         if np.max(np.abs(projected), initial=0.0) <= options.gradient_tol * max(1.0, abs(search.best_value)):

@@ -18,6 +18,7 @@ probes' spread gives the Monte Carlo covariance of the root, H^{-1} Cov(g) H^{-1
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from ..derivatives import hessian_of_gradient
 from ..objective import LmmObjective
 from ..progress import Progress
 from .result import EstimatorResult, StageRecord
+
+if TYPE_CHECKING:
+    from ..kernels.iterative import IterativeFactor
 
 #: Newton decrement (deviance units) below which the root is accepted
 DECREMENT_TOL = 1e-6
@@ -42,7 +46,8 @@ class _GradientSearch:
     def __init__(self, objective: LmmObjective, progress: Progress):
         self.objective, self.progress = objective, progress
         self.logged = np.isfinite(objective.lower)
-        self.evaluations, self.history = 0, []
+        self.evaluations = 0
+        self.history: list[tuple[np.ndarray, float]] = []
 
     def theta(self, z: np.ndarray) -> np.ndarray:
         return np.where(self.logged, np.exp(np.where(self.logged, z, 0.0)), z)
@@ -147,7 +152,7 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
     canonical = objective.covariance.canonical(theta)
     theta = theta if canonical is None else canonical
     theta[search.logged & (theta < ZERO_THETA * max(1.0, float(np.max(np.abs(theta)))))] = 0.0
-    factor = objective.factor(theta)
+    factor = cast("IterativeFactor", objective.factor(theta))  # this estimator is the iterative kernel's
     value = factor.deviance(objective.reml)
     covariance = factor.gradient_covariance(objective.reml)
     if covariance is not None and not objective.covariance.is_lme4_theta:

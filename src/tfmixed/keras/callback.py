@@ -71,6 +71,8 @@ class EmpiricalBayes(keras.callbacks.Callback):
     ['g']
     """
 
+    _problems: dict  # set by on_train_begin
+
     def __init__(self, x, y=None, *, rule: str = "corrected", family: str = "gaussian", output: str | None = None,
                  fixed_layer: Any = "auto", update_every: int = 1, warmup_epochs: int = 1, batch_size: int = 4096,
                  coupling: str = "auto", decay_probes: int = 2048, seed: int = 0, log_dir: str | None = None,
@@ -132,7 +134,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
             self.coupling = choose_coupling(self.coupling_option, self.groups)
         self.linearisation = Linearisation(model, self.random_layers, self.fixed_layer, self.decays)
         self._fixed_rank = None
-        self._problems: dict = {}  # the kernel's problems, refilled by later updates
+        self._problems = {}  # the kernel's problems, refilled by later updates
 
     def _find_fixed_layer(self):
         option = self.fixed_layer_option
@@ -176,6 +178,7 @@ class EmpiricalBayes(keras.callbacks.Callback):
         state = _PassStatistics(observed={g.factor: np.zeros(g.n_levels, dtype=bool) for g in self.groups},
                                 kept_rows=[] if self.family != "gaussian" else None)
         if corrected and self.decays:
+            assert self.rows.n_rows is not None  # counted by on_train_begin
             state.decay = DecayEvidence([tuple(l.kernel.shape) for l in self.decays], self.rows.n_rows,
                                         max_probes=self.decay_probes, seed=self.seed + len(self.history))
         if not corrected:
@@ -413,6 +416,8 @@ class EmpiricalBayes(keras.callbacks.Callback):
 
     def penalties(self) -> pd.Series:
         """The learned penalties lambda = sigma^2 / tau^2 per group (1 / (2 tau^2) for a binomial or Poisson loss)."""
+        if self.sigma2 is None:  # no update yet (sigma2 and tau2 are set together)
+            return pd.Series({}, name="lambda")
         scale = self._penalty_scale(self.sigma2)
         return pd.Series({k: scale / v for k, v in self.tau2.items()}, name="lambda")
 

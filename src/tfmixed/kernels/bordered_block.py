@@ -18,6 +18,8 @@ products. Same interface as :class:`~tfmixed.kernels.dense_block.DenseFactor`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
@@ -26,6 +28,9 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import TfmixedError
 from .coupling import level_pairs
 from .dense_block import cholesky_or_raise
+
+if TYPE_CHECKING:
+    from .pls import PLSProblem
 
 
 class ComponentLayout:
@@ -139,7 +144,15 @@ class BorderedBase:
     the solution, the log-determinants of the fixed block and the border's rank-p part of the inverse follow.
     """
 
+    # set by each strategy's constructor
+    problem: PLSProblem
+    q_rest: int
+    p: int
+
     def inverse_times(self, rhs: np.ndarray) -> np.ndarray:  # pragma: no cover - each strategy defines it
+        raise NotImplementedError
+
+    def inverse_lookup(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:  # pragma: no cover - as above
         raise NotImplementedError
 
     def _finish_border(self, structure, factors, weights: np.ndarray) -> None:

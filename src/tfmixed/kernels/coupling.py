@@ -148,6 +148,8 @@ class PatternCoupling(SparseCoupling):
     """
 
     name = "pattern"
+    #: (positions, first, second) of C's pairs, set by ``_from_layout``: what ``reweighted`` refills
+    _layout: tuple[sp.csr_matrix, np.ndarray, np.ndarray]
 
     def __init__(self, C: sp.csr_matrix, n_levels: int, k: int, QT: sp.csr_matrix, strict: np.ndarray | None = None):
         super().__init__(C, n_levels, k)
@@ -289,7 +291,11 @@ class SplitCoupling(CouplingCapabilities):
         into a full-size block (one working copy), BLAS the rows of D."""
         split, dense_rows = self.split, self.D.shape[0]
         DW = np.einsum("dla,lab->dlb", self.D3, weights).reshape(dense_rows, -1)
-        full = self.pattern.downdate(weights, lower_only) if split else np.empty((self.shape[0], self.shape[0]))
+        if split:
+            assert self.pattern is not None  # built whenever S has rows
+            full = self.pattern.downdate(weights, lower_only)
+        else:
+            full = np.empty((self.shape[0], self.shape[0]))
         full[split:, split:] = DW @ self.D.T
         if split:
             cross = np.asarray(self.S @ DW.T)
@@ -308,6 +314,7 @@ class SplitCoupling(CouplingCapabilities):
         sums = np.einsum("dla,dlb->lab", self.D3, (corner @ self.D).reshape(self.D3.shape))
         if not split:
             return sums
+        assert self.pattern is not None  # built whenever S has rows
         sums += self.pattern.block_sums(M)
         # the cross terms sum_r S[r, ja] (M_sd D)[r, jb] = sum_d (M_ds S)[d, ja] D[d, jb]: one sparse product
         # with the few dense rows (M_ds = M_sd', from the lower triangle)
@@ -330,7 +337,8 @@ class SplitCoupling(CouplingCapabilities):
         return self.refilled(C[: self.split], C[self.split :].toarray())
 
 
-def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options, parts=None):
+def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options,
+                    parts: tuple[sp.csr_matrix, np.ndarray] | None = None):
     """The cheapest strategy for C's products that fits in memory; ``parts`` = (S, D) are C's sparse
     random-effects rows and its dense fixed-effects rows, when the caller has them apart.
 
@@ -365,9 +373,10 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options, parts=None
         sparse_pairs = PatternCoupling.pair_count(sp.csc_matrix(S), k)
         if sparse_pairs <= options.pattern_pairs:
             costs["split"] = sparse_pairs / 0.3e9 + D.shape[0] * rows * n_levels * k * k / 20e9
-    choice = min(costs, key=costs.get)
+    choice = min(costs, key=costs.__getitem__)
     if choice == "pattern":
         return PatternCoupling.build(C, n_levels, k)
     if choice == "split":
+        assert parts is not None  # costed only with the parts
         return SplitCoupling(*parts, n_levels, k)
     return strategies[choice](C, n_levels, k)

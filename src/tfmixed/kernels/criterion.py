@@ -10,14 +10,31 @@ effects, which every strategy with a gradient delivers (exactly, or estimated as
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .covariance import lower_indices
+
+if TYPE_CHECKING:
+    from ..protocols import FactoredProblem
 
 
 class ProfiledCriterion:
     """Mixed into a kernel's factor, which provides ``logdet_L``, ``logdet_RX``, ``pwrss`` and ``problem``
     (with ``n``, ``p`` and ``cross_products.sum_log_weights``)."""
+
+    problem: FactoredProblem
+
+    if TYPE_CHECKING:  # provided by the factor
+        @property
+        def logdet_L(self) -> float: ...
+
+        @property
+        def logdet_RX(self) -> float: ...
+
+        @property
+        def pwrss(self) -> float: ...
 
     def dof(self, reml: bool) -> int:
         return self.problem.n - self.problem.p if reml else self.problem.n
@@ -43,6 +60,19 @@ class ProfiledCriterion:
 class ProfiledGradient:
     """Mixed into a kernel's factor that provides ``inverse_block_sums(include_fixed)``, ``spherical_effects()``
     (u), ``factors`` (the T_t), ``pwrss``, ``dof`` and ``problem.terms``."""
+
+    problem: FactoredProblem
+    factors: list[np.ndarray]
+
+    if TYPE_CHECKING:  # provided by the factor (``dof`` by ProfiledCriterion)
+        @property
+        def pwrss(self) -> float: ...
+
+        def dof(self, reml: bool) -> int: ...
+
+        def spherical_effects(self) -> np.ndarray: ...
+
+        def inverse_block_sums(self, include_fixed: bool) -> list[np.ndarray]: ...
 
     def _singular_terms(self, singular_tol: float) -> list[bool]:
         scale = max(1.0, max(float(np.max(np.abs(T))) for T in self.factors))

@@ -20,9 +20,14 @@ pass over the rows.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .covariance import lambda_matrix_times, lower_indices
+
+if TYPE_CHECKING:
+    from ..protocols import FactoredProblem
 
 
 class AverageInformation:
@@ -30,6 +35,23 @@ class AverageInformation:
     ``factors``, ``spherical_effects()``, ``u_to_b(u)``, ``solve()``, ``pwrss``, ``dof(reml)`` and
     ``solve_equations(rhs)``
     (Omega^{-1} rhs over [u | beta] in spherical coordinates)."""
+
+    problem: FactoredProblem
+    factors: list[np.ndarray]
+
+    if TYPE_CHECKING:  # provided by the factor (``dof`` by ProfiledCriterion)
+        @property
+        def pwrss(self) -> float: ...
+
+        def dof(self, reml: bool) -> int: ...
+
+        def spherical_effects(self) -> np.ndarray: ...
+
+        def u_to_b(self, u: np.ndarray) -> np.ndarray: ...
+
+        def solve(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+        def solve_equations(self, rhs: np.ndarray) -> np.ndarray: ...
 
     def average_information(self, reml: bool) -> np.ndarray:
         """The profiled criterion's average-information Hessian in theta (see the module docstring).

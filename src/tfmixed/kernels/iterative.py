@@ -295,6 +295,13 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
     #: each of its solves is a PCG run: an average information (one solve per parameter) is not offered
     has_average_information = False
 
+    problem: IterativeProblem
+    # the solutions for [X y~] and the probes, the Schur factor and log|M|: None until first asked for
+    _U: np.ndarray | None
+    _V: np.ndarray | None
+    _L: np.ndarray | None
+    _logdet: float | None
+
     def __init__(self, problem: IterativeProblem, factors: list[np.ndarray]):
         self.problem, self.factors = problem, factors
         tf = problem.tf
@@ -318,7 +325,8 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         B = tf.concat([rhs for _, rhs, _ in parts], axis=1)
         tolerances = np.concatenate([np.full(rhs.shape[1], tol) for _, rhs, tol in parts])
         starts = [problem.warm_starts.get(name) for name, _, _ in parts]
-        start = np.concatenate(starts, axis=1) if all(s is not None for s in starts) else None
+        known = [s for s in starts if s is not None]
+        start = np.concatenate(known, axis=1) if len(known) == len(starts) else None
         X, iterations = problem.conjugate_gradients(B, tolerances, self._tensors, self._preconditioner.chol, start)
         self.cg_iterations = max(self.cg_iterations, iterations)
         offset = 0
@@ -344,6 +352,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
     def _system(self) -> tuple[np.ndarray, np.ndarray]:
         """(U, L): the solutions for [X y~] and the Cholesky factor of their Schur complement."""
         self._solve(probes=False)
+        assert self._U is not None and self._L is not None  # set by _solve
         return self._U, self._L
 
     # -- the log-determinant -----------------------------------------------------------------------------------
@@ -361,7 +370,8 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
         norms = np.linalg.norm(problem.probes, axis=0)
         Q = tf.constant(problem.probes / norms)
         Q_previous, beta = tf.zeros_like(Q), tf.zeros(Q.shape[1:], tf.float64)
-        alphas, betas, estimate = [], [], None
+        alphas, betas = [], []
+        estimate: float | None = None
         steps = min(problem.options.lanczos_steps, problem.q)
         for step in range(1, steps + 1):
             Q_next, alpha, beta = problem.lanczos_step(Q, Q_previous, beta, self._tensors, self._preconditioner.chol)
@@ -372,6 +382,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
                 previous, estimate = estimate, _quadrature(np.array(alphas), np.array(betas)[:-1], norms)
                 if previous is not None and abs(estimate - previous) <= 1e-8 * max(1.0, abs(estimate)):
                     break
+        assert estimate is not None  # the last step (steps >= 1) sets it
         return estimate
 
     # -- traces of the inverse (the gradient) -----------------------------------------------------------------
@@ -387,6 +398,7 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
 
     def _probe_estimates_of(self, include_fixed: bool) -> list[np.ndarray]:
         self._solve(probes=True)
+        assert self._V is not None  # set by _solve
         problem, p = self.problem, self.problem.p
         U, L = self._system
         fixed_inverse = None
@@ -395,7 +407,8 @@ class IterativeFactor(ProfiledCriterion, ProfiledGradient):
             fixed_inverse = L_X_inv.T @ L_X_inv
         m, units = problem.options.probes, problem.options.probes
         preconditioned = problem.precondition(problem.trace_probe_tensor[:, :m], self._preconditioner.chol).numpy()
-        sums, offset = [], 0
+        sums: list[np.ndarray] = []
+        offset = 0
         for term, exact in zip(problem.terms, problem.exact_terms):
             rows = slice(offset, offset + term.q)
             shape = (term.n_levels, term.n_cols, -1)

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from ..cross_products import CrossProducts, block_diagonal_matrix
 from ..errors import MemoryLimitError, ShapeError
+from ..protocols import RestFactor
 from .block_diagonal import BlockDiagonalBlock, BlockDiagonalFactor
 from .bordered_block import BorderedFactor, BorderedStructure, ComponentLayout, component_pattern
 from .coupling import PatternCoupling, choose_coupling
@@ -346,7 +347,7 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
     problem: PLSProblem
     factors: list[np.ndarray]
     first: BlockDiagonalFactor
-    rest: DenseFactor
+    rest: RestFactor
 
     @property
     def logdet_L(self) -> float:
@@ -464,7 +465,8 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
         out[both_first] = self.first.A_inv[a[both_first] // k1, a[both_first] % k1, b[both_first] % k1]
         if qr:
             first_rest, rest_first = (a < q1) & (b >= q1), (a >= q1) & (b < q1)
-            if self._dense_coupling_inverse_pays(a[both_first], b[both_first], first_rest | rest_first):
+            if isinstance(self.rest, DenseFactor) and self._dense_coupling_inverse_pays(a[both_first], b[both_first],
+                                                                                        first_rest | rest_first):
                 # small enough to hold S^{-1} M' dense: every entry is a lookup or one length-qr dot product
                 S_inv = self.rest.leading_inverse(qr)[:qr, :qr]
                 coupled = problem.coupling.times_block_diagonal(self.factors[0][None, :, :] @ self.first.A_inv)[:qr]

@@ -123,7 +123,7 @@ def takahashi_batches(L: sp.csc_matrix) -> list[TakahashiBatch] | None:
     return batches
 
 
-def _column_plan(j: int, indptr, indices, n: int):
+def _column_plan(j: int | np.integer, indptr, indices, n: int):
     """Column j's rows below the diagonal, their L.data indices, and its products' (Z, l, output) indices."""
     positions = np.arange(indptr[j] + 1, indptr[j + 1])
     rows = indices[positions].astype(np.int64)

@@ -3,6 +3,7 @@ prediction, history and plots."""
 
 from __future__ import annotations
 
+from ..objective import LmmObjective
 from .bootstrap import BootstrapResult, Resampling
 from .estimates import Estimates
 from .inference import Inference
@@ -20,6 +21,8 @@ class LmerFit(Estimates, Likelihood, Inference, Intervals, Prediction, Resamplin
     ``sigma``, ``varcorr``, ``ranef``, ``ranef_condvar``, ``fitted``, ``residuals``, ``loglik``,
     ``deviance``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``, ``converged``.
     """
+
+    objective: LmmObjective
 
 
 __all__ = ["BootstrapResult", "LmerFit", "Profile"]

@@ -21,6 +21,7 @@ import pandas as pd
 from ..errors import ConvergenceWarning, DataError, SingularFitWarning, TfmixedError
 from ..progress import Progress
 from ..validation import require_rows_in_memory
+from .base import FitBase
 
 #: below this many replicates a bootstrap runs in one process by default (starting workers costs ~0.1 s)
 PARALLEL_MIN_REPLICATES = 200
@@ -59,7 +60,7 @@ def _check_re_form(re_form) -> bool:
                     f"conditional modes), got {re_form!r}")
 
 
-def _replicate(fit, seed_sequence, statistic, condition_on_modes, metric) -> tuple[np.ndarray, bool, bool]:
+def _replicate(fit, seed_sequence, statistic, condition_on_modes, metric) -> tuple[np.ndarray | None, bool, bool]:
     y_star = _draw(fit, np.random.default_rng(seed_sequence), condition_on_modes)
     try:
         refitted = fit._refit_response(y_star, metric)
@@ -109,7 +110,7 @@ class BootstrapResult:
                 f"{self.n_not_converged} not converged, {self.n_singular} singular; seed={self.seed})")
 
 
-class Resampling:
+class Resampling(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit`; the three hooks
     below are the Gaussian model's (a GLMM overrides them)."""
 
@@ -199,7 +200,8 @@ class Resampling:
     def _run_replicates(self, seeds, statistic, condition, jobs, progress) -> list:
         n, metric = len(seeds), self._bootstrap_metric()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (ConvergenceWarning, SingularFitWarning))
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", SingularFitWarning)
             if jobs == 1:
                 out = []
                 for i, child in enumerate(seeds):

@@ -9,6 +9,8 @@ import pandas as pd
 
 from ..design import Design, frames_by_factor
 from ..objective import LmmObjective
+from ..partitioned import PartitionedDesign
+from .base import FitBase
 from .optsum import OptSummary
 
 
@@ -23,10 +25,10 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-class Estimates:
+class Estimates(FitBase):
     """The estimates of a fit: built from the design, the objective and an estimator's result."""
 
-    def __init__(self, design: Design, objective: LmmObjective, optimum):
+    def __init__(self, design: Design | PartitionedDesign, objective: LmmObjective, optimum):
         self.design, self.objective, self.optimum = design, objective, optimum
         self.reml = objective.reml
         self.problem = objective.problem

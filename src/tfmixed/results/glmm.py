@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..design import Design
 from ..errors import DataError
+from ..laplace import GlmmObjective
 from .estimates import Estimates
 from .likelihood import Likelihood
 from .prediction import Prediction, is_dask_frame, on_partitions
@@ -23,10 +25,10 @@ from .bootstrap import Resampling
 from .intervals import Intervals
 from .plots import Plots
 from .optsum import OptSummary
-from .printing import Printing
+from .printing import SummaryBody
 
 
-class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, Printing):
+class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, SummaryBody):
     """A fitted GLMM: ``fixef``, ``fixef_se``, ``vcov_beta``, ``coef_table``, ``theta``, ``varcorr``, ``ranef``,
     ``ranef_frame()``, ``fitted`` (means), ``linear_predictor()``, ``predict(type=)``, ``residuals``
     (deviance residuals), ``deviance`` (lme4's conditional deviance), ``minus2loglik``, ``loglik``, ``aic``,
@@ -34,6 +36,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
     """
 
     has_residual = False
+    design: Design  # glmer refuses partitioned data
+    objective: GlmmObjective
 
     def __init__(self, design, objective, optimum, *, hessian: np.ndarray | None = None):
         self.design, self.objective, self.optimum = design, objective, optimum

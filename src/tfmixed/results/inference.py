@@ -9,13 +9,17 @@ import pandas as pd
 
 from ..errors import DataError
 from ..derivatives import jacobian, relative_steps
+from ..objective import LmmObjective
+from .base import FitBase
 from .ftests import DDF_METHODS, anova_table
 from .kenward_roger import KenwardRoger
 from .satterthwaite import SatterthwaiteParts, t_pvalues
 
 
-class Inference:
+class Inference(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
+
+    objective: LmmObjective
 
     @cached_property
     def _satterthwaite_parts(self) -> SatterthwaiteParts:

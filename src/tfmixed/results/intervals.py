@@ -10,6 +10,7 @@ from scipy import stats
 
 from ..errors import DataError
 from ..validation import require_rows_in_memory
+from .base import FitBase
 from .profile import _ProfileBase, profile_likelihood
 
 CONFINT_METHODS = ("profile", "Wald", "boot")
@@ -33,7 +34,7 @@ class Profile:
         return profile_figure(self, level)
 
 
-class Intervals:
+class Intervals(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit`."""
 
     def confint(self, method: str = "profile", level: float = 0.95, *, which=None, n_boot: int = 500,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import FitBase
 
-class Likelihood:
+
+class Likelihood(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit`; reads the factor and sigma^2 of the estimates."""
 
     @property

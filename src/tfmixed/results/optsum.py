@@ -65,7 +65,7 @@ class OptSummary:
                  "Backend: " + "; ".join(f"{key} {value}" for key, value in self.strategies.items())]
         table = pd.DataFrame({"initial": self.initial, "final": self.final}, index=list(self.theta_names))
         lines += ["", table.to_string(float_format=lambda v: f"{v:.6g}")]
-        if self.final_beta is not None:
+        if self.final_beta is not None and self.initial_beta is not None:
             lines += ["", f"beta (optimised with theta): initial {np.round(self.initial_beta, 6).tolist()}, "
                           f"final {np.round(self.final_beta, 6).tolist()}"]
         if len(self.stages):

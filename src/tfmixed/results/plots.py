@@ -11,7 +11,9 @@ from scipy import stats
 
 from ..errors import DataError
 from ..kernels.covariance import lower_indices
+from ..objective import LmmObjective
 from ..validation import require_rows_in_memory
+from .base import FitBase
 from .estimates import unique_names
 
 
@@ -59,7 +61,7 @@ def profile_figure(profile, level: float = 0.95):
     return figure
 
 
-class Plots:
+class Plots(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit`: diagnostic plots."""
 
     def plot_ranef(self, level: float = 0.95, factor: str | None = None):
@@ -136,8 +138,10 @@ class Plots:
         return figure
 
 
-class History:
+class History(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
+
+    objective: LmmObjective
 
     @cached_property
     def history(self) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from ..errors import DataError, FormulaError, NewLevelError
 from ..formula import parse_formula
 from ..kernels.joint_system import JointSystem
 from ..levels import encode_levels
+from .base import FitBase
 
 
 _NO_RANDOM = ("fixed", "~0", "~ 0", "NA")
@@ -44,7 +45,7 @@ def on_partitions(fit, frame, method: str, options: dict, meta, transform=None):
     return frame.map_partitions(_predict_partition, Predictor(fit), method, options, transform, meta=meta)
 
 
-class Prediction:
+class Prediction(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit`."""
 
     def predict(self, newdata: Any = None, *, re_form: str | None = None, allow_new_levels: bool = False,

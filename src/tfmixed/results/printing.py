@@ -4,51 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import FitBase
 from .estimates import unique_names
 
 
-class Printing:
-    """Mixed into :class:`~tfmixed.results.LmerFit`."""
-
-    def report(self) -> str:
-        """Convergence report: estimator, status, iterations or evaluations, time and criterion."""
-        optimum = self.optimum
-        profiled = self.method == "profiled"
-        count = f"{optimum.iterations} {'optimiser runs' if profiled else 'iterations'}, " if optimum.iterations else ""
-        return (
-            f"{self.method} ({'REML' if self.reml else 'ML'}): {optimum.status}; {count}{optimum.n_evaluations} "
-            f"{'criterion evaluations' if profiled else 'updates'}, {optimum.seconds:.3f} s; "
-            f"criterion {self.deviance:.6f}; {optimum.message}"
-        )
-
-    def summary(self, satterthwaite: bool = True, verbose: bool = False) -> str:
-        """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals); with
-        ``verbose`` the fit record (:attr:`optsum`: stages, tolerances, backend and block strategies) too."""
-        lines = [
-            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
-            f"Formula: {self.formula}",
-        ]
-        if self.problem.strategy == "iterative":  # the iterative kernel states its accuracy settings
-            lines.append(f"Backend: {self.problem.options.describe()}; conditional variances not available")
-            covariance = self.optimum.extra.get("monte_carlo_cov")
-            if covariance is not None:
-                spread = ", ".join(f"{value:.2g}" for value in np.sqrt(np.maximum(np.diag(covariance), 0.0)))
-                lines.append(f"Monte Carlo standard errors of theta (from the probes' spread): {spread}")
-        if self.design.weights is not None:
-            lines.append("Weights: prior weights (residual variance sigma^2 / w)")
-        if self.design.offset is not None:
-            lines.append("Offset: " + (", ".join(self.design.parsed.offsets) or "offset= argument"))
-        lines.append("")
-        if self.reml:
-            lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
-        else:
-            lines.append(f"{'AIC':>9}{'BIC':>9}{'logLik':>9}{'deviance':>9}{'df.resid':>9}")
-            lines.append(
-                f"{self.aic:9.1f}{self.bic:9.1f}{self.loglik:9.1f}{self.deviance:9.1f}{self.nobs - self.n_params:9d}"
-            )
-        scaled = self.residuals / self.sigma if self.design.in_memory else None
-        table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
-        return "\n".join(lines + self._summary_body(scaled, table) + self._fit_record_lines(verbose))
+class SummaryBody(FitBase):
+    """The part of a summary that lmer and glmer fits share (each has its own report, summary and repr)."""
 
     def _fit_record_lines(self, verbose: bool) -> list[str]:
         return ["", "Fit record (optsum):", str(self.optsum)] if verbose else []
@@ -93,6 +54,50 @@ class Printing:
             " " + "  ".join(cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c]) for c, cell in enumerate(row)).rstrip()
             for row in rows
         )
+
+
+class Printing(SummaryBody):
+    """Mixed into :class:`~tfmixed.results.LmerFit`."""
+
+    def report(self) -> str:
+        """Convergence report: estimator, status, iterations or evaluations, time and criterion."""
+        optimum = self.optimum
+        profiled = self.method == "profiled"
+        count = f"{optimum.iterations} {'optimiser runs' if profiled else 'iterations'}, " if optimum.iterations else ""
+        return (
+            f"{self.method} ({'REML' if self.reml else 'ML'}): {optimum.status}; {count}{optimum.n_evaluations} "
+            f"{'criterion evaluations' if profiled else 'updates'}, {optimum.seconds:.3f} s; "
+            f"criterion {self.deviance:.6f}; {optimum.message}"
+        )
+
+    def summary(self, satterthwaite: bool = True, verbose: bool = False) -> str:
+        """lme4-style summary text (random effects with Std.Dev. and Corr, fixed effects, scaled residuals); with
+        ``verbose`` the fit record (:attr:`optsum`: stages, tolerances, backend and block strategies) too."""
+        lines = [
+            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} [tfmixed, {self.method}]",
+            f"Formula: {self.formula}",
+        ]
+        if self.problem.strategy == "iterative":  # the iterative kernel states its accuracy settings
+            lines.append(f"Backend: {self.problem.options.describe()}; conditional variances not available")
+            covariance = self.optimum.extra.get("monte_carlo_cov")
+            if covariance is not None:
+                spread = ", ".join(f"{value:.2g}" for value in np.sqrt(np.maximum(np.diag(covariance), 0.0)))
+                lines.append(f"Monte Carlo standard errors of theta (from the probes' spread): {spread}")
+        if self.design.weights is not None:
+            lines.append("Weights: prior weights (residual variance sigma^2 / w)")
+        if self.design.offset is not None:
+            lines.append("Offset: " + (", ".join(self.design.parsed.offsets) or "offset= argument"))
+        lines.append("")
+        if self.reml:
+            lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
+        else:
+            lines.append(f"{'AIC':>9}{'BIC':>9}{'logLik':>9}{'deviance':>9}{'df.resid':>9}")
+            lines.append(
+                f"{self.aic:9.1f}{self.bic:9.1f}{self.loglik:9.1f}{self.deviance:9.1f}{self.nobs - self.n_params:9d}"
+            )
+        scaled = self.residuals / self.sigma if self.design.in_memory else None
+        table = self.coef_table if satterthwaite else self.coef_table.drop(columns=["df", "Pr(>|t|)"])
+        return "\n".join(lines + self._summary_body(scaled, table) + self._fit_record_lines(verbose))
 
     def __repr__(self) -> str:
         return (

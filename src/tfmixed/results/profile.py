@@ -12,6 +12,8 @@ method, not by lme4's spline through the trace, so they are exact to the inner o
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
@@ -28,7 +30,7 @@ from ..refit import HeldFixedEffect, refit, require_exact_kernel
 #: how far beyond the limit at the highest level the traces of ``fit.profile()`` reach
 TRACE_LEVEL = 0.99
 #: the inner optimisations of a profile run to the criterion's rounding: zeta is a square root of differences
-INNER_OPTIONS = {"ftol": 1e-15, "gtol": 1e-9, "max_iter": 500}
+INNER_OPTIONS: dict[str, Any] = {"ftol": 1e-15, "gtol": 1e-9, "max_iter": 500}
 
 
 class VarianceParameters:
@@ -56,6 +58,17 @@ class _ProfileBase:
     """What every profile shares: limits by Brent's method on zeta(v) = +-z, intervals, traces. A subclass sets
     ``names``, ``estimate``, ``minimum``, ``verbose``, ``_scales`` (first steps), ``parameters`` and
     ``n_variance`` and provides ``zeta(index, value, start)``."""
+
+    names: list[str]
+    estimate: np.ndarray
+    minimum: float
+    verbose: bool
+    _scales: np.ndarray
+    parameters: VarianceParameters
+    n_variance: int
+
+    def zeta(self, index: int, value: float, start=None) -> tuple[float, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
 
     def bounds(self, index: int) -> tuple[float, float]:
         """The range of parameter ``index``: an SD >= 0, a correlation in [-1, 1], a fixed effect free."""

@@ -89,7 +89,7 @@ class SatterthwaiteParts:
         """df = 2 (l'Vl)^2 / (g'Ag), g_k = l' (dV/d varpar_k) l, for each row l of L (lmerTest's contest1D); NaN
         where A is not available."""
         L = np.atleast_2d(np.asarray(L, dtype=np.float64))
-        if self.A is None:
+        if self.A is None or self.jacobian is None or self.V is None:  # A is set only with the other two
             return np.full(L.shape[0], np.nan)
         gradients = np.einsum("ci,ijk,cj->ck", L, self.jacobian, L)
         variance = np.einsum("ci,ij,cj->c", L, self.V, L)
