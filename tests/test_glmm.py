@@ -281,3 +281,21 @@ def test_structured_kernel_strategies_give_the_same_fit_with_an_analytic_gradien
     assert fit.objective.gradient(mode) is not None
     assert fit.minus2loglik == pytest.approx(reference.minus2loglik, rel=1e-10)
     np.testing.assert_allclose(fit.fixef_se, reference.fixef_se, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, family, formula", [
+    ("cbpp_observation_level", "binomial", "cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | obs)"),
+    ("grouseticks_observation_level", "poisson", "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)"),
+])
+def test_observation_level_random_effects(name, family, formula):
+    """A family without a dispersion parameter identifies one random effect per row (lme4's model of
+    overdispersion); references from tools/glmm_observation_level.R (lme4 tight refits)."""
+    path = Path(__file__).parent / "reference" / "glmm"
+    reference = json.loads((path / f"{name}.json").read_text())
+    data = pd.read_csv(path / reference["csv"], dtype={c: str for c in reference["factor_columns"]})
+    fit = tm.glmer(formula, data, family=family, verbose=False)
+    assert fit.minus2loglik == pytest.approx(reference["minus2logLik"], rel=1e-7)
+    assert fit.minus2loglik <= reference["minus2logLik"] + 1e-6
+    np.testing.assert_allclose(fit.fixef[list(reference["fixef"])], list(reference["fixef"].values()), rtol=1e-3, atol=1e-4)
+    with pytest.raises(tm.DataError, match="confounded with the residual"):
+        tm.lmer(formula.replace("cbind(incidence, size - incidence)", "incidence"), data, verbose=False)

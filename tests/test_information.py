@@ -172,3 +172,23 @@ def test_the_quasi_newton_path_does_not_stop_at_a_collapsed_fit():
     newton = fit_profiled(objective)
     assert quasi_newton.criterion < newton.criterion + 1.0
     assert newton.criterion < 1986
+
+
+def test_a_boundary_optimum_is_handed_to_lbfgsb():
+    """nlme's Wafer model: two diagonals of a three-column term are 0 at the optimum. Log-theta Newton steps only
+    approach them geometrically (82 steps, 297 evaluations before the hand-over); lme4 takes 246 evaluations.
+    Reference: tools/wafer_reference.R (lme4's tight refit)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+    import tfmixed as tm
+
+    folder = Path(__file__).parent / "reference" / "extra"
+    reference = json.loads((folder / "Wafer_singular.json").read_text())
+    data = pd.read_csv(folder / "Wafer.csv", dtype={"Wafer": str, "Site": str})
+    with pytest.warns(tm.SingularFitWarning):
+        fit = tm.lmer(reference["formula"], data, verbose=False)
+    assert fit.deviance <= reference["deviance"] + 1e-8
+    assert fit.optimum.n_evaluations <= 100
+    assert "L-BFGS-B takes over" in fit.optsum.stages["stopped"].iloc[0]

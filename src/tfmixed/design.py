@@ -460,13 +460,13 @@ def check_identifiable(covariance, n_levels: int, nobs: int, label: str) -> None
         raise DataError(f"term {label} has {covariance.n_params} covariance parameters for {nobs} observations")
 
 
-def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -> list[RandomEffectsTerm]:
+def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict, residual: bool = True) -> list[RandomEffectsTerm]:
     terms: list[RandomEffectsTerm] = []
     for spec in parsed.random:
         codes, levels = grouping_codes(frame, spec.group)
         if len(levels) < 2:
             raise DataError(f"grouping factor {spec.name!r} has only {len(levels)} level; it needs at least 2")
-        if len(levels) >= len(frame):
+        if residual and len(levels) >= len(frame):
             raise DataError(
                 f"grouping factor {spec.name!r} has {len(levels)} levels for {len(frame)} observations; "
                 "its random effects would be confounded with the residual"
@@ -483,7 +483,8 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
         pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
         for piece in pieces:
             covariance = structure(spec.structure, len(piece))
-            check_identifiable(covariance, len(levels), len(frame), f"({spec.expr} | {spec.name})")
+            if residual:
+                check_identifiable(covariance, len(levels), len(frame), f"({spec.expr} | {spec.name})")
             terms.append(RandomEffectsTerm(
                 codes, values[:, piece], levels, name=spec.name, columns=tuple(columns[i] for i in piece),
                 spec=spec, expr_spec=(expr_matrix.model_spec, piece), structure=covariance,
@@ -493,7 +494,7 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, evaluated: dict) -
 
 
 def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise", weights=None,
-                 offset=None, rank_deficient: str = "drop", binomial: bool = False) -> Design:
+                 offset=None, rank_deficient: str = "drop", binomial: bool = False, residual: bool = True) -> Design:
     """Build X, y, the random-effects terms, prior weights and offset for an lme4 ``formula`` on ``data``.
 
     ``weights`` and ``offset`` are column names or arrays (lme4's ``weights =`` and ``offset =``); offsets
@@ -503,6 +504,9 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     with a :class:`RankDeficiencyWarning` (lme4's default; ``rank_deficient="raise"`` raises instead).
     ``binomial=True`` accepts R's binomial responses: ``cbind(successes, failures)`` (y is the proportion and
     the trials multiply the weights), a two-level factor (the first level is failure) or booleans.
+    ``residual=False`` is for families without a dispersion parameter (binomial, Poisson): nothing confounds a
+    random effect with a residual there, so observation-level terms such as ``(1 | obs)`` (lme4's way to model
+    overdispersion) are allowed, where a Gaussian model refuses them (lme4's check.nobs.vs.nlev / nRE).
 
     >>> from tfmixed import datasets
     >>> d = build_design("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets.load("Penicillin"))
@@ -553,7 +557,7 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
         X=np.ascontiguousarray(X),
         y=y,
         fixed_names=fixed_names,
-        terms=_random_terms(parsed, frame, evaluated),
+        terms=_random_terms(parsed, frame, evaluated, residual),
         weights=prior,
         offset=total_offset,
         fixed_spec=matrices.rhs.model_spec,

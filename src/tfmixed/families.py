@@ -68,6 +68,9 @@ class Family:
 
     name = ""
     links: tuple[str, ...] = ()
+    #: whether the family has a dispersion (scale) parameter that an observation-level random effect would be
+    #: confounded with; binomial and Poisson have none
+    has_dispersion = False
 
     def __init__(self, link: str | None = None):
         link = self.links[0] if link is None else link

@@ -93,7 +93,8 @@ def glmer(
         raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
                         "iteration; fit lmer, or glmer on the data in memory")
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
-                          rank_deficient=rank_deficient, binomial=isinstance(family, Binomial))
+                          rank_deficient=rank_deficient, binomial=isinstance(family, Binomial),
+                          residual=family.has_dispersion)
     if not design.terms:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group); a GLM without random "
                            "effects is statsmodels' GLM")
