@@ -56,3 +56,17 @@ def test_verbose_summary_shows_the_record():
     glmm = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
                     family="binomial", verbose=False)
     assert "nAGQ=0 start" in glmm.summary(verbose=True)
+
+
+def test_cost_rates_are_kernel_options():
+    """The coupling strategy follows the cost model's rates, which are options (not module globals)."""
+    data = tm.datasets.load("Penicillin")
+    formula = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    cheap_sparse = tm.KernelOptions(dense_coupling_entries=0, sparse_pairs_per_second=1e30)
+    cheap_dense = tm.KernelOptions(dense_coupling_entries=0, dense_flops_per_second=1e30)
+    sparse = tm.lmer(formula, data, kernel_options=cheap_sparse, verbose=False)
+    dense = tm.lmer(formula, data, kernel_options=cheap_dense, verbose=False)
+    assert sparse.optsum.strategies["coupling"] == "sparse" and dense.optsum.strategies["coupling"] == "dense"
+    assert sparse.deviance == pytest.approx(dense.deviance, rel=1e-12)
+    with pytest.raises(DataError, match="dense_flops_per_second must be a positive number"):
+        tm.KernelOptions(dense_flops_per_second=0)

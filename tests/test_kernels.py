@@ -1,5 +1,7 @@
 """The blocked penalised-least-squares kernel against dense linear algebra on the same problems."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,11 +143,12 @@ def synthetic_design(seed=0):
     ],
 )
 @pytest.mark.parametrize("dense_scaling", [True, False], ids=["dense-lambda", "per-term-lambda"])
-def test_vector_terms_outside_the_first_block(formula, small_path, dense_scaling, monkeypatch):
+def test_vector_terms_outside_the_first_block(formula, small_path, dense_scaling):
     # Lambda' M Lambda by two dense products (small blocks) and by per-term reshapes (large ones)
-    monkeypatch.setattr("tfmixed.kernels.pls.SMALL_DENSE_SCALE", 10**6 if dense_scaling else 0)
     design = build_design(formula, synthetic_design())
-    problem = problem_for(design, small_path)
+    options = dataclasses.replace(STRATEGY_OPTIONS[small_path], small_dense_scale=10**6 if dense_scaling else 0)
+    problem = problem_from_design(design, options)
+    assert problem.coupling.name == small_path
     rng = np.random.default_rng(1)
     theta = np.concatenate([factors_to_theta([np.tril(rng.uniform(0.2, 1.0, (k, k)))]) for k in problem.dims])
     factors = theta_to_factors(theta, problem.dims)
@@ -298,15 +301,13 @@ def test_a_reweighted_problem_equals_a_fresh_one(options):
 
 
 @pytest.mark.parametrize("strategy", ["dense", "dense-lookup", "bordered", "sparse"])
-def test_inverse_entries_match_the_dense_inverse(strategy, monkeypatch):
+def test_inverse_entries_match_the_dense_inverse(strategy):
     """The entries a GLMM's leverages read (every pair of nonzero columns in a row of Z), from each strategy (and
     from the dense one through its lookup, as on designs too large to hold S^{-1} M' whole)."""
-    if strategy == "dense-lookup":
-        import tfmixed.kernels.pls as pls
-        monkeypatch.setattr(pls, "DENSE_COUPLING_INVERSE", 0)
-        strategy = "dense"
+    limit = {"dense_inverse_entries": 0} if strategy == "dense-lookup" else {}
+    strategy = "dense" if strategy == "dense-lookup" else strategy
     design = build_design("y ~ x + (1 + x | klass) + (1 | school)", nested_design())
-    problem = problem_from_design(design, KernelOptions(rest=strategy))
+    problem = problem_from_design(design, KernelOptions(rest=strategy, **limit))
     assert problem.rest_strategy == strategy
     factors = theta_to_factors(np.array([0.8, 0.3, 0.5, 1.3]), problem.dims)
     factor = problem.factorize(factors)

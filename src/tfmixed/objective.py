@@ -52,8 +52,8 @@ class LmmObjective:
 
     @property
     def has_evidence_step(self) -> bool:
-        """Whether the estimators start with MacKay's evidence updates: every term scalar and unstructured (with a
-        vector-valued term, egsingle's slope model took 28 evaluations instead of 20 that way)."""
+        """Whether the estimators start with MacKay's evidence updates: every term scalar and unstructured (the
+        update moves only scalar terms, and with a vector-valued term it lengthened the search)."""
         return bool(self.dims) and bool(np.all(self.covariance.scalar_lme4()))
 
     def even_parameters(self) -> np.ndarray:

@@ -1,7 +1,8 @@
 """BLAS threads per problem size: small problems lose to thread start-up and contention.
 
-On a busy 2-core machine OpenBLAS's default of one thread per core made the sleepstudy fit several times
-slower than one thread; the dense Schur block of a large crossed design gains from all cores. The switch is
+On a busy machine OpenBLAS's default of one thread per core makes small fits slower than one thread (the
+threads contend with other work for every tiny product); the dense Schur block of a large crossed design gains
+from all cores (measurements in docs/lmer.md). The switch is
 threadpoolctl's (a maintained library that knows each BLAS's own API).
 """
 

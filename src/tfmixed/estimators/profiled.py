@@ -35,10 +35,10 @@ class ProfiledOptions:
     ``gradient_tol``: the accepted projected gradient, relative to the criterion (a loose value gives a cheap
     starting point, as for the GLMM's first stage). ``decrement_tol``: the criterion decrease g'H^{-1}g / 2 below
     which an optimum is accepted (criterion units). ``newton_decrement_tol``: where the Newton stage stops (its
-    steps are cheap near the optimum, and 1e-9 still left Dyestuff's variance 1.1e-5 off). ``max_damping_tries``:
+    steps are cheap near the optimum, and a looser stop leaves the variances visibly off). ``max_damping_tries``:
     damped trials per Newton step (lambda = 0, 1e-2, ..., 1e6). ``newton_iterations``: Newton steps before L-BFGS-B
     takes over. ``max_log_step``: the longest step of a bounded parameter in log units (far from the optimum the
-    average information can ask for a 400-fold change). ``boundary_probes``: distances from a zero bound, relative
+    average information can ask for changes of orders of magnitude). ``boundary_probes``: distances from a zero bound, relative
     to the largest |theta|, at which a boundary point is probed (at 1e-3 alone a collapsed fit passed as
     converged). ``evidence_steps``: evidence updates from lme4's start for models of scalar unstructured terms.
     ``bound_fraction``: the Newton stage hands over to L-BFGS-B once a step of the longest length takes a bounded
@@ -236,8 +236,7 @@ class _Search:
         solve per theta parameter with the factor at hand) plus a correction D kept by BFGS updates, so that H
         matches the gradient's change along the last step. H~ alone is the Hessian up to terms of mean zero; on
         badly conditioned models (a random slope without an intercept) it misses the Hessian by enough to make
-        the plain AI iteration converge linearly, at a rate of 0.97 per step; on sleepstudy with prior weights
-        it oscillated.
+        the plain AI iteration converge only linearly, and with prior weights it can oscillate.
 
         Steps are taken in log theta for the bounded diagonals (:class:`_LogModel`). lambda starts at 0 and grows
         tenfold while a step -(H + lambda diag H)^{-1} g fails to lower the criterion, shrinking again after
@@ -287,9 +286,9 @@ class _Search:
     def _heading_to_a_bound(self, path) -> bool:
         """Whether the last accepted step took a bounded parameter (a diagonal of T) down by nearly the longest
         log step allowed, to below ``bound_fraction`` of the largest |theta|: the model's minimum then lies
-        further down, at the bound, which log steps approach only geometrically (nlme's Wafer model took 82
-        Newton steps and 297 evaluations) and L-BFGS-B's projection reaches in a few. A small interior optimum
-        (Spruce's uncentred slope, 1e-3 of its intercept) is approached by shorter steps and keeps the stage."""
+        further down, at the bound, which log steps approach only geometrically and L-BFGS-B's projection
+        reaches in a few. A small interior optimum (an uncentred slope's theta) is approached by shorter steps
+        and keeps the stage."""
         if len(path) < 2:
             return False
         lower = self.objective.lower
@@ -527,8 +526,7 @@ def fit_near(objective: LmmObjective, start: np.ndarray, inverse_hessian: np.nda
     The criterion depends on T_t only through T_t T_t', so the iteration may run without bounds and flip column
     signs at the end. It stops when g'Bg / 2 (the criterion decrease still expected) is below ``decrement_tol``;
     where that does not happen, or the optimum lies on a boundary (a zero variance), :func:`fit_profiled` takes
-    over from the best point. On sleepstudy replicates: 7.6 evaluations instead of L-BFGS-B's 10, criteria equal
-    to 1.4e-10.
+    over from the best point (fewer evaluations than L-BFGS-B on bootstrap replicates, docs/inference.md).
     """
     started = time.perf_counter()
     theta = np.asarray(start, dtype=np.float64).copy()

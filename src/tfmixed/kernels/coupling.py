@@ -206,7 +206,7 @@ class PatternCoupling(SparseCoupling):
     @classmethod
     def _build_scalar(cls, C, Ccsc: sp.csc_matrix, n_levels: int, size: int) -> "PatternCoupling":
         """The k = 1 pattern without a sort: the pairs come out level by level, which is QT's row order (the
-        general path's COO -> CSR conversion of 1.8 million pairs was 40% of InstEval's set-up)."""
+        general path's COO -> CSR conversion dominates the set-up of a large crossed design)."""
         Ccsc.sort_indices()
         per_level = np.diff(Ccsc.indptr).astype(np.int64)
         level_start = np.repeat(Ccsc.indptr[:-1].astype(np.int64), per_level)
@@ -259,8 +259,8 @@ class PatternCoupling(SparseCoupling):
 class SplitCoupling(CouplingCapabilities):
     """C = [S; D] held as its two parts: S = Zr'WZ1 (sparse) by the pattern strategy and D = [X y~]'WZ1 (dense:
     every level meets the fixed effects) by BLAS. The pattern of all of C pairs each level's p + 1 dense entries
-    with every other entry, (nnz_j + p + 1)^2 / 2 products per level, where S alone needs nnz_j^2 / 2 (guImmun,
-    16 fixed effects: 272,745 pairs against 1,595) and D's products are dense GEMMs."""
+    with every other entry, (nnz_j + p + 1)^2 / 2 products per level, where S alone needs nnz_j^2 / 2 (many
+    fixed effects make the difference a factor of hundreds) and D's products are dense GEMMs."""
 
     name = "split"
     #: block_sums reads M's lower triangle only (M symmetric), as the pattern strategy does
@@ -342,11 +342,11 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options,
     """The cheapest strategy for C's products that fits in memory; ``parts`` = (S, D) are C's sparse
     random-effects rows and its dense fixed-effects rows, when the caller has them apart.
 
-    Costs per evaluation, in seconds at rates measured on a 2-core machine: dense, rows^2 L k^2 flops of BLAS
-    (~20 GFlop/s) plus holding C dense; pattern, one multiply-add per pair of C's nonzeros sharing a level
-    (~0.3 G/s); sparse products, the same pairs at scipy's ~0.03 G/s; split, the pattern of S's pairs plus
-    D's rows times all of C's by BLAS. Forced by ``options``: C with at most ``dense_coupling_entries``
-    entries is always dense; more than ``pattern_pairs`` pairs never use the pattern.
+    Costs per evaluation, at the rates of ``options`` (:class:`~tfmixed.kernels.options.KernelOptions`): dense,
+    rows^2 L k^2 flops of BLAS plus holding C dense; pattern, one multiply-add per pair of C's nonzeros sharing a
+    level; sparse products, the same pairs at scipy's rate; split, the pattern of S's pairs plus D's rows times
+    all of C's by BLAS. Forced by ``options``: C with at most ``dense_coupling_entries`` entries is always dense;
+    more than ``pattern_pairs`` pairs never use the pattern.
     """
     strategies = {"dense": DenseCoupling, "sparse": SparseCoupling}
     if options.coupling == "pattern":
@@ -364,15 +364,16 @@ def choose_coupling(C: sp.csr_matrix, n_levels: int, k: int, options,
     pairs = PatternCoupling.pair_count(sp.csc_matrix(C), k)
     costs = {}
     if dense_bytes <= options.memory_limit / 4:
-        costs["dense"] = rows * rows * n_levels * k * k / 20e9
+        costs["dense"] = rows * rows * n_levels * k * k / options.dense_flops_per_second
     if pairs <= options.pattern_pairs:
-        costs["pattern"] = pairs / 0.3e9
-    costs["sparse"] = pairs / 0.03e9
+        costs["pattern"] = pairs / options.pattern_pairs_per_second
+    costs["sparse"] = pairs / options.sparse_pairs_per_second
     if parts is not None and parts[0].shape[0]:
         S, D = parts
         sparse_pairs = PatternCoupling.pair_count(sp.csc_matrix(S), k)
         if sparse_pairs <= options.pattern_pairs:
-            costs["split"] = sparse_pairs / 0.3e9 + D.shape[0] * rows * n_levels * k * k / 20e9
+            costs["split"] = (sparse_pairs / options.pattern_pairs_per_second
+                              + D.shape[0] * rows * n_levels * k * k / options.dense_flops_per_second)
     choice = min(costs, key=costs.__getitem__)
     if choice == "pattern":
         return PatternCoupling.build(C, n_levels, k)

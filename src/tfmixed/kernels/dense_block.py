@@ -93,8 +93,8 @@ class DenseFactor:
 
     def _solve_leading(self, rhs: np.ndarray, size: int, transpose: bool = False) -> np.ndarray:
         """L[:size, :size]^{-1} rhs (^{-T} with ``transpose``) through the whole factor, rhs padded with zeros:
-        L' = U is Fortran-ordered as LAPACK left it, while a leading block would be copied on every call (3 ms
-        of InstEval's 1,159-column factor, 17 times per fit). The padding gives the leading solution exactly:
+        L' = U is Fortran-ordered as LAPACK left it, while a leading block would be copied on every call (a
+        large share of a big dense factor's solve). The padding gives the leading solution exactly:
         forward, the first rows do not see the later ones; backward, the padded rows solve to 0."""
         n = self.L.shape[0]
         if size == n or np.any(np.diag(self.L)[size:] == 0):
@@ -122,7 +122,7 @@ class DenseFactor:
         inverse = np.zeros_like(self.L)
         if size:
             # from U = L' in LAPACK's own (Fortran) order, a contiguous copy: the C-ordered L would be transposed
-            # on the way in and out (3 ms of InstEval's 30 ms inversion). U^{-1} U^{-T} = (L L')^{-1}; its upper
+            # on the way in and out. U^{-1} U^{-T} = (L L')^{-1}; its upper
             # triangle in Fortran order is the lower one read in C order, and dpotri leaves U's zeros below.
             # (always a copy: a leading block that is itself contiguous would be a view, and dpotri overwrites it)
             upper, info = la.lapack.dpotri(np.array(self.L.T[:size, :size], order="F"), lower=0, overwrite_c=1)

@@ -17,8 +17,7 @@ For theta, with M = Lambda'Z'WZ Lambda + I and B = Lambda'Z'W [X | y~]:
 The probes are drawn once from ``seed``: the estimated gradient is a smooth, deterministic function of theta,
 whose root the estimator (:mod:`tfmixed.estimators.stochastic_newton`) finds by Newton steps; the probes'
 spread gives the Monte Carlo standard error of that root. Z'WZ is held as a TensorFlow CSR matrix (its products
-are 2x faster than scipy's single-threaded ones and 6x faster than a SparseTensor's on the 2-core CPU, and run
-on cuSPARSE on a GPU). Conditional variances of the random effects are not available from this strategy (NaN).
+are multi-threaded, unlike scipy's, faster than a SparseTensor's, and run on cuSPARSE on a GPU; docs/scale.md). Conditional variances of the random effects are not available from this strategy (NaN).
 """
 
 from __future__ import annotations
@@ -71,8 +70,8 @@ class IterativeOptions:
 
 def _sparse_product(tf, matrix: sp.csr_matrix):
     """V -> matrix @ V in TensorFlow: through a CSR matrix where this TensorFlow has one (cuSPARSE on a GPU),
-    else a SparseTensor (the public API, 3x slower on CPU). The entries go in row-major order as scipy's sorted
-    CSR holds them, so TensorFlow need not sort them again (seconds on 1e7 entries)."""
+    else a SparseTensor (the public API, slower on CPU). The entries go in row-major order as scipy's sorted
+    CSR holds them, so TensorFlow need not sort them again (a sort that costs seconds at scale)."""
     matrix.sort_indices()
     rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
     tensor = tf.sparse.SparseTensor(np.column_stack([rows, matrix.indices.astype(np.int64)]),

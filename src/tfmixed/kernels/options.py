@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import DataError
+
 
 def physical_memory_bytes() -> int:
     """Installed memory (POSIX sysconf), or 8 GiB where it cannot be read."""
@@ -40,16 +42,31 @@ class KernelOptions:
     #: the sparse strategy is chosen for at least this many remaining columns whose block is at most this dense
     sparse_min_columns: int = 500
     sparse_max_density: float = 0.05
+    #: the coupling strategies' cost model (per evaluation): BLAS flops per second of the dense strategy, products
+    #: per second of the pattern strategy's pairs and of scipy's sparse products (defaults calibrated on the
+    #: project's 2-core benchmark machine, see docs/lmer.md)
+    dense_flops_per_second: float = 20e9
+    pattern_pairs_per_second: float = 0.3e9
+    sparse_pairs_per_second: float = 0.03e9
+    #: below this many entries (rest x first columns) the exact inverse's entries may come from S^{-1} M' held dense
+    dense_inverse_entries: int = 4_000_000
+    #: a BLAS flop of that dense S^{-1} M' costs this fraction of one indexed product of the per-pair path
+    dense_flop_cost: float = 0.01
+    #: up to this size Lambda' M Lambda with vector-valued terms is two dense products (the per-term reshapes
+    #: cost more there)
+    small_dense_scale: int = 48
 
     def __post_init__(self):
         if self.coupling not in (None, "dense", "pattern", "sparse", "split"):
-            from ..errors import DataError
-
             raise DataError(f"coupling must be None, 'dense', 'pattern', 'sparse' or 'split', got {self.coupling!r}")
         if self.rest not in (None, "dense", "bordered", "sparse"):
-            from ..errors import DataError
-
             raise DataError(f"rest must be None, 'dense', 'bordered' or 'sparse', got {self.rest!r}")
+        rates = (("dense_flops_per_second", self.dense_flops_per_second),
+                 ("pattern_pairs_per_second", self.pattern_pairs_per_second),
+                 ("sparse_pairs_per_second", self.sparse_pairs_per_second), ("dense_flop_cost", self.dense_flop_cost))
+        for name, value in rates:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise DataError(f"KernelOptions.{name} must be a positive number, got {value!r}")
 
     @property
     def memory_limit(self) -> int:

@@ -44,15 +44,6 @@ from .sparse_block import SparseFactor, SparseStructure
 from .options import KernelOptions
 
 
-#: below this many entries (rest x first columns) inverse_entries may hold S^{-1} M' dense
-DENSE_COUPLING_INVERSE = 4_000_000
-#: a BLAS flop of the dense S^{-1} M' costs about this fraction of one indexed product of the per-pair path
-DENSE_FLOP_COST = 0.01
-#: up to this size Lambda' M Lambda with vector-valued terms is two dense products (the per-term reshapes
-#: cost more there)
-SMALL_DENSE_SCALE = 48
-
-
 @dataclass(frozen=True)
 class BlockShape:
     """Levels and covariate columns of one random-effects term, as the kernel sees it."""
@@ -294,7 +285,7 @@ class PLSProblem:
         """
         if not self.rest:
             return M
-        if not self.scalar_rest and M.shape[0] <= SMALL_DENSE_SCALE:
+        if not self.scalar_rest and M.shape[0] <= self.options.small_dense_scale:
             Lam = self.rest_lambda(factors)
             product = Lam.T @ M @ Lam if transpose else Lam @ M @ Lam.T
             if not in_place:
@@ -450,7 +441,7 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
 
         With M' = Lambda_r' C T1 A11^{-1} (sparse: C's pattern) and S the Schur complement of the remaining
         columns, the inverse is [[A11^{-1} + M S^{-1} M', -M S^{-1}], [-S^{-1} M', S^{-1}]]. On a small dense block
-        S^{-1} M' is formed whole (``DENSE_COUPLING_INVERSE``); otherwise each pair costs the product of its
+        S^{-1} M' is formed whole (``KernelOptions.dense_inverse_entries``); otherwise each pair costs the product of its
         columns' nonzero counts in M', reading S^{-1} through the strategy's ``inverse_lookup`` (the bordered and
         sparse strategies hold it on the pattern of S, where the pairs of a row lie). Pass each pair once;
         first-term pairs must share a level.
@@ -492,11 +483,12 @@ class PLSFactor(ProfiledCriterion, ProfiledGradient, AverageInformation):
         coupling is sparse (a nested-like factor: one nonzero per column, as mothers within communities)."""
         problem = self.problem
         qr, q1 = problem.q_rest, problem.first.q
-        if not isinstance(self.rest, DenseFactor) or qr * q1 > DENSE_COUPLING_INVERSE:
+        options = self.problem.options
+        if not isinstance(self.rest, DenseFactor) or qr * q1 > options.dense_inverse_entries:
             return False
         counts = problem.coupling_counts()
         per_pair = float(np.sum(counts[left] * counts[right])) + float(np.count_nonzero(mixed)) * float(np.max(counts, initial=0))
-        return DENSE_FLOP_COST * qr * qr * q1 <= per_pair + q1
+        return options.dense_flop_cost * qr * qr * q1 <= per_pair + q1
 
     def _coupling_times_inverse(self) -> sp.csc_matrix:
         """M' = Lambda_r' Zr'WZ1 T1 A11^{-1} as a sparse qr x q1 matrix (the pattern of the coupling)."""
