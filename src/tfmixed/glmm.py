@@ -17,6 +17,7 @@ import numpy as np
 
 from .design import build_design
 from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
+from .estimators.diagnosis import flag_separation
 from .estimators.glmer_stages import optimize_glmer
 from .estimators.profiled import ProfiledOptions
 from .families import Binomial, get_family
@@ -107,6 +108,7 @@ def glmer(
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = optimize_glmer(objective, method=method, start=start, tol=tol, max_iter=max_iter,
                                           verbose=verbose, options=optimizer)
+        optimum = flag_separation(objective, optimum, design.fixed_names)
         fit = GlmerFit(design, objective, optimum, hessian=hessian)
     _warn_about(fit)
     return fit
@@ -117,31 +119,7 @@ def objective_is_unstructured(design) -> bool:
     return all(term.structure.is_lme4_theta for term in design.terms)
 
 
-#: fitted means this close to the boundary (0 or 1 for binomial, 0 for Poisson) mean a fixed effect has run off
-BOUNDARY_MEAN = 1e-10
-
-
-def _flag_separation(fit: GlmerFit) -> None:
-    """Complete or quasi-complete separation: some fitted means sit numerically on 0 (or 1), the likelihood has
-    no maximum and the affected fixed effects (and their SEs) are meaningless, whatever the optimiser says."""
-    mu = fit.fitted
-    informative = fit.objective.pirls.prior > 0
-    near = mu < BOUNDARY_MEAN
-    if fit.family.name == "binomial":
-        near |= mu > 1 - BOUNDARY_MEAN
-    count = int(np.sum(near & informative))
-    if count == 0:
-        return
-    optimum = fit.optimum
-    optimum.converged, optimum.status = False, "separated"
-    optimum.message = (f"fitted means of {count} row(s) are numerically 0{' or 1' if fit.family.name == 'binomial' else ''}: "
-                       "the data are (quasi-)completely separated by the fixed effects, the likelihood has no maximum and "
-                       f"the largest estimates ({', '.join(fit.fixef.abs().sort_values().index[-2:][::-1])}) are unbounded; "
-                       "remove or merge the separating covariates")
-
-
 def _warn_about(fit: GlmerFit) -> None:
-    _flag_separation(fit)
     if not fit.converged:
         warnings.warn(f"glmer did not converge: {fit.optimum.message}", ConvergenceWarning, stacklevel=3)
     if fit.is_singular:
@@ -160,6 +138,4 @@ def refit_glmer(fit: GlmerFit, response: np.ndarray) -> GlmerFit:
     objective = GlmmObjective(design, fit.family, fit.n_agq, fit.objective.pirls.options)
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = optimize_glmer(objective, start=fit.theta)
-        refitted = GlmerFit(design, objective, optimum, hessian=hessian)
-    _flag_separation(refitted)
-    return refitted
+        return GlmerFit(design, objective, flag_separation(objective, optimum, design.fixed_names), hessian=hessian)

@@ -18,6 +18,7 @@ from .covariance_structures import CovarianceParameters
 from .design import Design, build_design
 from .errors import (ConvergenceWarning, CovarianceCollapseWarning, DataError, FormulaError, MemoryLimitError, ShapeError,
                      SingularFitWarning)
+from .estimators.diagnosis import flag_degenerate
 from .estimators.fixed_point import METHODS, VarianceState, fit_fixed_point
 from .estimators.profiled import ProfiledOptions, fit_profiled
 from .estimators.stochastic_newton import fit_stochastic_newton
@@ -184,25 +185,9 @@ def lmer(
         else:
             optimum = _fit_fixed_point(design, problem, method, REML, G0, sigma2_0, acceleration, covariance,
                                        tol, max_iter, verbose)
-        fit = LmerFit(design, objective, optimum)
-    _flag_degenerate(fit)
+        fit = LmerFit(design, objective, flag_degenerate(objective, optimum, design.response_variance))
     _warn_about(fit, method)
     return fit
-
-
-def _flag_degenerate(fit: LmerFit) -> None:
-    """A residual variance of ~0 means the response is (nearly) a function of the random effects: the
-    likelihood is unbounded (sigma -> 0, theta -> infinity) and no variance estimate is meaningful."""
-    spread = fit.design.response_variance
-    optimum = fit.optimum
-    if optimum.status == "degenerate" or fit.sigma**2 > 1e-10 * spread or fit.method != "profiled":
-        return
-    optimum.converged, optimum.status = False, "degenerate"
-    optimum.message = (
-        f"the residual variance is estimated as {fit.sigma**2:.3g} (response variance {spread:.3g}): the response is "
-        "(nearly) constant within the levels of the grouping factors, the likelihood has no maximum and the "
-        "variance components are meaningless; remove the grouping factor or model the group means directly"
-    )
 
 
 def _fit_fixed_point(design, problem, method, reml, G0, sigma2_0, acceleration, covariance, tol, max_iter, verbose):

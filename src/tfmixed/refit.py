@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError, ShapeError
+from .estimators.diagnosis import flag_degenerate
 from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
 from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.pls import PLSProblem
@@ -71,7 +72,7 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
             optimum = fit_profiled(objective, start=start, max_iter=max_iter)
         else:
             optimum = fit_near(objective, start, inverse_hessian)
-        return LmerFit(design, objective, optimum)
+        return LmerFit(design, objective, flag_degenerate(objective, optimum, design.response_variance))
 
 
 def criterion_inverse_hessian(fit) -> np.ndarray:

@@ -77,7 +77,7 @@ class FixedPointStep:
     criterion: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class FixedPointFit(EstimatorResult):
     """Outcome of :func:`fit_fixed_point`: the common estimator result plus the final (G, sigma^2) state."""
 

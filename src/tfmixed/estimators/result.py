@@ -19,7 +19,7 @@ class StageRecord:
     message: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class EstimatorResult:
     """Where an estimator stopped and how it got there.
 
