@@ -25,3 +25,47 @@ def test_couplings_declare_their_capabilities():
                             coupling.SplitCoupling)}
     assert declared == {"DenseCoupling": (True, False, False), "SparseCoupling": (False, False, False),
                         "PatternCoupling": (False, True, False), "SplitCoupling": (False, True, True)}
+
+
+def _imports(path: Path, module: str, local: bool) -> set[str]:
+    """The tfmixed modules ``path`` imports, at module level or (``local``) inside its functions."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    nodes = [n for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)] if local else tree.body
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            # "from .. import x" names modules of the package, not the package's __init__
+            found |= {f"{base}.{alias.name}" for alias in node.names} | ({base} if node.module else set())
+    return found
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in SOURCE.rglob("*.py"):
+        name = ".".join(path.relative_to(SOURCE.parent).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def test_no_import_circles():
+    """No cycle among module-level imports, and none hidden in a function: results never import the front doors
+    (lmm, glmm) and refitting never imports results."""
+    modules = _modules()
+    graph = {name: _imports(path, name, local=False) & set(modules) for name, path in modules.items()}
+
+    def reaches(start, target, seen):
+        for nxt in graph[start] - seen:
+            if nxt == target or reaches(nxt, target, seen | {nxt}):
+                return True
+        return False
+
+    assert [name for name in graph if reaches(name, name, set())] == []
+    hidden = {name: _imports(path, name, local=True) for name, path in modules.items()}
+    assert not any(target in ("tfmixed.lmm", "tfmixed.glmm") for name, targets in hidden.items()
+                   if name.startswith("tfmixed.results") for target in targets)
+    assert not any(t.startswith("tfmixed.results") for t in hidden["tfmixed.refit"] | graph["tfmixed.refit"])

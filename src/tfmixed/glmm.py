@@ -9,7 +9,6 @@ of :mod:`tfmixed.estimators.profiled` in lme4's two stages (:mod:`tfmixed.estima
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any
 
@@ -125,17 +124,3 @@ def _warn_about(fit: GlmerFit) -> None:
     if fit.is_singular:
         warnings.warn("boundary (singular) fit: a variance is 0 or a correlation is +-1; see GlmerFit.is_singular",
                       SingularFitWarning, stacklevel=3)
-
-
-def refit_glmer(fit: GlmerFit, response: np.ndarray) -> GlmerFit:
-    """The same GLMM re-estimated on a new response (a bootstrap replicate), by lme4's stages from the fit's
-    theta, with separation reported as for ``glmer``."""
-    response = np.asarray(response, dtype=np.float64).ravel()
-    if response.shape != fit.design.y.shape:
-        raise DataError(f"response must have {fit.design.y.size} values, got {response.size}")
-    design = dataclasses.replace(fit.design, y=response)
-    fit.family.check_response(design.y, fit.objective.pirls.prior, design.parsed.response)
-    objective = GlmmObjective(design, fit.family, fit.n_agq, fit.objective.pirls.options)
-    with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
-        optimum, hessian = optimize_glmer(objective, start=fit.theta)
-        return GlmerFit(design, objective, flag_separation(objective, optimum, design.fixed_names), hessian=hessian)

@@ -1,5 +1,6 @@
-"""Re-estimating a fitted linear mixed model: by the other criterion (REML <-> ML), on a new response, or with
-some fixed effects held at given values.
+"""Re-estimating a fitted model: a linear mixed model by the other criterion (REML <-> ML), on a new response,
+or with some fixed effects held at given values; a GLMM on a new response (a bootstrap replicate). A refit
+returns a fit of the class it was given and imports no result module.
 
 The analogue of lme4's ``refit`` / ``refitML``: the design and the kernel's chosen strategies are reused
 (:meth:`~tfmixed.kernels.pls.PLSProblem.reweighted`), so a refit costs only the optimisation, warm-started at the
@@ -14,10 +15,12 @@ import dataclasses
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .estimators.diagnosis import flag_degenerate
+from .estimators.diagnosis import flag_degenerate, flag_separation
+from .estimators.glmer_stages import optimize_glmer
 from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
 from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.pls import PLSProblem
+from .laplace import GlmmObjective
 from .objective import LmmObjective
 from .threads import blas_threads_for
 
@@ -50,8 +53,6 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
     >>> round(refit(fit, reml=False).deviance, 4)
     1751.9393
     """
-    from .results import LmerFit
-
     _require_lmer(fit, "refit")
     design, problem = fit.design, fit.problem
     if response is not None:
@@ -72,7 +73,8 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
             optimum = fit_profiled(objective, start=start, max_iter=max_iter)
         else:
             optimum = fit_near(objective, start, inverse_hessian)
-        return LmerFit(design, objective, flag_degenerate(objective, optimum, design.response_variance))
+        # the fit's own class: refitting returns what it was given, and imports no result module
+        return type(fit)(design, objective, flag_degenerate(objective, optimum, design.response_variance))
 
 
 def criterion_inverse_hessian(fit) -> np.ndarray:
@@ -115,3 +117,18 @@ class HeldFixedEffect:
         """theta -> ML deviance of the model with the coefficient held at ``value``."""
         shifted = dataclasses.replace(self.design, offset=self.design.offset + value * self.column_values)
         return LmmObjective(self.problem.reweighted(shifted.cross_products()), reml=False, covariance=self.covariance)
+
+
+def refit_glmer(fit, response: np.ndarray):
+    """The same GLMM re-estimated on a new response (a bootstrap replicate), by lme4's stages from the fit's
+    theta, with separation reported as for ``glmer``."""
+    response = np.asarray(response, dtype=np.float64).ravel()
+    if response.shape != fit.design.y.shape:
+        raise DataError(f"response must have {fit.design.y.size} values, got {response.size}")
+    design = dataclasses.replace(fit.design, y=response)
+    fit.family.check_response(design.y, fit.objective.pirls.prior, design.parsed.response)
+    objective = GlmmObjective(design, fit.family, fit.n_agq, fit.objective.pirls.options)
+    with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
+        optimum, hessian = optimize_glmer(objective, start=fit.theta)
+        # the fit's own class: refitting returns what it was given, and imports no result module
+        return type(fit)(design, objective, flag_separation(objective, optimum, design.fixed_names), hessian=hessian)

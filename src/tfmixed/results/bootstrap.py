@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import ConvergenceWarning, DataError, SingularFitWarning, TfmixedError
 from ..progress import Progress
+from ..refit import criterion_inverse_hessian, refit, require_exact_kernel
 from ..validation import require_rows_in_memory
 from .base import FitBase
 
@@ -124,14 +125,10 @@ class Resampling(FitBase):
         return mean + noise
 
     def _bootstrap_metric(self):
-        from ..refit import criterion_inverse_hessian, require_exact_kernel
-
         require_exact_kernel(self, "the bootstrap")
         return criterion_inverse_hessian(self)
 
     def _refit_response(self, response: np.ndarray, metric):
-        from ..refit import refit
-
         return refit(self, response=response, inverse_hessian=metric)
 
     def simulate(self, n: int = 1, *, seed: int | None = None, re_form: str | None = "NA") -> pd.DataFrame:

@@ -9,6 +9,8 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError
+from ..refit import refit as refit_fit
+from .base import FitBase
 
 
 @dataclass
@@ -33,10 +35,7 @@ class LikelihoodRatioTable:
 
 
 def _check_comparable(fits) -> None:
-    from . import LmerFit
-    from .glmm import GlmerFit
-
-    strangers = [type(fit).__name__ for fit in fits if not isinstance(fit, (LmerFit, GlmerFit))]
+    strangers = [type(fit).__name__ for fit in fits if not isinstance(fit, FitBase)]
     if strangers:
         raise DataError(f"anova compares fits of tfmixed.lmer or tfmixed.glmer, got {strangers}")
     first = fits[0]
@@ -101,8 +100,6 @@ def anova(*fits, refit: bool = True) -> LikelihoodRatioTable:
     >>> round(float(anova(m0, m1).table["Chisq"].iloc[1]), 4)
     42.1393
     """
-    from ..refit import refit as refit_fit
-
     if len(fits) < 2:
         raise DataError("anova needs at least two fitted models to compare")
     _check_comparable(fits)

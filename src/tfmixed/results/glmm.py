@@ -17,6 +17,7 @@ from scipy import stats
 
 from ..design import Design
 from ..errors import DataError
+from ..refit import refit_glmer
 from ..laplace import GlmmObjective
 from .estimates import Estimates
 from .likelihood import Likelihood
@@ -191,8 +192,6 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         return None
 
     def _refit_response(self, response: np.ndarray, metric):
-        from ..glmm import refit_glmer
-
         return refit_glmer(self, response)
 
     def report(self) -> str:
