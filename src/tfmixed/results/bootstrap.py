@@ -38,7 +38,7 @@ def default_statistic(fit) -> pd.Series:
 
 def _default_values(fit) -> np.ndarray:
     # the replicates' statistic without building a Series each time (a third of a small refit's overhead)
-    return np.concatenate([fit._beta, fit.sdcor_values()])
+    return np.concatenate([fit.fixef.to_numpy(), fit.sdcor_values()])
 
 
 def _draw(fit, rng: np.random.Generator, condition_on_modes: bool) -> np.ndarray:
@@ -48,7 +48,7 @@ def _draw(fit, rng: np.random.Generator, condition_on_modes: bool) -> np.ndarray
     else:
         q = sum(term.q for term in design.terms)
         random_part = design.z_times(fit._factor.u_to_b(fit.sigma * rng.standard_normal(q)))
-    return fit._simulated_response(design.X @ fit._beta + design.offset_or_zero + random_part, rng)
+    return fit._simulated_response(design.X @ fit.fixef.to_numpy() + design.offset_or_zero + random_part, rng)
 
 
 def _check_re_form(re_form) -> bool:

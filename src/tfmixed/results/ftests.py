@@ -129,7 +129,7 @@ def satterthwaite_ftest(fit, L: np.ndarray) -> tuple[float, int, float]:
     if q == 0:
         return np.nan, 0, np.nan
     PtL = (vectors.T @ L)[:q]
-    F = float(np.sum((PtL @ fit._beta) ** 2 / eigenvalues[:q]) / q)
+    F = float(np.sum((PtL @ fit.fixef.to_numpy()) ** 2 / eigenvalues[:q]) / q)
     nu = fit._satterthwaite_parts.contrast_df(PtL)
     return F, q, _combined_df(nu)
 
@@ -166,7 +166,7 @@ def anova_table(fit, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
             F, q, df = satterthwaite_ftest(fit, L)
             mean_square = F * sigma2
         else:
-            result = kr.test(L, fit._beta)
+            result = kr.test(L, fit.fixef.to_numpy())
             q, df, F, mean_square = result["ndf"], result["ddf"], result["F"], result["F_unscaled"] * sigma2
         rows.append((label, mean_square * q, mean_square, q, df, F, stats.f.sf(F, q, df)))
     return pd.DataFrame(rows, columns=["term", "Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]

@@ -142,7 +142,7 @@ class ProfileLikelihood(_ProfileBase):
         self.parameters = VarianceParameters(self.objective.covariance)
         self.names = list(self.ml_fit.sdcor.index) + list(self.ml_fit.design.fixed_names)
         self.n_variance = len(self.ml_fit.sdcor)
-        self.estimate = np.concatenate([self.ml_fit.sdcor.to_numpy(), self.ml_fit._beta])
+        self.estimate = np.concatenate([self.ml_fit.sdcor.to_numpy(), self.ml_fit.fixef.to_numpy()])
         self.estimate[np.isnan(self.estimate)] = 0.0  # a correlation of a zero-variance column
         self.minimum = self.ml_fit.deviance
         self.verbose = verbose
@@ -235,11 +235,11 @@ class GlmmProfileLikelihood(_ProfileBase):
         if fit.n_agq == 0:
             raise DataError("profile intervals need the Laplace or quadrature likelihood; this fit used nAGQ = 0")
         self.fit, self.verbose = fit, verbose
-        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit._beta]))
+        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit.fixef.to_numpy()]))
         self.parameters = VarianceParameters(fit.objective.covariance)  # its last entry (sigma) is held at 1
         self.n_variance, self.n_theta = len(fit.sdcor_names()), fit.theta.size
         self.names = fit.sdcor_names() + list(fit.design.fixed_names)
-        self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit._beta])
+        self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit.fixef.to_numpy()])
         self.minimum = fit.criterion
         self._scales = self._standard_errors()
 
