@@ -150,7 +150,11 @@ def _sleep_by_day():
 
 @pytest.mark.parametrize("code", ["ar1", "cs", "toep"])
 def test_structured_gradient_matches_differences(code):
-    fit = tm.lmer(f"Reaction ~ Days + {code}(0 + dayf | Subject)", _sleep_by_day(), verbose=False)
+    formula = f"Reaction ~ Days + {code}(0 + dayf | Subject)"
+    data = _sleep_by_day()
+    if code != "ar1":  # identified with replicates per subject and day only
+        data = pd.concat([data, data.assign(Reaction=data.Reaction + np.random.default_rng(2).normal(0, 20, len(data)))])
+    fit = tm.lmer(formula, data, verbose=False)
     objective = fit.objective
     theta = fit.theta + 0.05
     _, gradient = objective.value_and_gradient(theta)
@@ -164,9 +168,12 @@ def test_one_observation_per_cell_needs_a_correlation():
     fit = tm.lmer("Reaction ~ Days + ar1(0 + dayf | Subject)", data, verbose=False)
     assert fit.converged and not fit.is_singular
     assert 0 < fit.structure_parameters["value"].iloc[0] < 1
-    for code in ("diag", "homdiag", "homcs", "us"):
+    for code in ("diag", "homdiag", "homcs", "us", "cs", "toep"):
         with pytest.raises(DataError, match="check.nobs.vs.nRE"):
             tm.lmer(f"Reaction ~ Days + {code}(0 + dayf | Subject)", data, verbose=False)
+    two_days = data[data.dayf.isin(["d0", "d5"])]  # ar1 over two columns: three moments, three parameters
+    with pytest.raises(DataError, match="check.nobs.vs.nRE"):
+        tm.lmer("Reaction ~ Days + ar1(0 + dayf | Subject)", two_days, verbose=False)
 
 
 def test_structured_options_that_do_not_apply():
@@ -188,12 +195,18 @@ def test_summary_prints_structure_parameters():
 
 
 def test_likelihood_ratio_between_structures():
-    data = _sleep_by_day()
-    ar1 = tm.lmer("Reaction ~ Days + ar1(0 + dayf | Subject)", data, REML=False, verbose=False)
-    toep = tm.lmer("Reaction ~ Days + toep(0 + dayf | Subject)", data, REML=False, verbose=False)
-    assert toep.deviance <= ar1.deviance + 1e-6  # toep nests ar1 (with equal variances and geometric lags)
+    data = _machines_like()
+    ar1 = tm.lmer("score ~ Machine + ar1(0 + Machine | Worker)", data, REML=False, verbose=False)
+    toep = tm.lmer("score ~ Machine + toep(0 + Machine | Worker)", data, REML=False, verbose=False)
+    # toep nests ar1 (equal SDs, partial autocorrelations (rho, 0)): started at ar1's optimum it can only go lower,
+    # and the default start must reach the same optimum
+    s, rho = ar1.sdcor["sd_ar1|Worker"] / ar1.sigma, ar1.sdcor["rho_ar1|Worker"]
+    nested = toep.objective.covariance.structures[0].from_natural(np.array([s, s, s, rho, 0.0]))
+    from_ar1 = tm.lmer("score ~ Machine + toep(0 + Machine | Worker)", data, REML=False, verbose=False, start=nested)
+    assert from_ar1.deviance <= ar1.deviance + 1e-8
+    assert toep.deviance == pytest.approx(from_ar1.deviance, abs=1e-6)
     table = tm.anova(ar1, toep).table
-    assert table["Df"].tolist()[-1] == toep.n_params - ar1.n_params == 17
+    assert table["Df"].tolist()[-1] == toep.n_params - ar1.n_params == 3
 
 
 def _dense_reml(fit) -> float:
@@ -227,6 +240,8 @@ def test_sleepstudy_ar1_beats_glmmtmb_boundary_stop():
 @pytest.mark.parametrize("code", ["ar1", "cs"])
 def test_iterative_backend_reaches_the_exact_optimum(code):
     data = _sleep_by_day()
+    if code == "cs":  # identified with replicates per subject and day only
+        data = pd.concat([data, data.assign(Reaction=data.Reaction + np.random.default_rng(2).normal(0, 20, len(data)))])
     formula = f"Reaction ~ Days + {code}(0 + dayf | Subject)"
     exact = tm.lmer(formula, data, backend="exact", verbose=False)
     iterative = tm.lmer(formula, data, backend="iterative", verbose=False)
@@ -243,3 +258,15 @@ def test_glmer_structured_profile():
     rho = fit.sdcor["rho_ar1|herd"]
     assert intervals.loc["rho_ar1|herd", "lower"] < rho < intervals.loc["rho_ar1|herd", "upper"]
     assert -1 < intervals.loc["rho_ar1|herd", "lower"] and intervals.loc["rho_ar1|herd", "upper"] < 1
+
+
+def test_prediction_at_an_unseen_column_level_is_refused():
+    """ar1(0 + dayf | Subject) has no column for a day it was not fitted on: predicting there would drop that
+    day's random effect and its variance silently."""
+    data = _sleep_by_day()
+    fit = tm.lmer("Reaction ~ Days + ar1(0 + dayf | Subject)", data, verbose=False)
+    new = pd.DataFrame({"Days": [10], "dayf": ["d10"], "Subject": [data.Subject.iloc[0]]})
+    with pytest.raises(DataError, match="'d10'.*random term of 'Subject'"):
+        fit.predict(new)
+    known = new.assign(dayf="d9", Days=9)
+    assert np.isfinite(fit.predict(known)).all()

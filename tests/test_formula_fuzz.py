@@ -61,7 +61,8 @@ def formulas(draw):
     return f"{response} ~ {' + '.join(terms)}{draw(st.sampled_from(tokens['junk']))}"
 
 
-@settings(max_examples=1000, deadline=5000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# no deadline: a timed test fails on a loaded machine (the examples are fixed by derandomize, their count bounded)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(formulas())
 def test_every_formula_ends_in_a_fit_or_a_tfmixed_error(formula):
     with warnings.catch_warnings():

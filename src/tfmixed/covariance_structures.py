@@ -19,7 +19,7 @@ exactly (a singular fit). Correlation parameters are optimised on an unbounded s
 for ar1 and the partial autocorrelations (glmmTMB's map), a shifted logistic for compound symmetry. The
 criterion is smooth in G and so in rho, but T = D chol(R) is not at |rho| = 1 (d chol / d rho grows as
 1 / sqrt(1 - rho^2)): on the z scale the boundary is at infinity and the criterion stays smooth, as in glmmTMB; a
-correlation within 1e-4 of its bound is reported as a singular fit.
+correlation matrix whose smallest eigenvalue is below 1e-4 is reported as a singular fit.
 
 >>> s = structure("ar1", 3)
 >>> T = s.factor(np.array([2.0, s.from_natural(np.array([2.0, 0.5]))[1]]))
@@ -69,10 +69,14 @@ class CovarianceStructure(ABC):
     #: whether the parameters are lme4's theta (the lower triangle of T): the evidence update and lme4's
     #: starting values apply to them as they are
     is_lme4_theta: ClassVar[bool] = False
-    #: whether the structure tells its effects from the residual with one observation per level and column
-    #: (ar1, cs and toep do, through their correlations; us, diag and homcs, whose G + sigma^2 I trades a
-    #: common diagonal against sigma^2, do not: lme4's check.nobs.vs.nRE applies to them)
-    identifies_residual: ClassVar[bool] = False
+    @property
+    def identifies_residual(self) -> bool:
+        """Whether the structure tells its effects from the residual with one observation per level and column.
+        Only ar1 over at least three columns does (V = s^2 R(rho) + sigma^2 I: lag-1 and lag-2 covariances give s^2
+        = c1^2 / c2). us, diag, homdiag and homcs trade a common diagonal against sigma^2; cs and toep do where
+        their standard deviations are equal (the Jacobian of V is rank deficient there), so lme4's
+        check.nobs.vs.nRE applies to them."""
+        return False
 
     def __init__(self, k: int):
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -278,7 +282,7 @@ class _Correlated(CovarianceStructure):
     the map between z and the natural correlation parameters, and their names."""
 
     homogeneous: ClassVar[bool] = False
-    identifies_residual = True
+
     @property
     def n_correlation(self) -> int:
         """Number of correlation parameters (one; toep has k - 1)."""
@@ -435,7 +439,6 @@ class HomogeneousCompoundSymmetry(CompoundSymmetry):
 
     code = "homcs"
     homogeneous = True
-    identifies_residual = False
 
     def correlation_names(self) -> list[str]:
         return ["rho_homcs"]
@@ -446,6 +449,10 @@ class AutoRegressive(_Correlated):
 
     code = "ar1"
     homogeneous = True
+
+    @property
+    def identifies_residual(self) -> bool:
+        return self.k >= 3
 
     def correlation(self, z: np.ndarray) -> np.ndarray:
         rho = _ratio_to_unit(z[0])
@@ -617,6 +624,30 @@ class CovarianceParameters:
         if len(kept) < len(parts):
             return None
         return np.concatenate(kept) if kept else np.zeros(0)
+
+    def correlation_probes(self, theta: np.ndarray, distances: Sequence[float],
+                           tol: float = SINGULAR_TOL) -> list[np.ndarray]:
+        """theta with one correlation parameter that sits within ``tol`` of its bound (+-1, or cs's floor) moved
+        inside by each of ``distances`` (fractions of its range), the rest unchanged. On its unbounded scale such
+        a correlation has a vanishing gradient (z -> infinity), so a search stops there whether or not the optimum
+        is; these are the points to compare it with."""
+        theta = np.asarray(theta, dtype=np.float64)
+        probes = []
+        for s, part, cut in zip(self.structures, self.split(theta), self.slices):
+            natural = s.to_natural(part)
+            low, high = s.natural_lower(), s.natural_upper()
+            for i in np.flatnonzero(~s.natural_is_sd()):
+                width = high[i] - low[i]
+                for bound, direction in ((low[i], 1.0), (high[i], -1.0)):
+                    if abs(natural[i] - bound) >= tol * width:
+                        continue
+                    for distance in distances:
+                        moved = natural.copy()
+                        moved[i] = bound + direction * distance * width
+                        probe = theta.copy()
+                        probe[cut] = s.from_natural(moved)
+                        probes.append(probe)
+        return probes
 
     def natural(self, theta: np.ndarray) -> list[np.ndarray]:
         """Per term, the relative SDs and correlation parameters."""

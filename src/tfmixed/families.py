@@ -69,8 +69,8 @@ class Family:
     name = ""
     links: tuple[str, ...] = ()
     #: whether the family has a dispersion (scale) parameter that an observation-level random effect would be
-    #: confounded with; binomial and Poisson have none
-    has_dispersion = False
+    #: confounded with (the safe default for a new family); binomial and Poisson have none
+    has_dispersion = True
 
     def __init__(self, link: str | None = None):
         link = self.links[0] if link is None else link
@@ -129,6 +129,7 @@ class Binomial(Family):
 
     name = "binomial"
     links = ("logit", "probit", "cloglog")
+    has_dispersion = False
 
     def variance(self, mu):
         return mu * (1 - mu)
@@ -184,6 +185,7 @@ class Poisson(Family):
 
     name = "poisson"
     links = ("log",)
+    has_dispersion = False
 
     def variance(self, mu):
         return mu

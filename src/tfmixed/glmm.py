@@ -9,6 +9,7 @@ of :mod:`tfmixed.estimators.profiled` in lme4's two stages (:mod:`tfmixed.estima
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -25,7 +26,7 @@ from .partitioned import is_partitioned
 from .laplace import GlmmObjective
 from .results.glmm import GlmerFit
 from .threads import blas_threads_for
-from .validation import check_flag, check_positive_integer
+from .validation import check_flag, check_positive_integer, require_unstructured
 
 
 def _check_nagq(nAGQ) -> int:
@@ -87,8 +88,8 @@ def glmer(
         raise DataError(f"tol must be a number in (0, 1), got {tol!r}")
     max_iter = check_positive_integer(max_iter, "max_iter")
     verbose = check_flag(verbose, "verbose")
-    if optimizer is not None and (not isinstance(optimizer, ProfiledOptions) or method == "em"):
-        raise DataError("optimizer= must be a tfmixed.ProfiledOptions and applies to method='optimizer'")
+    if optimizer is not None:
+        check_glmer_options(optimizer, method)
     if is_partitioned(data):
         raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
                         "iteration; fit lmer, or glmer on the data in memory")
@@ -100,9 +101,8 @@ def glmer(
                            "effects is statsmodels' GLM")
     prior = np.ones(design.nobs) if design.weights is None else design.weights
     family.check_response(design.y, prior, design.parsed.response)
-    if method == "em" and not objective_is_unstructured(design):
-        raise DataError("method='em' updates unstructured covariances; structured terms (ar1, cs, ...) are "
-                        "estimated by method='optimizer'")
+    if method == "em":
+        require_unstructured(design.terms, "method='em'")
     objective = GlmmObjective(design, family, n_agq, kernel_options)
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = optimize_glmer(objective, method=method, start=start, tol=tol, max_iter=max_iter,
@@ -113,9 +113,20 @@ def glmer(
     return fit
 
 
-def objective_is_unstructured(design) -> bool:
-    """Whether every random-effects term has lme4's unstructured covariance."""
-    return all(term.structure.is_lme4_theta for term in design.terms)
+#: the ProfiledOptions fields glmer's stages read: its criteria declare no average information, so the Newton
+#: stage's settings and the evidence start do not apply
+GLMER_OPTIONS = ("gradient_tol", "decrement_tol", "boundary_probes")
+
+
+def check_glmer_options(optimizer, method: str) -> None:
+    """Refuse optimizer settings glmer would ignore."""
+    if not isinstance(optimizer, ProfiledOptions) or method == "em":
+        raise DataError("optimizer= must be a tfmixed.ProfiledOptions and applies to method='optimizer'")
+    ignored = [field.name for field in dataclasses.fields(ProfiledOptions)
+               if field.name not in GLMER_OPTIONS and getattr(optimizer, field.name) != field.default]
+    if ignored:
+        raise DataError(f"glmer's stages use only {list(GLMER_OPTIONS)} of ProfiledOptions; {ignored} do not apply "
+                        "(the Laplace criterion has no average-information Newton stage)")
 
 
 def _warn_about(fit: GlmerFit) -> None:

@@ -31,6 +31,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from .errors import DataError, TfmixedError
 from .estimators.pirls import PIRLS, Mode, WarmStart
 from .families import Family
+from .objective import bounded_scale
 from .derivatives import hessian_of_gradient, hessian_of_values, jacobian, relative_steps
 from .levels import unique_with_inverse
 from .kernels.covariance import lower_indices
@@ -316,6 +317,12 @@ class _Criterion:
     def analytic_gradient(self, mode: Mode) -> np.ndarray | None:  # pragma: no cover
         raise NotImplementedError
 
+    def correlation_probes(self, params: np.ndarray, distances) -> list[np.ndarray]:
+        """Points with a correlation at its bound moved inside; beta (where optimised) unchanged."""
+        n_theta = self.objective.n_theta
+        return [np.concatenate([probe, params[n_theta:]])
+                for probe in self.objective.covariance.correlation_probes(params[:n_theta], distances)]
+
     def even_parameters(self) -> np.ndarray:
         """The covariance parameters' evenness (see CovarianceStructure.even); beta's entries are not even."""
         even = self.objective.covariance.even()
@@ -360,7 +367,7 @@ class _Criterion:
         if not np.any(on_bound):
             return None
         inside = params.copy()
-        inside[on_bound] = lower[on_bound] + self.inside_step * max(1.0, float(np.max(np.abs(params))))
+        inside[on_bound] = lower[on_bound] + self.inside_step * bounded_scale(params, lower)
         try:
             return self.analytic_gradient(self.mode_at(inside))
         except (TfmixedError, np.linalg.LinAlgError, FloatingPointError):

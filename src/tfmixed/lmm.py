@@ -29,7 +29,7 @@ from .objective import LmmObjective
 from .partitioned import PartitionedDesign, build_partitioned_design, is_partitioned
 from .results import LmerFit
 from .threads import blas_threads_for
-from .validation import check_choice, check_flag, check_positive_integer
+from .validation import check_choice, check_flag, check_positive_integer, require_unstructured
 
 #: the options that only some methods use: method -> the options it accepts
 _METHOD_OPTIONS = {
@@ -172,10 +172,8 @@ def lmer(
                         "set by iterative_options")
     if iterative and method != "profiled":
         raise DataError(f"method={method!r} needs the exact kernel; the iterative backend fits by the profiled method")
-    if method != "profiled" and not all(term.structure.is_lme4_theta for term in design.terms):
-        structured = sorted({term.structure.code for term in design.terms if not term.structure.is_lme4_theta})
-        raise DataError(f"method={method!r} updates unstructured covariances; the {structured} structure(s) are "
-                        "estimated by method='profiled'")
+    if method != "profiled":
+        require_unstructured(design.terms, f"method={method!r}")
     objective = LmmObjective(problem, reml=REML, covariance=CovarianceParameters.of_terms(design.terms))
     with blas_threads_for(problem.q_rest + problem.p + 1):
         if iterative:

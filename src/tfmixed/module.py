@@ -23,6 +23,7 @@ from .kernels.covariance import covariance_factor
 from .lmm import problem_from_design
 from .progress import Progress
 from .protocols import KernelFactor
+from .validation import require_unstructured
 
 
 class MixedModule(tf.Module):
@@ -38,6 +39,7 @@ class MixedModule(tf.Module):
 
     def __init__(self, design: Design, name: str | None = None):
         super().__init__(name=name)
+        require_unstructured(design.terms, "the seed's MixedModule (and mackay)")
         self.design = design
         self.problem = problem_from_design(design)
         self.beta = tf.Variable(np.zeros((design.n_fixed, 1)), dtype=DTYPE, name="beta")

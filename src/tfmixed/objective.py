@@ -22,6 +22,14 @@ from .protocols import AverageInformationFactor, KernelFactor, KernelProblem
 DEGENERATE_RSS = 1e-12
 
 
+def bounded_scale(theta: np.ndarray, lower: np.ndarray) -> float:
+    """The scale of theta's bounded entries (the standard deviations), at least 1: what "near a bound" is relative
+    to. Unbounded entries (correlation parameters on their unbounded scale, fixed effects) do not count: a
+    correlation near +-1 has a huge z, which must not make every standard deviation look like 0."""
+    bounded = np.isfinite(lower)
+    return max(1.0, float(np.max(np.abs(theta[bounded]), initial=0.0)))
+
+
 class LmmObjective:
     """The profiled criterion of a linear mixed model, as a function of theta: lme4's theta for unstructured
     terms, the structures' parameters otherwise (``covariance``, :class:`CovarianceParameters`; by default every
@@ -55,6 +63,10 @@ class LmmObjective:
         """Whether the estimators start with MacKay's evidence updates: every term scalar and unstructured (the
         update moves only scalar terms, and with a vector-valued term it lengthened the search)."""
         return bool(self.dims) and bool(np.all(self.covariance.scalar_lme4()))
+
+    def correlation_probes(self, theta: np.ndarray, distances) -> list[np.ndarray]:
+        """Points with a correlation at its bound moved inside (:meth:`CovarianceParameters.correlation_probes`)."""
+        return self.covariance.correlation_probes(theta, distances)
 
     def even_parameters(self) -> np.ndarray:
         """Parameters in which the criterion is even (the Newton stage may snap such a variance to 0)."""
@@ -91,7 +103,7 @@ class LmmObjective:
         gradient = self.factor(theta).gradient(self.reml)
         if gradient is not None:
             return value, self.covariance.chain(gradient, theta)
-        scale = 1e-7 * max(1.0, float(np.max(np.abs(theta))))
+        scale = 1e-7 * bounded_scale(theta, self.lower)
         inside = np.where(np.isfinite(self.lower), np.maximum(theta, self.lower + scale), theta)
         try:
             gradient = self.factor(inside).gradient(self.reml)

@@ -158,6 +158,10 @@ class Criterion(Protocol):
         """Parameters in which the criterion is even (a zero there is stationary)."""
         ...
 
+    def correlation_probes(self, theta: np.ndarray, distances: Any, /) -> list[np.ndarray]:
+        """theta with a correlation parameter at its bound moved inside by each distance."""
+        ...
+
     # theta is passed positionally (the GLMM's criteria name it ``params``)
     def __call__(self, theta: np.ndarray, /) -> float: ...
 

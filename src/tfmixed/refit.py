@@ -17,7 +17,7 @@ import numpy as np
 from .errors import DataError, ShapeError
 from .estimators.diagnosis import flag_degenerate, flag_separation
 from .estimators.glmer_stages import optimize_glmer
-from .estimators.profiled import fit_near, fit_profiled, hessian_of_gradient
+from .estimators.profiled import ProfiledOptions, fit_near, fit_profiled, hessian_of_gradient
 from .estimators.stochastic_newton import fit_stochastic_newton
 from .kernels.pls import PLSProblem
 from .laplace import GlmmObjective
@@ -70,11 +70,18 @@ def refit(fit, *, reml: bool | None = None, response: np.ndarray | None = None, 
         if problem.strategy == "iterative":  # an estimated gradient: Newton to its root
             optimum = fit_stochastic_newton(objective, start=start, max_iter=max_iter)
         elif inverse_hessian is None:
-            optimum = fit_profiled(objective, start=start, max_iter=max_iter)
+            optimum = fit_profiled(objective, start=start, max_iter=max_iter, options=profiled_options(fit))
         else:
             optimum = fit_near(objective, start, inverse_hessian)
         # the fit's own class: refitting returns what it was given, and imports no result module
         return type(fit)(design, objective, flag_degenerate(objective, optimum, design.response_variance))
+
+
+def profiled_options(fit) -> ProfiledOptions | None:
+    """The tolerances the fit's own profiled estimator used (``lmer(..., optimizer=...)``), for its refits."""
+    names = {field.name for field in dataclasses.fields(ProfiledOptions)}
+    tolerances = fit.optimum.tolerances
+    return ProfiledOptions(**tolerances) if tolerances and set(tolerances) == names else None
 
 
 def criterion_inverse_hessian(fit) -> np.ndarray:

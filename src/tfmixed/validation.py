@@ -32,8 +32,11 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
 
 
 def check_flag(value: Any, name: str) -> bool:
-    """A boolean option (numpy booleans too); strings such as "False" are refused rather than read as true."""
+    """A boolean option (numpy booleans and the integers 0 and 1 too); strings such as "False" are refused
+    rather than read as true."""
     if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
     raise DataError(f"{name} must be True or False, got {value!r}")
 
@@ -66,6 +69,15 @@ def check_design_options(*, missing: Any, rank_deficient: Any, partitioned: bool
                 raise DataError(f"with partitioned data, {name} must be the name of a column, got "
                                 f"{type(value).__name__}")
     return missing, rank_deficient
+
+
+def require_unstructured(terms: Any, what: str) -> None:
+    """Refuse structured covariances (ar1, cs, ...) where ``what`` updates unstructured ones (EM, evidence and
+    MacKay's fixed points, the seed's module)."""
+    structured = sorted({term.structure.code for term in terms if not term.structure.is_lme4_theta})
+    if structured:
+        raise DataError(f"{what} updates unstructured covariances; the {structured} structure(s) are estimated by "
+                        "tfmixed.lmer's method='profiled' (or glmer's method='optimizer')")
 
 
 def require_rows_in_memory(design: Any, what: str, alternative: str) -> None:

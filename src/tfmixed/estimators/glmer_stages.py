@@ -28,8 +28,10 @@ from .optimizer import minimize_bounded
 from .profiled import ProfiledOptions, fit_profiled
 from .result import EstimatorResult, StageRecord
 
-#: L-BFGS-B iterations of stage 1 when it only gives stage 2 its start
+#: L-BFGS-B's limits in stage 1 when it only gives stage 2 its start (a rough theta is enough there)
 ROUGH_START_ITERATIONS = 20
+ROUGH_START_FTOL = 1e-8
+ROUGH_START_GTOL = 1e-5
 
 
 def optimize_glmer(objective: GlmmObjective, *, method: str = "optimizer", start: np.ndarray | None = None,
@@ -51,8 +53,20 @@ def optimize_glmer(objective: GlmmObjective, *, method: str = "optimizer", start
     label = "laplace" if objective.n_agq == 1 else f"agq{objective.n_agq}"
     optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label,
                            scale=joint_scales(objective, first), options=options)
-    optimum = dataclasses.replace(optimum, stages=(rough, *optimum.stages))
+    optimum = with_first_stage(optimum, rough, start if start is not None else objective.theta_start)
     return newton_polish(objective, joint, optimum)
+
+
+def with_first_stage(optimum: EstimatorResult, rough: StageRecord, start) -> EstimatorResult:
+    """Stage 2's result with stage 1 in its record: its evaluations counted, the search's start the one stage 1
+    began from (beta: PIRLS's at that theta), its limits among the tolerances."""
+    n_theta = np.asarray(start).size
+    initial = optimum.start.copy() if optimum.start is not None else optimum.theta.copy()
+    initial[:n_theta] = start
+    tolerances = {**optimum.tolerances, "stage 1 max_iter": ROUGH_START_ITERATIONS, "stage 1 ftol": ROUGH_START_FTOL,
+                  "stage 1 gtol": ROUGH_START_GTOL}
+    return dataclasses.replace(optimum, stages=(rough, *optimum.stages), start=initial, tolerances=tolerances,
+                               n_evaluations=optimum.n_evaluations + rough.evaluations)
 
 
 def rough_theta_start(criterion: ThetaCriterion, start, max_iter: int = ROUGH_START_ITERATIONS):
@@ -74,7 +88,8 @@ def rough_theta_start(criterion: ThetaCriterion, start, max_iter: int = ROUGH_ST
             best[:] = [point.copy(), value]
         return value, gradient
 
-    result = minimize_bounded(value_and_gradient, theta, criterion.lower, max_iter=max_iter, ftol=1e-8, gtol=1e-5)
+    result = minimize_bounded(value_and_gradient, theta, criterion.lower, max_iter=max_iter, ftol=ROUGH_START_FTOL,
+                              gtol=ROUGH_START_GTOL)
     return best[0], StageRecord("nAGQ=0 start", evaluations[0], float(best[1]), str(result.message))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError, TfmixedError
 from .. import derivatives
-from ..objective import LmmObjective
+from ..objective import LmmObjective, bounded_scale
 from ..protocols import AverageInformationCriterion, Criterion
 from ..progress import Progress
 from .result import EstimatorResult, StageRecord
@@ -295,7 +295,7 @@ class _Search:
         bounded = np.isfinite(lower)
         before, after = path[-2][bounded] - lower[bounded], path[-1][bounded] - lower[bounded]
         longest_fall = np.exp(-0.9 * self.options.max_log_step)
-        scale = max(1.0, float(np.max(np.abs(path[-1]))))
+        scale = bounded_scale(path[-1], lower)
         heading = (after > 0) & (after <= longest_fall * before) & (after < self.options.bound_fraction * scale)
         return bool(np.any(heading))
 
@@ -353,26 +353,29 @@ class _Search:
 
 
 def _boundary_probe(search, theta, value):
-    """A theta left on or next to a zero bound (a scalar term's derivative is 0 there by symmetry) may be a
-    saddle: probe each such parameter from inside at the ``boundary_probes`` distances and return the best
-    point where it is lower (every probe is recorded)."""
+    """A theta left on or next to a zero bound (a scalar term's derivative is 0 there by symmetry), or with a
+    correlation at +-1, may be a saddle: probe each such parameter from inside at the ``boundary_probes``
+    distances and return the best point where it is lower (every probe is recorded)."""
     objective = search.objective
-    scale = max(1.0, float(np.max(np.abs(theta))))
+    scale = bounded_scale(theta, objective.lower)
     # within 1e-4 of the bound counts (what _clip_to_boundary would report as 0): L-BFGS-B leaves 1e-8, not 0
     at_bound = np.isfinite(objective.lower) & (theta - objective.lower < 1e-4 * scale)
-    if not np.any(at_bound):
-        return None
-    best, best_value = None, value - 1e-8 * max(1.0, abs(value))
+    probes = []
     # one parameter at a time: an uncentred slope's theta lives 1e-4 below an intercept's, so moving them
     # together (the slope's variance then enormous) hid a collapsed fit's way out
     for index in np.flatnonzero(at_bound):
         for distance in search.options.boundary_probes:
             probe = theta.copy()
             probe[index] = objective.lower[index] + distance * scale
-            probe_value = objective(probe)
-            search.record(probe, probe_value)
-            if probe_value < best_value:
-                best, best_value = probe, probe_value
+            probes.append(probe)
+    # a correlation at +-1 sits at z -> infinity, where its gradient vanishes whether or not that is the optimum
+    probes += objective.correlation_probes(theta, search.options.boundary_probes)
+    best, best_value = None, value - 1e-8 * max(1.0, abs(value))
+    for probe in probes:
+        probe_value = objective(probe)
+        search.record(probe, probe_value)
+        if probe_value < best_value:
+            best, best_value = probe, probe_value
     return best
 
 

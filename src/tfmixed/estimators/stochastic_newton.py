@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import TfmixedError
 from ..derivatives import hessian_of_gradient
-from ..objective import LmmObjective
+from ..objective import LmmObjective, bounded_scale
 from ..progress import Progress
 from .result import EstimatorResult, StageRecord
 
@@ -151,7 +151,7 @@ def fit_stochastic_newton(objective: LmmObjective, *, start: np.ndarray | None =
     theta = search.theta(z)
     canonical = objective.covariance.canonical(theta)
     theta = theta if canonical is None else canonical
-    theta[search.logged & (theta < ZERO_THETA * max(1.0, float(np.max(np.abs(theta)))))] = 0.0
+    theta[search.logged & (theta < ZERO_THETA * bounded_scale(theta, objective.lower))] = 0.0
     factor = cast("IterativeFactor", objective.factor(theta))  # this estimator is the iterative kernel's
     value = factor.deviance(objective.reml)
     covariance = factor.gradient_covariance(objective.reml)

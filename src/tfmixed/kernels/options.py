@@ -66,7 +66,11 @@ class KernelOptions:
                  ("sparse_pairs_per_second", self.sparse_pairs_per_second), ("dense_flop_cost", self.dense_flop_cost))
         for name, value in rates:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                    raise DataError(f"KernelOptions.{name} must be a positive number, got {value!r}")
+                raise DataError(f"KernelOptions.{name} must be a positive number, got {value!r}")
+        for name, value in (("dense_inverse_entries", self.dense_inverse_entries),
+                            ("small_dense_scale", self.small_dense_scale)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"KernelOptions.{name} must be a non-negative integer, got {value!r}")
 
     @property
     def memory_limit(self) -> int:

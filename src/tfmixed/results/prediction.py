@@ -163,6 +163,8 @@ class Prediction(FitBase):
 
     def _term_rows(self, frame, term, included: bool, allow_new_levels: bool):
         spec, piece = term.expr_spec
+        # a factor level of the term's own expression (ar1(0 + factor(t) | g) at a new t) has no column: refuse it
+        self._check_new_categories(frame, spec, f"the random term of {term.name!r}")
         try:
             values = np.asarray(spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)[:, piece]
         except (FormulaicError, ValueError, KeyError) as error:
@@ -231,9 +233,9 @@ class Prediction(FitBase):
         return X, offset
 
     @staticmethod
-    def _check_new_categories(frame, spec) -> None:
-        """A fixed-effect factor level not seen in training has no coefficient: refuse it (formulaic would code
-        it as the reference level, silently)."""
+    def _check_new_categories(frame, spec, what: str = "the fixed effects") -> None:
+        """A factor level not seen in training has no coefficient (or random-effect column): refuse it
+        (formulaic would code it as the reference level, or all zeros, silently)."""
         for expression, (kind, state) in spec.encoder_state.items():
             if getattr(kind, "value", kind) != "categorical":
                 continue
@@ -246,8 +248,8 @@ class Prediction(FitBase):
             codes = known.get_indexer(values.astype(known.dtype) if known.dtype != object else values)
             unseen = values[(codes < 0) & values.notna().to_numpy()]
             if len(unseen):
-                raise DataError(f"newdata has level(s) {list(pd.unique(unseen))[:5]} of the fixed-effect factor "
-                                f"{column!r} that training did not have (levels {list(known)[:10]})")
+                raise DataError(f"newdata has level(s) {list(pd.unique(unseen))[:5]} of the factor {column!r} in "
+                                f"{what} that training did not have (levels {list(known)[:10]})")
 
     def _level_rows(self, frame, term, allow_new_levels: bool) -> np.ndarray:
         """Each row's level index in the training levels (n_levels for an unseen level)."""
