@@ -270,3 +270,33 @@ def test_prediction_at_an_unseen_column_level_is_refused():
         fit.predict(new)
     known = new.assign(dayf="d9", Days=9)
     assert np.isfinite(fit.predict(known)).all()
+
+
+def test_near_a_bound_is_relative_to_the_standard_deviations():
+    from tfmixed.objective import bounded_scale
+
+    parameters = CovarianceParameters([structure("ar1", 3)])
+    theta = np.array([2.0, 1e7])  # rho = 1 - 5e-15: z is huge, the SD is not small
+    assert bounded_scale(theta, parameters.lower) == 2.0
+    probes = parameters.correlation_probes(theta, (1e-3, 1e-2))
+    rhos = [structure("ar1", 3).to_natural(p)[1] for p in probes]
+    np.testing.assert_allclose(rhos, [1 - 2e-3, 1 - 2e-2])
+    assert all(p[0] == 2.0 for p in probes)
+    assert parameters.correlation_probes(np.array([2.0, 0.3]), (1e-3,)) == []
+
+
+def test_mackay_refuses_a_structure():
+    with pytest.raises(DataError, match="unstructured covariances"):
+        tm.mackay("Reaction ~ Days + ar1(0 + dayf | Subject)", _sleep_by_day())
+
+
+def test_kenward_roger_for_structures_linear_in_their_variances():
+    sleep = tm.datasets.load("sleepstudy")
+    split = tm.lmer("Reaction ~ Days + (Days || Subject)", sleep, verbose=False).coefficient_tests("Kenward-Roger")
+    diag = tm.lmer("Reaction ~ Days + diag(Days | Subject)", sleep, verbose=False).coefficient_tests("Kenward-Roger")
+    np.testing.assert_allclose(diag["df"], split["df"], rtol=1e-6)
+    np.testing.assert_allclose(diag["Std. Error"], split["Std. Error"], rtol=1e-6)
+    cells = tm.lmer("score ~ Machine + (1 | Worker:Machine)", _machines_like(), verbose=False)
+    homdiag = tm.lmer("score ~ Machine + homdiag(0 + Machine | Worker)", _machines_like(), verbose=False)
+    np.testing.assert_allclose(homdiag.coefficient_tests("Kenward-Roger")["df"],
+                               cells.coefficient_tests("Kenward-Roger")["df"], rtol=1e-5)

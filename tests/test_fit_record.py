@@ -70,3 +70,32 @@ def test_cost_rates_are_kernel_options():
     assert sparse.deviance == pytest.approx(dense.deviance, rel=1e-12)
     with pytest.raises(DataError, match="dense_flops_per_second must be a positive number"):
         tm.KernelOptions(dense_flops_per_second=0)
+
+
+def test_refits_keep_the_fits_optimizer_options():
+    from tfmixed.refit import refit
+
+    options = tm.ProfiledOptions(newton_iterations=0, gradient_tol=1e-4)
+    fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False, optimizer=options)
+    ml = refit(fit, reml=False)
+    assert ml.optsum.tolerances["gradient_tol"] == 1e-4 and "newton" not in ml.optsum.stages["stage"].tolist()
+
+
+def test_glmer_record_and_options():
+    cbpp = tm.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    fit = tm.glmer(formula, cbpp, family="binomial", verbose=False)
+    assert fit.optsum.evaluations == fit.optsum.stages["evaluations"].sum()
+    np.testing.assert_array_equal(fit.optsum.initial, [1.0])  # stage 1's start, lme4's
+    assert fit.optsum.tolerances["stage 1 max_iter"] == 20
+    with pytest.raises(DataError, match="do not apply"):
+        tm.glmer(formula, cbpp, family="binomial", optimizer=tm.ProfiledOptions(newton_iterations=3))
+    loose = tm.glmer(formula, cbpp, family="binomial", verbose=False, optimizer=tm.ProfiledOptions(gradient_tol=1e-3))
+    assert loose.optsum.tolerances["gradient_tol"] == 1e-3
+
+
+def test_option_types():
+    with pytest.raises(DataError, match="small_dense_scale must be a non-negative integer"):
+        tm.KernelOptions(small_dense_scale="x")
+    fit = tm.lmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), REML=0, verbose=0)
+    assert fit.reml is False

@@ -159,6 +159,11 @@ class CovarianceStructure(ABC):
         correlations of toep); empty for us and diag."""
         return {}
 
+    def covariance_basis(self) -> list[np.ndarray] | None:
+        """Symmetric k x k matrices E_m with G = sum_m gamma_m E_m, where G is linear in some parameters gamma
+        (what Kenward-Roger's method assumes); None where it is not (cs, homcs, ar1, toep)."""
+        return None
+
 
 class Unstructured(CovarianceStructure):
     """``us``: T lower triangular with free lower triangle, lme4's default (and ``(x | g)``)."""
@@ -222,6 +227,14 @@ class Unstructured(CovarianceStructure):
         T[:, np.diag(T) < 0] *= -1.0
         return T[lower_indices(self.k)]
 
+    def covariance_basis(self) -> list[np.ndarray]:
+        basis = []
+        for i, j in zip(*lower_indices(self.k)):
+            E = np.zeros((self.k, self.k))
+            E[i, j] = E[j, i] = 1.0
+            basis.append(E)
+        return basis
+
 
 class Diagonal(CovarianceStructure):
     """``diag``: independent effects with their own variances (lme4's ``||`` as one term)."""
@@ -267,6 +280,11 @@ class Diagonal(CovarianceStructure):
 
     def canonical(self, params: np.ndarray) -> np.ndarray:
         return np.abs(np.asarray(params, dtype=np.float64))
+
+    def covariance_basis(self) -> list[np.ndarray]:
+        if self.homogeneous:
+            return [np.eye(self.k)]
+        return [np.diag(np.eye(self.k)[i]) for i in range(self.k)]
 
 
 class HomogeneousDiagonal(Diagonal):

@@ -23,7 +23,6 @@ import scipy.sparse as sp
 from scipy import stats
 
 from ..errors import DataError, MemoryLimitError
-from ..kernels.covariance import lower_indices
 
 #: dense n x n matrices held besides one Sigma_r Sigma^{-1} per covariance parameter (Sigma^{-1}, two temporaries)
 DENSE_COPIES = 3
@@ -43,15 +42,15 @@ class KenwardRoger:
         if not fit.reml:
             raise DataError("Kenward-Roger's method is only available for REML fits (refit with REML=True)")
         design = fit.design
-        structured = sorted({t.structure.code for t in design.terms if not t.structure.is_lme4_theta})
-        if structured:
+        nonlinear = sorted({t.structure.code for t in design.terms if t.structure.covariance_basis() is None})
+        if nonlinear:
             raise DataError(f"Kenward-Roger's method needs covariances linear in their parameters (pbkrtest's "
-                            f"assumption); the {structured} structure(s) are not: use ddf='Satterthwaite'")
+                            f"assumption); the {nonlinear} structure(s) are not: use ddf='Satterthwaite'")
         if not design.in_memory:
             raise DataError("Kenward-Roger needs the model's rows in memory (dense n x n matrices); this fit's data "
                             "are partitioned: use ddf='Satterthwaite'")
         n = design.nobs
-        n_parameters = sum(t.n_cols * (t.n_cols + 1) // 2 for t in design.terms) + 1
+        n_parameters = sum(len(t.structure.covariance_basis()) for t in design.terms) + 1
         needed = (DENSE_COPIES + n_parameters) * 8 * n * n
         if needed > fit.problem.options.memory_limit:
             raise MemoryLimitError(
@@ -63,9 +62,7 @@ class KenwardRoger:
         for term, G in zip(design.terms, fit.covariance_matrices()):
             Z = term.z_matrix()
             Sigma += _sandwich(Z, G, term.n_levels)
-            for i, j in zip(*lower_indices(term.n_cols)):
-                E = np.zeros((term.n_cols, term.n_cols))
-                E[i, j] = E[j, i] = 1.0
+            for E in term.structure.covariance_basis():
                 derivatives.append((Z, E, term.n_levels))
         chol = la.cho_factor(Sigma, lower=True, overwrite_a=True, check_finite=False)
         Sigma_inv = la.cho_solve(chol, np.eye(n), check_finite=False)
