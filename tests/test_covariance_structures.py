@@ -76,6 +76,11 @@ def test_singularity_and_evenness():
     assert not structure("cs", 3).is_singular(np.array([1.0, 1.0, 1.0, 0.0]))
     assert structure("diag", 2).even().all() and not structure("cs", 2).even().any()
     assert structure("cs", 2).canonical(np.array([-1.0, 1.0, 0.0])) is None
+    cs = structure("cs", 3)
+    flipped = cs.canonical(np.array([-1.0, -2.0, -0.5, 0.3]))
+    np.testing.assert_allclose(cs.factor(flipped) @ cs.factor(flipped).T,
+                               cs.factor(np.array([-1.0, -2.0, -0.5, 0.3])) @ cs.factor(np.array([-1.0, -2.0, -0.5, 0.3])).T)
+    assert flipped.tolist()[:3] == [1.0, 2.0, 0.5]
     assert structure("us", 2).canonical(np.array([-1.0, 0.5, 2.0])).tolist() == [1.0, -0.5, 2.0]
 
 
@@ -300,3 +305,11 @@ def test_kenward_roger_for_structures_linear_in_their_variances():
     homdiag = tm.lmer("score ~ Machine + homdiag(0 + Machine | Worker)", _machines_like(), verbose=False)
     np.testing.assert_allclose(homdiag.coefficient_tests("Kenward-Roger")["df"],
                                cells.coefficient_tests("Kenward-Roger")["df"], rtol=1e-5)
+
+
+def test_re_form_names_the_structure():
+    data = _sleep_by_day()
+    fit = tm.lmer("Reaction ~ Days + ar1(0 + dayf | Subject)", data, verbose=False)
+    np.testing.assert_allclose(fit.predict(data, re_form="~ ar1(0 + dayf | Subject)"), fit.predict(data))
+    with pytest.raises(DataError, match="not random terms of the model"):
+        fit.predict(data, re_form="~ cs(0 + dayf | Subject)")

@@ -404,10 +404,13 @@ class _Correlated(CovarianceStructure):
         return np.arange(self.n_params) < (1 if self.homogeneous else 0)
 
     def canonical(self, params: np.ndarray) -> np.ndarray | None:
-        if not self.homogeneous:
-            return None
+        # D R D is unchanged when every SD flips sign together (and a shared SD is one), not when some do
         params = np.asarray(params, dtype=np.float64).copy()
-        params[0] = abs(params[0])
+        sd = params[: self.n_sd]
+        if np.all(sd <= 0):
+            params[: self.n_sd] = -sd
+        elif np.any(sd < 0):
+            return None
         return params
 
     def _correlation_singular(self, params: np.ndarray, tol: float) -> bool:

@@ -73,30 +73,6 @@ def factors_to_theta(factors: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0)
 
 
-def theta_lower_bounds(dims: list[int]) -> np.ndarray:
-    """Lower bounds of theta: 0 on the diagonal of each T_t, -inf elsewhere (lme4's ``lower``)."""
-    bounds = []
-    for k in dims:
-        rows, cols = lower_indices(k)
-        bounds.append(np.where(rows == cols, 0.0, -np.inf))
-    return np.concatenate(bounds) if bounds else np.zeros(0)
-
-
-def is_singular(theta: np.ndarray, lower: np.ndarray, tol: float = 1e-4) -> bool:
-    """lme4's ``isSingular``: a bounded theta (a relative standard deviation) within ``tol`` of its bound 0.
-
-    >>> is_singular(np.array([0.5, 0.3, 0.2, 1e-6]), theta_lower_bounds([2, 1]))
-    True
-    """
-    bounded = np.isfinite(lower)
-    return bool(np.any(np.asarray(theta)[bounded] - lower[bounded] < tol))
-
-
-def theta_start(dims: list[int]) -> np.ndarray:
-    """lme4's starting theta: identity factors (every relative standard deviation 1, correlations 0)."""
-    return factors_to_theta([np.eye(k) for k in dims])
-
-
 def covariance_factor(G: np.ndarray, name: str = "G", tol: float = 1e-10) -> np.ndarray:
     """A lower-triangular T with T T' = G for a symmetric positive semi-definite G.
 

@@ -132,7 +132,7 @@ class Prediction(FitBase):
             raise DataError(f"re_form {re_form!r} is not a formula of random terms: {error}") from None
         if not specs:
             raise DataError(f"re_form {re_form!r} lists no random term such as (1 | g); use re_form='fixed' for none")
-        key = lambda spec: (spec.expr.replace(" ", ""), spec.group, spec.split_columns)
+        key = lambda spec: (spec.expr.replace(" ", ""), spec.group, spec.split_columns, spec.structure)
         wanted = {key(spec) for spec in specs}
         known = {key(term.spec) for term in terms}
         unknown = [spec.name for spec in specs if key(spec) not in known]
