@@ -57,14 +57,14 @@ class ProfiledCriterion:
         return self.pwrss / self.dof(reml)
 
 
-class ProfiledGradient:
-    """Mixed into a kernel's factor that provides ``inverse_block_sums(include_fixed)``, ``spherical_effects()``
-    (u), ``factors`` (the T_t), ``pwrss``, ``dof`` and ``problem.terms``."""
+class FactorMembers:
+    """What the mixins of a kernel's factor read from it (declared for the type checker; ``dof`` comes from
+    :class:`ProfiledCriterion`)."""
 
     problem: FactoredProblem
     factors: list[np.ndarray]
 
-    if TYPE_CHECKING:  # provided by the factor (``dof`` by ProfiledCriterion)
+    if TYPE_CHECKING:
         @property
         def pwrss(self) -> float: ...
 
@@ -72,6 +72,12 @@ class ProfiledGradient:
 
         def spherical_effects(self) -> np.ndarray: ...
 
+
+class ProfiledGradient(FactorMembers):
+    """Mixed into a kernel's factor that provides ``inverse_block_sums(include_fixed)``, ``spherical_effects()``
+    (u), ``factors`` (the T_t), ``pwrss``, ``dof`` and ``problem.terms``."""
+
+    if TYPE_CHECKING:  # provided by the factor
         def inverse_block_sums(self, include_fixed: bool) -> list[np.ndarray]: ...
 
     def _singular_terms(self, singular_tol: float) -> list[bool]:

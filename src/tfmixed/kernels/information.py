@@ -25,28 +25,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .covariance import lambda_matrix_times, lower_indices
-
-if TYPE_CHECKING:
-    from ..protocols import FactoredProblem
+from .criterion import FactorMembers
 
 
-class AverageInformation:
+class AverageInformation(FactorMembers):
     """Mixed into an exact kernel's factor that provides ``problem`` (``cross_products``, ``terms``),
     ``factors``, ``spherical_effects()``, ``u_to_b(u)``, ``solve()``, ``pwrss``, ``dof(reml)`` and
     ``solve_equations(rhs)``
     (Omega^{-1} rhs over [u | beta] in spherical coordinates)."""
 
-    problem: FactoredProblem
-    factors: list[np.ndarray]
-
-    if TYPE_CHECKING:  # provided by the factor (``dof`` by ProfiledCriterion)
-        @property
-        def pwrss(self) -> float: ...
-
-        def dof(self, reml: bool) -> int: ...
-
-        def spherical_effects(self) -> np.ndarray: ...
-
+    if TYPE_CHECKING:  # provided by the factor
         def u_to_b(self, u: np.ndarray) -> np.ndarray: ...
 
         def solve(self) -> tuple[np.ndarray, np.ndarray]: ...
