@@ -37,11 +37,13 @@ from scipy.special import logit
 
 from .errors import FormulaError
 from .derivatives import jacobian, relative_steps
-from .kernels.covariance import lower_indices
+from .kernels.covariance import lower_indices, pivot_free_cholesky
 
 #: a standard deviation below this (relative to sigma) or a correlation matrix whose smallest eigenvalue is below
 #: it is a boundary (singular) fit: lme4's isSingular tolerance
 SINGULAR_TOL = 1e-4
+#: a pivot of a correlation matrix at or below this is 0 (a correlation of +-1 makes one)
+PIVOT_TOL = 1e-24
 #: the complex step of the correlation maps' derivatives: exact to rounding for analytic maps (Squire & Trapp 1998)
 COMPLEX_STEP = 1e-30
 
@@ -213,7 +215,7 @@ class Unstructured(CovarianceStructure):
         block[rows, cols] = values
         sd = np.diag(block).copy()
         off = block - np.diag(sd)
-        T = sd[:, None] * psd_cholesky(off + off.T + np.eye(self.k))
+        T = sd[:, None] * pivot_free_cholesky(off + off.T + np.eye(self.k), PIVOT_TOL)
         return T[rows, cols]
 
     def even(self) -> np.ndarray:
@@ -347,7 +349,7 @@ class _Correlated(CovarianceStructure):
 
     def factor(self, params: np.ndarray) -> np.ndarray:
         sd, z = self._split(params)
-        return sd[:, None] * psd_cholesky(self.correlation(z))
+        return sd[:, None] * pivot_free_cholesky(self.correlation(z), PIVOT_TOL)
 
     def factor_jacobian(self, params: np.ndarray) -> np.ndarray:
         sd, z = self._split(params)
@@ -556,19 +558,6 @@ def structure(code: str, k: int) -> CovarianceStructure:
     if code not in STRUCTURES:
         raise FormulaError(f"unknown covariance structure {code!r}; choose one of {sorted(STRUCTURES)}")
     return STRUCTURES[code](k)
-
-
-def psd_cholesky(R: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a positive semi-definite matrix that may be singular (zero pivots allowed), as a
-    correlation of +-1 makes it. A hand loop because LAPACK's potrf stops at the first zero pivot."""
-    k = R.shape[0]
-    L = np.zeros((k, k))
-    for j in range(k):
-        pivot = R[j, j] - L[j, :j] @ L[j, :j]
-        L[j, j] = np.sqrt(max(float(pivot), 0.0))
-        if L[j, j] > 1e-12:
-            L[j + 1 :, j] = (R[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) / L[j, j]
-    return L
 
 
 class CovarianceParameters:

@@ -68,6 +68,7 @@ class GlmmObjective:
             knots, weights = hermegauss(self.n_agq)
             self.knots, self.knot_weights = knots, weights / np.sqrt(2 * np.pi)
         self._last: WarmStart | None = None
+        self._mode_cache: tuple[tuple[bytes, bytes | None], Mode] | None = None
         self.n_pirls = 0
         self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
         self._pairs = self._leverage_pairs()
@@ -81,10 +82,13 @@ class GlmmObjective:
         """The conditional mode at theta and beta (joint with beta when None), warm-started from the last one."""
         theta = np.asarray(theta, dtype=np.float64)
         beta = None if beta is None else np.asarray(beta, dtype=np.float64)
+        key = (theta.tobytes(), None if beta is None else beta.tobytes())
+        if self._mode_cache is not None and key == self._mode_cache[0]:  # the same point twice (a check, the fit)
+            return self._mode_cache[1]
         # an optimiser's trial point far out can overflow the mean: the criterion is then inf, not a warning
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             mode = self.pirls.run(theta, beta, start=self._last)
-        self._last = mode
+        self._last, self._mode_cache = mode, (key, mode)
         self.n_pirls += 1
         return mode
 

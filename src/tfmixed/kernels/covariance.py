@@ -97,12 +97,22 @@ def covariance_factor(G: np.ndarray, name: str = "G", tol: float = 1e-10) -> np.
         raise SingularCovarianceError(
             f"{name} is not positive semi-definite (smallest eigenvalue {eigenvalues[0]:.4g})"
         )
-    # A pivot-free Cholesky that tolerates zero pivots, so singular (boundary) covariances are allowed.
+    return pivot_free_cholesky(G, tol * scale)
+
+
+def pivot_free_cholesky(G: np.ndarray, tol: float) -> np.ndarray:
+    """Lower T with T T' = G for a positive semi-definite G that may be singular: a pivot at or below ``tol``
+    leaves its column 0 (a hand loop because LAPACK's potrf stops at the first zero pivot, and boundary
+    covariances, a zero variance or a correlation of +-1, are legal).
+
+    >>> pivot_free_cholesky(np.array([[1.0, 1.0], [1.0, 1.0]]), 1e-12).tolist()
+    [[1.0, 0.0], [1.0, 0.0]]
+    """
     k = G.shape[0]
-    T = np.zeros_like(G)
+    T = np.zeros((k, k))
     for j in range(k):
         pivot = G[j, j] - T[j, :j] @ T[j, :j]
-        if pivot <= tol * scale:
+        if pivot <= tol:
             continue
         T[j, j] = np.sqrt(pivot)
         T[j + 1 :, j] = (G[j + 1 :, j] - T[j + 1 :, :j] @ T[j, :j]) / T[j, j]

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..derivatives import jacobian, relative_steps
 from ..objective import LmmObjective
 from .base import FitBase
 from .ftests import DDF_METHODS, anova_table
@@ -57,11 +56,9 @@ class Inference(FitBase):
         if parts.A is None:
             raise DataError("the joint covariance needs the Hessian in (theta, sigma) to be positive definite; this "
                             "fit is at a boundary (singular) or its gradient is not available: use vcov_beta")
-        theta, m = self.optimum.theta, self.optimum.theta.size
+        m = self.optimum.theta.size
         J = np.zeros((self.problem.p, m + 1))  # beta_hat does not depend on sigma: its column stays 0
-        J[:, :m] = jacobian(lambda point: self.objective.factor(point).solve()[0], theta,
-                            relative_steps(theta, 1e-5, floor=0.1))
-        self.objective.factor(theta)  # leave the objective's cached factor at the estimates
+        J[:, :m] = parts.beta_jacobian  # from the factorisations the df's Hessian already made
         covariance = self.vcov_beta.to_numpy() + J @ parts.A @ J.T
         names = self.design.fixed_names
         return pd.DataFrame((covariance + covariance.T) / 2, index=names, columns=names)

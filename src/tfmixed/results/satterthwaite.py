@@ -39,18 +39,19 @@ def _theta_gradient_and_vcov(objective: LmmObjective, theta: np.ndarray, sigma2:
     if parts is None:
         return None
     d_logdet, d_r2 = (objective.covariance.chain(part, theta) for part in parts)
-    return d_logdet + d_r2 / sigma2, d_r2, factor.vcov_beta_unscaled(), factor
+    return d_logdet + d_r2 / sigma2, d_r2, factor.vcov_beta_unscaled(), factor, factor.solve()[0]
 
 
 def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigma: float):
-    """(H of the deviance in (theta, sigma), dV/d varpar as a (p, p, m + 1) array, V at theta), or None at a
-    singular fit. One factorisation at theta and two per theta component."""
+    """(H of the deviance in (theta, sigma), dV/d varpar as a (p, p, m + 1) array, V at theta, d beta_hat /
+    d theta as a (p, m) array), or None at a singular fit. One factorisation at theta and two per theta
+    component."""
     sigma2 = sigma * sigma
     m, p = theta.size, objective.problem.p
     centre = _theta_gradient_and_vcov(objective, theta, sigma2)
     if centre is None:
         return None
-    _, d_r2, M, factor = centre
+    _, d_r2, M, factor, _ = centre
     H = np.zeros((m + 1, m + 1))
     jacobian = np.zeros((p, p, m + 1))
 
@@ -58,19 +59,20 @@ def varpar_hessian_and_jacobian(objective: LmmObjective, theta: np.ndarray, sigm
         pieces = _theta_gradient_and_vcov(objective, point, sigma2)
         if pieces is None:
             raise _NotExact
-        return np.concatenate([pieces[0], pieces[2].ravel()])
+        return np.concatenate([pieces[0], pieces[2].ravel(), pieces[4]])
 
     try:
         quotients = derivatives.jacobian(gradient_and_vcov, theta, _steps(theta))
     except _NotExact:
         return None
     H[:m, :m] = quotients[:m]
-    jacobian[:, :, :m] = sigma2 * quotients[m:].reshape(p, p, m)
+    jacobian[:, :, :m] = sigma2 * quotients[m : m + p * p].reshape(p, p, m)
+    beta_jacobian = quotients[m + p * p :]
     H[:m, :m] = (H[:m, :m] + H[:m, :m].T) / 2
     H[m, :m] = H[:m, m] = -2.0 * d_r2 / sigma**3
     H[m, m] = 6.0 * factor.pwrss / sigma**4 - 2.0 * factor.dof(objective.reml) / sigma2
     jacobian[:, :, m] = 2.0 * sigma * M
-    return H, jacobian, sigma2 * M
+    return H, jacobian, sigma2 * M, beta_jacobian
 
 
 class SatterthwaiteParts:
@@ -79,9 +81,9 @@ class SatterthwaiteParts:
 
     def __init__(self, objective: LmmObjective, theta: np.ndarray, sigma: float):
         pieces = varpar_hessian_and_jacobian(objective, np.asarray(theta, dtype=np.float64), sigma)
-        self.A = self.jacobian = self.V = None
+        self.A = self.jacobian = self.V = self.beta_jacobian = None
         if pieces is not None:
-            H, self.jacobian, self.V = pieces
+            H, self.jacobian, self.V, self.beta_jacobian = pieces
             if np.linalg.eigvalsh(H)[0] > 0:
                 self.A = 2.0 * np.linalg.inv(H)
 
