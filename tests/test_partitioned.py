@@ -76,7 +76,7 @@ def test_factors_interactions_transforms_weights_offsets_and_missing_rows(client
     with pytest.warns(tm.TfmixedWarning, match="missing values"):
         fit = tm.lmer(formula, uneven(data, [500, 13, 900]), **options)
     assert_same_fit(fit, memory)
-    assert fit.design.weights == "w" and fit.nobs == len(data) - 15
+    assert fit.design.has_weights and fit.design.spec.weights == "w" and fit.nobs == len(data) - 15
 
 
 def test_ml_fit_and_parquet_files(client, tmp_path):

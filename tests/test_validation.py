@@ -75,3 +75,51 @@ def test_what_needs_rows_is_refused_at_once_on_partitions(sleep, client):
             call()
     wald = fit.confint("Wald")
     assert np.isfinite(wald.loc["Days"]).all()
+
+
+def _bad_data():
+    """(name, frame, formula, options, error or warning, message): one data problem each, as a user meets them."""
+    sleep = tm.datasets.load("sleepstudy")
+    one_level = sleep.assign(Subject="s1")
+    huge = sleep.assign(Reaction=sleep.Reaction * 1e160)
+    aliased = sleep.assign(Days2=2.0 * sleep.Days)
+    per_row = sleep.assign(row=np.arange(len(sleep)).astype(str))
+    missing = sleep.astype({"Days": float})
+    missing.loc[[3, 50, 51], "Days"] = np.nan
+    return [
+        ("missing values", missing, "Reaction ~ Days + (1 | Subject)", {}, DataError, "missing values"),
+        ("one level", one_level, "Reaction ~ Days + (1 | Subject)", {}, DataError, "only 1 level"),
+        ("level per row", per_row, "Reaction ~ Days + (1 | row)", {}, DataError, "confounded with the residual"),
+        ("too large", huge, "Reaction ~ Days + (1 | Subject)", {}, DataError, "too large to square"),
+        ("aliased", aliased, "Reaction ~ Days + Days2 + (1 | Subject)", {"rank_deficient": "raise"},
+         tm.errors.RankDeficientError, "linear combinations"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_data(), ids=lambda case: case[0])
+def test_bad_data_gives_the_same_error_on_both_paths(client, case):
+    _, frame, formula, options, error, message = case
+    errors = []
+    for data, extra in _both_paths(frame, client):
+        with pytest.raises(error, match=message) as caught:
+            tm.lmer(formula, data, verbose=False, **extra, **options)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+
+
+def test_dropped_rows_and_columns_are_reported_alike_on_both_paths(client):
+    sleep = tm.datasets.load("sleepstudy")
+    frame = sleep.assign(Days2=2.0 * sleep.Days).astype({"Days": float})
+    frame.loc[[3, 50, 51], "Days"] = np.nan
+    messages, fits = [], []
+    for data, extra in _both_paths(frame, client):
+        with pytest.warns(Warning) as caught:
+            fits.append(tm.lmer("Reaction ~ Days + Days2 + (1 | Subject)", data, missing="drop", verbose=False,
+                                **extra))
+        messages.append(sorted(str(w.message) for w in caught if "dropp" in str(w.message)))
+    assert messages[0] == messages[1]
+    assert any("dropped 3 row(s)" in m for m in messages[0]) and any("Days2" in m for m in messages[0])
+    assert fits[0].nobs == fits[1].nobs == 177
+    assert list(fits[0].fixef.index) == list(fits[1].fixef.index) == ["(Intercept)", "Days"]
+    assert fits[1].deviance == pytest.approx(fits[0].deviance, rel=1e-10)
+    np.testing.assert_allclose(np.asarray(fits[1].fitted.compute()), np.asarray(fits[0].fitted), rtol=1e-9)

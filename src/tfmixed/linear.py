@@ -137,7 +137,7 @@ class LinearRegression(tf.Module):
     def _exact(self, X: np.ndarray, y: np.ndarray, penalty: str | None, alpha: float) -> np.ndarray:
         n, p = X.shape
         if penalty is None or alpha == 0:
-            from .design import aliased_columns
+            from .checks import aliased_columns
 
             aliased = aliased_columns(X)
             if aliased:

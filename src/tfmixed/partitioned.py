@@ -21,9 +21,9 @@ partition by partition when asked for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .covariance_structures import structure
+from .checks import (aliased_from_gram, check_magnitude, check_missing, check_rank, check_terms,
+                     refuse_stateful_transforms, largest_magnitude)
 from .cross_products import CrossProducts
-from .design import (R_FUNCTIONS, _lme4_name, check_identifiable, _response, _used_columns, aliased_from_gram, evaluate, grouping_codes,
-                     offset_values, plain_strings)
-from .errors import DataError, FormulaError, RankDeficiencyWarning, RankDeficientError, TfmixedWarning
+from .design import plain_strings
+from .errors import DataError, FormulaError
 from .formula import ParsedFormula, parse_formula
 from .levels import encode_levels
+from .model_spec import ModelSpec, build_model_spec, grouping_codes, used_columns
 from .progress import Progress
-from .terms import RandomEffectsTerm
+from .terms import term_slices
 from .validation import check_design_options, check_formula
 
 _FACTOR_CALL = re.compile(r"(?:factor|as\.factor|C)\(\s*`?([A-Za-z_.][\w.]*)`?")
@@ -71,57 +72,23 @@ def as_dask_frame(data: Any):
 
 
 @dataclass
-class TermPlan:
-    """What a partition needs to build one random-effects term: its grouping columns, global levels and the
-    formulaic spec of its covariates."""
-
-    spec: Any
-    levels: pd.Index
-    expr_spec: Any
-    piece: list[int]
-    columns: tuple[str, ...]
-
-    def term(self, frame: pd.DataFrame) -> RandomEffectsTerm:
-        group = self.spec.group
-        if len(group) == 1:
-            codes, _ = encode_levels(frame[group[0]], self.levels, name=f"grouping column {group[0]!r}")
-        else:
-            local, labels = grouping_codes(frame, group)
-            codes = self.levels.get_indexer(labels)[local]
-        values = np.asarray(self.expr_spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)
-        return RandomEffectsTerm(codes, values[:, self.piece], self.levels, name=self.spec.name, columns=self.columns,
-                                 spec=self.spec, expr_spec=(self.expr_spec, self.piece),
-                                 structure=structure(self.spec.structure, len(self.piece)))
-
-
-@dataclass
 class PartitionPlan:
-    """Everything a worker needs to turn a partition into cross-products (picklable, built once)."""
+    """What a worker needs to turn a partition into cross-products or row-level results (picklable, built
+    once): the model spec and whether rows with missing values are dropped."""
 
-    parsed: ParsedFormula
-    used: list
+    spec: ModelSpec
     drop_missing: bool
-    fixed_spec: Any
-    response_spec: Any
-    terms: list[TermPlan]
-    weights: str | None
-    offset: str | None
 
     def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
-        frame = plain_strings(frame[self.used])
+        frame = plain_strings(frame[list(self.spec.used)])
         return frame.dropna() if self.drop_missing else frame
 
-    def matrices(self, frame: pd.DataFrame):
-        """(X, y, terms, weights, offset) of the partition's rows."""
-        X = np.asarray(self.fixed_spec.get_model_matrix(frame, context=R_FUNCTIONS), dtype=np.float64)
-        lhs = self.response_spec.get_model_matrix(frame, context=R_FUNCTIONS)
-        y, _ = _response(lhs, frame, self.parsed.response, False)
-        weights = None if self.weights is None else frame[self.weights].to_numpy(dtype=np.float64)
-        offset = offset_values(self.parsed, frame)
-        if self.offset is not None:
-            column = frame[self.offset].to_numpy(dtype=np.float64)
-            offset = column if offset is None else offset + column
-        return X, y, [plan.term(frame) for plan in self.terms], weights, offset
+    def matrices(self, frame: pd.DataFrame, *, all_columns: bool = False):
+        """(X, y, terms, weights, offset) of the partition's rows (``all_columns``: X before the rank check)."""
+        y, _ = self.spec.response(frame)
+        return (self.spec.fixed_matrix(frame, all_columns=all_columns), y,
+                [plan.term(frame) for plan in self.spec.terms], self.spec.weight_values(frame),
+                self.spec.offset_values(frame))
 
 
 @dataclass
@@ -133,13 +100,18 @@ class PartitionStatistics:
     rows: int
     mean: float
     m2: float
+    #: the largest |y| and |X| seen (the magnitude check of :mod:`tfmixed.checks`)
+    largest_response: float = 0.0
+    largest_fixed: float = 0.0
 
     def __add__(self, other: "PartitionStatistics") -> "PartitionStatistics":
         rows = self.rows + other.rows
         delta = other.mean - self.mean
         return PartitionStatistics(self.cross_products + other.cross_products.with_shift(self.cross_products.shift),
                                    rows, self.mean + delta * other.rows / rows,
-                                   self.m2 + other.m2 + delta * delta * self.rows * other.rows / rows)
+                                   self.m2 + other.m2 + delta * delta * self.rows * other.rows / rows,
+                                   max(self.largest_response, other.largest_response),
+                                   max(self.largest_fixed, other.largest_fixed))
 
 
 def partition_statistics(frame: pd.DataFrame, plan: PartitionPlan) -> PartitionStatistics | None:
@@ -147,16 +119,20 @@ def partition_statistics(frame: pd.DataFrame, plan: PartitionPlan) -> PartitionS
     frame = plan.rows(frame)
     if len(frame) == 0:
         return None
-    X, y, terms, weights, offset = plan.matrices(frame)
+    X, y, terms, weights, offset = plan.matrices(frame, all_columns=True)
     working = y if offset is None else y - offset
-    return PartitionStatistics(CrossProducts.from_rows(X, y, terms, weights=weights, offset=offset), len(frame),
-                               float(np.mean(working)), float(np.sum((working - np.mean(working)) ** 2)))
+    # values too large to square overflow here; the check after the reduction refuses them with a DataError
+    with np.errstate(over="ignore", invalid="ignore"):
+        return PartitionStatistics(CrossProducts.from_rows(X, y, terms, weights=weights, offset=offset), len(frame),
+                                   float(np.mean(working)), float(np.sum((working - np.mean(working)) ** 2)),
+                                   largest_magnitude(y), largest_magnitude(X))
 
 
 def combine(a: PartitionStatistics | None, b: PartitionStatistics | None) -> PartitionStatistics | None:
     if a is None or b is None:
         return b if a is None else a
-    return a + b
+    with np.errstate(over="ignore", invalid="ignore"):  # as in partition_statistics
+        return a + b
 
 
 def partition_fitted(frame: pd.DataFrame, plan: PartitionPlan, beta: np.ndarray, b: np.ndarray,
@@ -178,8 +154,7 @@ def partition_response(frame: pd.DataFrame, plan: PartitionPlan) -> pd.Series:
     frame = plan.rows(frame)
     if len(frame) == 0:
         return pd.Series([], dtype=np.float64, index=frame.index)
-    lhs = plan.response_spec.get_model_matrix(frame, context=R_FUNCTIONS)
-    return pd.Series(_response(lhs, frame, plan.parsed.response, False)[0], index=frame.index)
+    return pd.Series(plan.spec.response(frame)[0], index=frame.index)
 
 
 @contextlib.contextmanager
@@ -222,15 +197,19 @@ class PartitionedDesign:
     frame = None
     row_index = None
 
-    def __init__(self, formula, parsed, plan, dask_frame, statistics, fixed_names, renames, terms, kept, dropped):
-        self.formula, self.parsed, self.plan, self.dask_frame = formula, parsed, plan, dask_frame
-        self._statistics = statistics
-        self.fixed_names, self.fixed_renames, self.terms = fixed_names, renames, terms
-        self.kept_columns, self.dropped_fixed = kept, dropped
-        self.fixed_spec = plan.fixed_spec
-        self.weights = plan.weights
-        self.offset = "offset" if (plan.offset is not None or parsed.offsets) else None
+    def __init__(self, plan: PartitionPlan, dask_frame, statistics: PartitionStatistics):
+        self.plan, self.dask_frame, self._statistics = plan, dask_frame, statistics
+        spec = plan.spec
+        self.spec, self.formula, self.parsed = spec, spec.formula, spec.parsed
+        self.fixed_names, self.fixed_renames = spec.fixed_names, spec.renames
+        self.kept_columns, self.dropped_fixed, self.fixed_spec = spec.kept_columns, spec.dropped_fixed, spec.fixed_spec
+        self.terms = [term_plan.without_rows() for term_plan in spec.terms]
+        self.has_weights = spec.weights is not None
+        self.has_offset = spec.offset is not None or bool(spec.parsed.offsets)
         self.nobs = statistics.rows
+
+    def require_spec(self) -> ModelSpec:
+        return self.spec
 
     def __getstate__(self):
         # a fit shipped to the workers (predictions on partitions) must not carry the Dask graph of its data
@@ -242,8 +221,7 @@ class PartitionedDesign:
 
     @property
     def term_slices(self) -> list[slice]:
-        offsets = np.cumsum([0] + [term.q for term in self.terms])
-        return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        return term_slices(self.terms)
 
     @property
     def response_variance(self) -> float:
@@ -253,21 +231,13 @@ class PartitionedDesign:
         cp = self._statistics.cross_products
         return cp if shift is None else cp.with_shift(shift)
 
-    def _full_beta(self, beta: np.ndarray) -> np.ndarray:
-        """beta over all of formulaic's columns (0 for the aliased ones the fit dropped)."""
-        if self.kept_columns is None:
-            return np.asarray(beta)
-        full = np.zeros(len(self.plan.fixed_spec.column_names))
-        full[self.kept_columns] = beta
-        return full
-
     def fitted(self, beta: np.ndarray, b: np.ndarray):
         """X beta + Z b + offset as a Dask series (computed partition by partition when asked)."""
-        return self.dask_frame.map_partitions(partition_fitted, self.plan, self._full_beta(beta), b,
+        return self.dask_frame.map_partitions(partition_fitted, self.plan, np.asarray(beta), b,
                                               meta=pd.Series([], dtype=np.float64))
 
     def residuals(self, beta: np.ndarray, b: np.ndarray):
-        return self.dask_frame.map_partitions(partition_fitted, self.plan, self._full_beta(beta), b, True,
+        return self.dask_frame.map_partitions(partition_fitted, self.plan, np.asarray(beta), b, True,
                                               meta=pd.Series([], dtype=np.float64))
 
     @property
@@ -287,19 +257,16 @@ class PartitionedDesign:
     def offset_or_zero(self):
         self._rows_needed("the offset vector")
 
+    @property
+    def offset(self):
+        self._rows_needed("the offset vector")
+
+    @property
+    def weights(self):
+        self._rows_needed("the prior weights vector")
+
     def z_times(self, b):
         self._rows_needed("Z b")
-
-
-def _first_pass(parsed: ParsedFormula, ddf, used: list, drop_missing: bool, categorical: list):
-    import dask
-
-    frame = model_rows(ddf, used, drop_missing)
-    nulls = ddf[used].isna().sum()
-    # one output partition: a tree reduction (levels are held whole anyway), not a shuffle
-    groups = {spec.group: frame[list(spec.group)].drop_duplicates(split_out=1) for spec in parsed.random}
-    factors = {column: frame[column].drop_duplicates(split_out=1) for column in categorical}
-    return dask.compute(nulls, groups, factors, frame.shape[0] if drop_missing else ddf.shape[0])
 
 
 def _categorical_columns(parsed: ParsedFormula, ddf, used: list) -> list:
@@ -330,17 +297,11 @@ def _prototype(ddf, used: list, factors: dict) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _refuse_stateful(spec, what: str) -> None:
-    state = {name: value for name, value in getattr(spec, "transform_state", {}).items() if value}
-    if state:
-        raise DataError(f"{what} uses a transform that learns from the data ({sorted(state)}: scale, center, poly, "
-                        "...); on partitioned data compute that column first (its state would come from one partition)")
-
-
 def build_partitioned_design(formula: str, data: Any, *, missing: str = "raise", weights=None, offset=None,
                              rank_deficient: str = "drop", client=None, verbose: bool = True) -> PartitionedDesign:
     """The design of ``formula`` on partitioned ``data`` (a Dask data frame or Parquet path): two passes over
-    the data (levels, then cross-products), neither of which brings rows together.
+    the data (levels, then cross-products), neither of which brings rows together. The model spec and the
+    checks are those of the in-memory :func:`~tfmixed.design.build_design`, run on what the passes find.
 
     ``weights`` and ``offset`` must be column names here (an array cannot be split with the partitions).
     """
@@ -355,21 +316,21 @@ def build_partitioned_design(formula: str, data: Any, *, missing: str = "raise",
     if absent:
         raise FormulaError(f"formula refers to grouping column(s) {absent} that the data does not have; columns are "
                            f"{list(ddf.columns)}")
-    extra = [value for value in (weights, offset) if value is not None]
-    used = _used_columns(parsed, ddf, extra)
-    categorical = _categorical_columns(parsed, ddf, used)
+    used = used_columns(parsed, ddf.columns, [value for value in (weights, offset) if value is not None])
     progress = Progress("dask", verbose=verbose, interval=0.0)
     with dask_client(client, verbose):
-        nulls, groups, factors, rows = _first_pass(parsed, ddf, used, missing == "drop", categorical)
-        nulls = nulls[nulls > 0]
-        if len(nulls) and missing == "raise":
-            detail = ", ".join(f"{name} ({count})" for name, count in nulls.items())
-            raise DataError(f"missing values (NaN/None) in column(s) {detail}; drop them first or pass missing='drop'")
-        if len(nulls):
-            warnings.warn(f"dropping rows with missing values in {list(nulls.index)} (partition by partition)",
-                          TfmixedWarning, stacklevel=3)
-        progress.update(1, f"levels found: {rows:,} rows, {ddf.npartitions} partitions")
-        plan, names, renames = _plan(parsed, ddf, used, missing == "drop", factors, groups, weights, offset)
+        nulls, groups, factors, rows, kept_rows = _first_pass(parsed, ddf, used, missing == "drop",
+                                                             _categorical_columns(parsed, ddf, used))
+        check_missing(dict(nulls.items()), missing, rows - kept_rows, stacklevel=4)
+        progress.update(1, f"levels found: {kept_rows:,} rows, {ddf.npartitions} partitions")
+        levels = {spec.group: grouping_codes(plain_strings(groups[spec.group].reset_index(drop=True)), spec.group)[1]
+                  for spec in parsed.random}
+        spec, _ = build_model_spec(parsed, _prototype(ddf, used, factors), formula=formula, weights=weights,
+                                   offset=offset, levels=levels)
+        refuse_stateful_transforms(spec.fixed_spec, f"the fixed part {parsed.fixed_rhs!r}")
+        for term_plan in spec.terms:
+            refuse_stateful_transforms(term_plan.expr_spec, f"the random term {term_plan.label}")
+        plan = PartitionPlan(spec, missing == "drop")
         import dask
 
         parts = [dask.delayed(partition_statistics)(part, plan) for part in ddf.to_delayed()]
@@ -377,58 +338,32 @@ def build_partitioned_design(formula: str, data: Any, *, missing: str = "raise",
     if statistics is None:
         raise DataError("data has no rows")
     progress.finish(f"cross-products of {statistics.rows:,} rows reduced")
-    return _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficient)
+    return _finish(plan, model_rows(ddf, list(spec.used), plan.drop_missing), statistics, rank_deficient)
 
 
-def _plan(parsed, ddf, used, drop_missing, factors, groups, weights, offset):
-    prototype = _prototype(ddf, used, factors)
-    matrices, renames = evaluate(parsed.fixed, prototype)
-    fixed_spec, response_spec = matrices.rhs.model_spec, matrices.lhs.model_spec
-    _refuse_stateful(fixed_spec, f"the fixed part {parsed.fixed_rhs!r}")
-    names = [_lme4_name(c, renames) for c in matrices.rhs.columns]
-    term_plans = []
-    for spec in parsed.random:
-        unique = plain_strings(groups[spec.group].reset_index(drop=True))
-        _, levels = grouping_codes(unique, spec.group)
-        expr_matrix, expr_renames = evaluate(f"~ {spec.expr}", prototype)
-        expr_matrix = getattr(expr_matrix, "rhs", expr_matrix)
-        _refuse_stateful(expr_matrix.model_spec, f"the random term ({spec.expr} | {spec.name})")
-        columns = [_lme4_name(c, expr_renames) for c in expr_matrix.columns]
-        if not columns:
-            raise FormulaError(f"random term ({spec.expr} | {spec.name}) has no columns")
-        pieces = [[i] for i in range(len(columns))] if spec.split_columns else [list(range(len(columns)))]
-        for piece in pieces:
-            term_plans.append(TermPlan(spec, levels, expr_matrix.model_spec, piece, tuple(columns[i] for i in piece)))
-    term_plans.sort(key=lambda plan: -len(plan.levels))  # lme4's order, stable for ties, as build_design
-    return PartitionPlan(parsed, used, drop_missing, fixed_spec, response_spec, term_plans, weights, offset), names, renames
+def _first_pass(parsed: ParsedFormula, ddf, used: list, drop_missing: bool, categorical: list):
+    """One ``dask.compute``: null counts, the levels of every grouping factor and categorical column, the number
+    of rows, and of rows kept."""
+    import dask
+
+    frame = model_rows(ddf, used, drop_missing)
+    nulls = ddf[used].isna().sum()
+    # one output partition: a tree reduction (levels are held whole anyway), not a shuffle
+    groups = {spec.group: frame[list(spec.group)].drop_duplicates(split_out=1) for spec in parsed.random}
+    factors = {column: frame[column].drop_duplicates(split_out=1) for column in categorical}
+    return dask.compute(nulls, groups, factors, ddf.shape[0], frame.shape[0])
 
 
-def _finish(formula, parsed, plan, ddf, statistics, names, renames, rank_deficient) -> PartitionedDesign:
-    cp = statistics.cross_products
-    nobs = statistics.rows
-    for term_plan in plan.terms:
-        levels, k = len(term_plan.levels), len(term_plan.piece)
-        if levels < 2:
-            raise DataError(f"grouping factor {term_plan.spec.name!r} has only {levels} level; it needs at least 2")
-        check_identifiable(structure(term_plan.spec.structure, k), levels, nobs,
-                           f"({term_plan.spec.expr} | {term_plan.spec.name})")
-    dropped = aliased_from_gram(cp.xy_xy[:-1, :-1]) if cp.p else []
-    kept = None
-    if dropped:
-        labels = [names[j] for j in dropped]
-        if rank_deficient == "raise":
-            raise RankDeficientError(f"the fixed-effects model matrix is rank deficient; column(s) {labels} are linear "
-                                     "combinations of the others; remove them from the formula")
-        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s) / "
-                      f"coefficient(s): {labels}", RankDeficiencyWarning, stacklevel=3)
-        kept = np.array([j for j in range(cp.p) if j not in set(dropped)], dtype=np.int64)
-        statistics = PartitionStatistics(cp.select_fixed(kept), statistics.rows, statistics.mean, statistics.m2)
-    terms = [RandomEffectsTerm(np.zeros(0, np.int64), np.zeros((0, len(t.piece))), t.levels, name=t.spec.name,
-                               columns=t.columns, spec=t.spec, expr_spec=(t.expr_spec, t.piece),
-                               structure=structure(t.spec.structure, len(t.piece))) for t in plan.terms]
-    fixed_names = names if kept is None else [names[j] for j in kept]
-    return PartitionedDesign(formula, parsed, plan, model_rows(ddf, plan.used, plan.drop_missing), statistics, fixed_names, renames, terms,
-                             kept, [names[j] for j in dropped])
+def _finish(plan: PartitionPlan, rows, statistics: PartitionStatistics, rank_deficient: str) -> PartitionedDesign:
+    spec, cp = plan.spec, statistics.cross_products
+    check_magnitude(statistics.largest_response, statistics.largest_fixed, spec.parsed.response)
+    check_terms(spec.terms, statistics.rows)
+    aliased = check_rank(aliased_from_gram(cp.xy_xy[:-1, :-1]) if cp.p else [], spec.formulaic_names,
+                         statistics.rows, rank_deficient, stacklevel=5)
+    if aliased:
+        spec = spec.dropping(aliased)
+        statistics = dataclasses.replace(statistics, cross_products=cp.select_fixed(spec.kept_columns))
+    return PartitionedDesign(PartitionPlan(spec, plan.drop_missing), rows, statistics)
 
 
 def model_rows(ddf, used: list, drop_missing: bool):

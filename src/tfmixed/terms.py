@@ -97,3 +97,13 @@ class RandomEffectsTerm:
         """Z_t b_t without forming Z_t; ``effects`` is (L, k) or its flattening."""
         effects = np.asarray(effects).reshape(self.n_levels, self.n_cols)
         return np.einsum("ik,ik->i", self.values, effects[self.codes])
+
+
+def term_slices(terms) -> list[slice]:
+    """The slice of the columns of Z (and of b) that belongs to each term, in order.
+
+    >>> term_slices([RandomEffectsTerm.intercept([0, 1, 2], 3), RandomEffectsTerm.intercept([0, 1, 0], 2)])
+    [slice(0, 3, None), slice(3, 5, None)]
+    """
+    offsets = np.cumsum([0] + [term.q for term in terms])
+    return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]

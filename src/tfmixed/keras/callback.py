@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .._tf import keras, tf
-from ..design import Design, aliased_columns
+from ..checks import aliased_columns
+from ..design import Design
 from ..errors import DataError, TfmixedError, TfmixedWarning
 from ..families import get_family
 from ..laplace import GlmmObjective

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cross_products import CrossProductsSum
-from ..design import aliased_from_gram
+from ..checks import aliased_from_gram
 from ..errors import DataError, TfmixedError, TfmixedWarning
 from ..kernels.pls import PLSProblem
 from ..terms import RandomEffectsTerm

@@ -58,7 +58,7 @@ def _check_comparable(fits) -> None:
 
 def _check_partitioned_comparable(first, other) -> None:
     """Partitioned data are compared by what their reductions kept: row count, variance of y - offset, weights."""
-    same = (first.nobs == other.nobs and first.design.weights == other.design.weights
+    same = (first.nobs == other.nobs and first.design.spec.weights == other.design.spec.weights
             and np.isclose(first.design.response_variance, other.design.response_variance, rtol=1e-12, atol=0))
     if not same:
         raise DataError("the models were not fitted to the same data (row counts, weights or the response's variance "

@@ -107,7 +107,7 @@ class Estimates(FitBase):
     @property
     def varcorr(self) -> pd.DataFrame:
         """Variance components in the layout of lme4's ``as.data.frame(VarCorr(fit))``."""
-        rows = []
+        rows: list[tuple] = []
         names = unique_names([term.name for term in self.design.terms])
         for name, term, G in zip(names, self.design.terms, self.covariance_matrices()):
             sd = np.sqrt(np.diag(G))

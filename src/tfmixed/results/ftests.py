@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..design import R_FUNCTIONS, _lme4_name
+from ..model_spec import R_FUNCTIONS, lme4_name
 from ..errors import DataError
 
 DDF_METHODS = ("Satterthwaite", "Kenward-Roger")
@@ -48,7 +48,7 @@ def fixed_terms(design) -> list[FixedTerm]:
         columns = tuple(position[j] for j in indices if j in position)
         variables = frozenset(str(factor) for factor in term.factors)
         numeric = frozenset(v for v in variables if kinds.get(v) != "categorical")
-        out.append(FixedTerm(_lme4_name(name, design.fixed_renames), name, columns, variables, numeric))
+        out.append(FixedTerm(lme4_name(name, design.fixed_renames), name, columns, variables, numeric))
     return out
 
 

@@ -14,7 +14,8 @@ import scipy.sparse as sp
 from formulaic.errors import FormulaicError
 from scipy import stats
 
-from ..design import R_FUNCTIONS, as_frame, grouping_codes, offset_values
+from ..design import as_frame
+from ..model_spec import R_FUNCTIONS, grouping_codes, offset_values
 from ..errors import DataError, FormulaError, NewLevelError
 from ..formula import parse_formula
 from ..kernels.joint_system import JointSystem
@@ -210,23 +211,21 @@ class Prediction(FitBase):
 
     def _fixed_rows(self, frame) -> tuple[np.ndarray, np.ndarray]:
         """(X, offset) of ``newdata``."""
-        spec = self.design.fixed_spec
-        self._check_new_categories(frame, spec)
+        spec = self.design.require_spec()
+        self._check_new_categories(frame, spec.fixed_spec)
         try:
-            X = np.asarray(spec.get_model_matrix(frame, na_action="raise", context=R_FUNCTIONS), dtype=np.float64)
+            X = spec.fixed_matrix(frame, na_action="raise")
         except (FormulaicError, ValueError, KeyError) as error:
             if "null" in str(error).lower() or "nan" in str(error).lower():
                 raise DataError(f"newdata has missing values in a column the fixed effects use: {error}") from None
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {error}") from None
-        if self.design.kept_columns is not None:
-            X = X[:, self.design.kept_columns]
         if not np.all(np.isfinite(X)):
             rows = np.flatnonzero(~np.all(np.isfinite(X), axis=1))[:5].tolist()
             raise DataError(f"newdata gives non-finite fixed-effect covariates (NaN or inf) in row(s) {rows}")
         offset = np.zeros(X.shape[0])
-        if self.design.offset is not None:
-            formula_offset = offset_values(self.design.parsed, frame)
-            if formula_offset is None or not self.design.parsed.offsets:
+        if self.design.has_offset:
+            formula_offset = offset_values(spec.parsed, frame)
+            if formula_offset is None or not spec.parsed.offsets:
                 raise DataError("the fit has an offset= argument, which newdata cannot supply; put it in the "
                                 "formula as offset(column) to predict on new data")
             offset += formula_offset

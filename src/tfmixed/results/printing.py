@@ -83,9 +83,9 @@ class Printing(SummaryBody):
             if covariance is not None:
                 spread = ", ".join(f"{value:.2g}" for value in np.sqrt(np.maximum(np.diag(covariance), 0.0)))
                 lines.append(f"Monte Carlo standard errors of theta (from the probes' spread): {spread}")
-        if self.design.weights is not None:
+        if self.design.has_weights:
             lines.append("Weights: prior weights (residual variance sigma^2 / w)")
-        if self.design.offset is not None:
+        if self.design.has_offset:
             lines.append("Offset: " + (", ".join(self.design.parsed.offsets) or "offset= argument"))
         lines.append("")
         if self.reml:
