@@ -69,3 +69,23 @@ def test_no_import_circles():
     assert not any(target in ("tfmixed.lmm", "tfmixed.glmm") for name, targets in hidden.items()
                    if name.startswith("tfmixed.results") for target in targets)
     assert not any(t.startswith("tfmixed.results") for t in hidden["tfmixed.refit"] | graph["tfmixed.refit"])
+
+
+def test_results_and_refits_use_the_fits_public_api():
+    """A result module reads another object's state only through public names: ``fit._beta`` from a module
+    function would tie it to one class's internals (the mixins' own ``self._...`` are theirs)."""
+    offenders = []
+    for path in sorted([*(SOURCE / "results").glob("*.py"), SOURCE / "refit.py"]):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            code = re.sub(r"\bself\._", "self.", line.split("#")[0])
+            if re.search(r"\w\._[a-z]\w*", code) and not re.search(r"\b(np|sp|pd|scipy|numpy)\._", code):
+                offenders.append(f"{path.relative_to(SOURCE)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_partitioned_and_in_memory_designs_share_one_model_spec():
+    """Both builders make their spec with model_spec.build_model_spec and check with checks.py (issue 28)."""
+    for name in ("design.py", "partitioned.py"):
+        text = (SOURCE / name).read_text()
+        assert "build_model_spec(" in text and "from .checks import" in text, name
+        assert "get_model_matrix(" not in text, f"{name} evaluates formulaic specs itself instead of the ModelSpec"

@@ -47,8 +47,8 @@ def _draw(fit, rng: np.random.Generator, condition_on_modes: bool) -> np.ndarray
         random_part = design.z_times(fit.b)
     else:
         q = sum(term.q for term in design.terms)
-        random_part = design.z_times(fit._factor.u_to_b(fit.sigma * rng.standard_normal(q)))
-    return fit._simulated_response(design.X @ fit.fixef.to_numpy() + design.offset_or_zero + random_part, rng)
+        random_part = design.z_times(fit.lambda_times(fit.sigma * rng.standard_normal(q)))
+    return fit.draw_response(design.X @ fit.fixef.to_numpy() + design.offset_or_zero + random_part, rng)
 
 
 def _check_re_form(re_form) -> bool:
@@ -64,7 +64,7 @@ def _check_re_form(re_form) -> bool:
 def _replicate(fit, seed_sequence, statistic, condition_on_modes, metric) -> tuple[np.ndarray | None, bool, bool]:
     y_star = _draw(fit, np.random.default_rng(seed_sequence), condition_on_modes)
     try:
-        refitted = fit._refit_response(y_star, metric)
+        refitted = fit.refit_response(y_star, metric)
     except TfmixedError:
         return None, False, False
     values = np.asarray(statistic(refitted), dtype=np.float64).ravel()
@@ -115,8 +115,9 @@ class Resampling(FitBase):
     """Mixed into :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit`; the three hooks
     below are the Gaussian model's (a GLMM overrides them)."""
 
-    def _simulated_response(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """y* = mean + e*, e*_i ~ N(0, sigma^2 / w_i) (rows of weight 0 get no noise)."""
+    def draw_response(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A response drawn from the model's family at ``mean`` (the parametric bootstrap's noise): here
+        y* = mean + e*, e*_i ~ N(0, sigma^2 / w_i) (rows of weight 0 get no noise)."""
         noise = self.sigma * rng.standard_normal(mean.size)
         weights = self.design.weights
         if weights is not None:
@@ -124,11 +125,15 @@ class Resampling(FitBase):
                 noise = np.where(weights > 0, noise / np.sqrt(np.where(weights > 0, weights, 1.0)), 0.0)
         return mean + noise
 
-    def _bootstrap_metric(self):
+    def resampling_metric(self):
+        """What every bootstrap refit may start its Newton steps from (the criterion's inverse Hessian here;
+        None for a GLMM)."""
         require_exact_kernel(self, "the bootstrap")
         return criterion_inverse_hessian(self)
 
-    def _refit_response(self, response: np.ndarray, metric):
+    def refit_response(self, response: np.ndarray, metric=None):
+        """The model refitted to a new response (lme4's ``refit(fit, newresp)``), started at this fit's optimum;
+        ``metric`` from :meth:`resampling_metric`."""
         return refit(self, response=response, inverse_hessian=metric)
 
     def simulate(self, n: int = 1, *, seed: int | None = None, re_form: str | None = "NA") -> pd.DataFrame:
@@ -195,7 +200,7 @@ class Resampling(FitBase):
         return BootstrapResult(replicates, pd.Series(t0_values, index=names), failed, not_converged, singular, seed)
 
     def _run_replicates(self, seeds, statistic, condition, jobs, progress) -> list:
-        n, metric = len(seeds), self._bootstrap_metric()
+        n, metric = len(seeds), self.resampling_metric()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", SingularFitWarning)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..design import Design, frames_by_factor
+from ..errors import DataError
 from ..objective import LmmObjective
 from ..partitioned import PartitionedDesign
 from .base import FitBase
@@ -159,6 +160,20 @@ class Estimates(FitBase):
     def b(self) -> np.ndarray:
         """Conditional modes of all random effects, in Z's column order."""
         return self._b.copy()
+
+    def lambda_times(self, u) -> np.ndarray:
+        """b = Lambda u: spherical random effects u (each N(0, sigma^2 I) a priori) mapped through the fitted
+        relative covariance factor Lambda, lme4's ``getME(fit, "Lambda") %*% u``.
+
+        >>> import tfmixed as tm
+        >>> fit = tm.lmer("Yield ~ 1 + (1 | Batch)", tm.datasets.load("Dyestuff"), verbose=False)
+        >>> bool(np.allclose(fit.lambda_times(np.ones(6)), fit.theta[0]))
+        True
+        """
+        u = np.asarray(u, dtype=np.float64).ravel()
+        if u.size != self._b.size:
+            raise DataError(f"u needs {self._b.size} values (one per random effect), got {u.size}")
+        return self._factor.u_to_b(u)
 
     def _per_term(self, vector: np.ndarray) -> list[np.ndarray]:
         return [vector[s].reshape(t.n_levels, t.n_cols) for t, s in zip(self.design.terms, self.design.term_slices)]

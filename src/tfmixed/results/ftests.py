@@ -130,7 +130,7 @@ def satterthwaite_ftest(fit, L: np.ndarray) -> tuple[float, int, float]:
         return np.nan, 0, np.nan
     PtL = (vectors.T @ L)[:q]
     F = float(np.sum((PtL @ fit.fixef.to_numpy()) ** 2 / eigenvalues[:q]) / q)
-    nu = fit._satterthwaite_parts.contrast_df(PtL)
+    nu = fit.contrast_df(PtL)
     return F, q, _combined_df(nu)
 
 
@@ -156,7 +156,7 @@ def anova_table(fit, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
     design = fit.design
     terms = [term for term in fixed_terms(design) if term.columns]
     contrasts = (type3_contrasts if type == 3 else type1_contrasts)(design, terms)
-    kr = fit._kenward_roger if ddf == "Kenward-Roger" else None
+    kr = fit.kenward_roger if ddf == "Kenward-Roger" else None
     sigma2 = fit.sigma**2
     rows = []
     for label, L in contrasts.items():

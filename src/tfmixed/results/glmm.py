@@ -173,7 +173,7 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         # the mixed-model equations at the conditional modes: [Z | X] with the PIRLS weights there
         return self.objective.pirls.weighted_cross_products(self._mode)
 
-    def _simulated_response(self, mean_eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw_response(self, mean_eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Binomial proportions of the trials (the prior weights) or Poisson counts at mu = g^{-1}(eta)."""
         mu = self.family.link.inverse(mean_eta)
         prior = self._prior
@@ -188,10 +188,10 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         safe = np.where(trials > 0, trials, 1.0)
         return np.where(trials > 0, rng.binomial(trials.astype(np.int64), mu) / safe, 0.0)
 
-    def _bootstrap_metric(self):
+    def resampling_metric(self):
         return None
 
-    def _refit_response(self, response: np.ndarray, metric):
+    def refit_response(self, response: np.ndarray, metric=None):
         return refit_glmer(self, response)
 
     def report(self) -> str:

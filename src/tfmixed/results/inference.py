@@ -26,8 +26,27 @@ class Inference(FitBase):
         return SatterthwaiteParts(self.objective, self.optimum.theta, self.sigma)
 
     @cached_property
-    def _kenward_roger(self) -> KenwardRoger:
+    def kenward_roger(self) -> KenwardRoger:
+        """The Kenward-Roger adjustment (pbkrtest's ``vcovAdj`` and ``get_Lb_ddf``): the adjusted covariance of
+        the fixed effects and denominator df of any contrast (REML fits)."""
         return KenwardRoger.of(self)
+
+    def contrast_df(self, L) -> np.ndarray:
+        """Satterthwaite degrees of freedom of each contrast l'beta, a row of ``L`` (lmerTest's ``contest``):
+
+            nu = 2 (l' C l)^2 / (g' A g),   g = d (l' C(varpar) l) / d varpar,
+
+        C = Var(beta_hat), A = 2 H^-1 the asymptotic covariance of the variance parameters.
+
+        >>> import tfmixed as tm
+        >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
+        >>> np.round(fit.contrast_df([[0.0, 1.0]]), 3).tolist()
+        [17.0]
+        """
+        L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+        if L.shape[1] != self.problem.p:
+            raise DataError(f"a contrast needs {self.problem.p} columns (one per fixed effect), got {L.shape[1]}")
+        return self._satterthwaite_parts.contrast_df(L)
 
     @cached_property
     def satterthwaite_df(self) -> pd.Series:
@@ -88,7 +107,7 @@ class Inference(FitBase):
         if ddf == "Satterthwaite":
             se, df = self.fixef_se, self.satterthwaite_df
         else:
-            kr = self._kenward_roger
+            kr = self.kenward_roger
             identity = np.eye(self.problem.p)
             se = pd.Series(np.sqrt(np.diag(kr.Phi_A)), index=self.design.fixed_names)
             df = pd.Series(kr.coefficient_df(identity), index=self.design.fixed_names)

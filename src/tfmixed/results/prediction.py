@@ -282,7 +282,7 @@ class Predictor(Prediction):
 
     def __init__(self, fit):
         self.design, self.formula, self.has_residual = _rowless(fit.design), fit.formula, fit.has_residual
-        self._beta, self._b, self.factors, self._sigma2 = fit._beta, fit._b, fit.factors, fit._sigma2
+        self._beta, self._b, self.factors, self._sigma2 = fit.fixef.to_numpy(), fit.b, fit.factors, fit.sigma**2
         self._cross_products = fit.problem.cross_products if fit.has_residual else None
 
     @property
