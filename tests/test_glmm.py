@@ -187,7 +187,7 @@ def _cbpp():
                         verbose=False), "single scalar"),
     (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, nAGQ=-1), "nAGQ"),
     (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, nAGQ=1.5), "nAGQ"),
-    (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="gamma"), "family"),
+    (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="quasipoisson"), "family must be one of"),
     (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="gaussian"), "lmer"),
     (lambda d: tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, link="log"), "link"),
     (lambda d: tm.glmer("incidence ~ period + (1 | herd)", d, family="poisson", link="logit"), "link"),

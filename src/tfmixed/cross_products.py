@@ -423,8 +423,10 @@ class CrossProductPattern:
         matrix.data = values[source]
         return matrix
 
-    def compute(self, X, y, *, weights=None, offset=None, shift=None) -> CrossProducts:
-        """The cross-products for these rows with prior ``weights`` (default 1), ``offset`` and ``shift``."""
+    def compute(self, X, y, *, weights=None, offset=None, shift=None, signed: bool = False) -> CrossProducts:
+        """The cross-products for these rows with prior ``weights`` (default 1), ``offset`` and ``shift``;
+        ``signed`` allows negative weights (an observed information whose sum stays positive definite; pass
+        ``shift`` then, which a least-squares start cannot give)."""
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).ravel()
         if X.ndim != 2 or X.shape[0] != self.n or y.shape[0] != self.n:
@@ -432,7 +434,7 @@ class CrossProductPattern:
         w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
         if w.shape[0] != self.n:
             raise ShapeError(f"weights has {w.shape[0]} values for {self.n} rows")
-        if w.size and not (w.min() >= 0.0 and w.max() < np.inf):  # a NaN fails both comparisons
+        if w.size and not (np.all(np.isfinite(w)) if signed else (w.min() >= 0.0 and w.max() < np.inf)):
             raise DataError("weights must be finite and non-negative")
         shift = least_squares_shift(X, y, w, offset) if shift is None else np.asarray(shift, dtype=np.float64)
         if shift.shape != (X.shape[1],):

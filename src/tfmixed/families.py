@@ -1,19 +1,32 @@
-"""Exponential families and link functions of generalised linear (mixed) models, as R's ``family`` objects.
+"""Families of generalised linear (mixed) models: each is its log-density log p(y | mu, phi).
 
-A family gives, for the mean mu = g^{-1}(eta) and prior weights w (binomial: trials):
+A family supplies, for the mean mu = g^{-1}(eta), prior weights w and its own parameters phi (a negative binomial's
+size, a Gamma's dispersion, a beta's precision; none for binomial and Poisson):
 
-* the IRLS (Fisher scoring) weights w (d mu / d eta)^2 / V(mu) and the working residual (y - mu) / (d mu / d eta),
-* the deviance residuals d_i (their sum is the deviance, 2 (loglik(saturated) - loglik)),
-* ``minus2_loglik``, -2 log p(y | mu) with every constant (R's ``family$aic`` without the 2 k),
-* the checks that y is a possible response (0/1 or a proportion with trials; non-negative counts).
+* ``log_density(y, mu, prior)``: log p(y | mu, phi) per row, every constant included (prior weights multiply it,
+  as glmmTMB's ``weights``; for the binomial they are R's trials);
+* ``mu_derivatives(y, mu, prior)``: d log p / d mu and d^2 log p / d mu^2, and ``mu_information(mu, prior)``,
+  the Fisher information E[-d^2 log p / d mu^2] where it has a closed form (None: the observed one is used);
+* ``check_response`` and ``start_mu``; ``start_parameters`` (moment estimates) for the parameters estimated.
 
-Numerically stable forms come from scipy.special (expit, log_ndtr, xlogy, gammaln); no hand-written
-special functions.
+The base class turns these into what the conditional-mode search and the Laplace approximation read, by the chain
+rule through the link (mu' = d mu / d eta, mu'' = d^2 mu / d eta^2):
+
+    d log p / d eta = l' mu',    -d^2 log p / d eta^2 = -(l'' mu'^2 + l' mu'')     (observed information),
+
+with step weights i(mu) mu'^2 (Fisher scoring, always positive) for PIRLS, and the observed information for the
+Laplace determinant (glmmTMB's exact Laplace; the two coincide under a canonical link). Binomial and Poisson keep
+lme4's Fisher weights in the determinant, so their numbers stay lme4's on every link. A family written only as its
+log-density gets its derivatives from TensorFlow's autodiff (:class:`LogDensityFamily`).
+
+Numerically stable forms come from scipy.special (expit, log_ndtr, xlogy, gammaln, digamma, polygamma); no
+hand-written special functions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from typing import Callable
 
 import numpy as np
 from scipy import special
@@ -24,93 +37,226 @@ from .errors import DataError
 _EPS = np.finfo(np.float64).eps
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Link:
-    """A link function g with inverse and derivative d mu / d eta."""
+    """A link function g with inverse and the first two derivatives of the inverse, d mu / d eta and
+    d^2 mu / d eta^2. Names as R's ``make.link``: logit, probit, cloglog, cauchit, log, identity, inverse, sqrt,
+    1/mu^2.
+
+    >>> Link("inverse").inverse(np.array([0.5])).tolist(), Link("sqrt").mu_eta2(np.array([3.0])).tolist()
+    ([2.0], [2.0])
+    """
 
     name: str
 
     def link(self, mu: np.ndarray) -> np.ndarray:
         """eta = g(mu)."""
-        if self.name == "logit":
+        name = self.name
+        if name == "logit":
             return special.logit(mu)
-        if self.name == "probit":
+        if name == "probit":
             return special.ndtri(mu)
-        if self.name == "cloglog":
+        if name == "cloglog":
             return np.log(-np.log1p(-mu))
+        if name == "cauchit":
+            return np.tan(np.pi * (mu - 0.5))
+        if name == "identity":
+            return np.asarray(mu, dtype=np.float64)
+        if name == "inverse":
+            return 1.0 / mu
+        if name == "sqrt":
+            return np.sqrt(mu)
+        if name == "1/mu^2":
+            return 1.0 / mu**2
         return np.log(mu)
 
     def inverse(self, eta: np.ndarray) -> np.ndarray:
-        """mu = g^{-1}(eta), kept strictly inside the family's range."""
-        if self.name == "logit":
+        """mu = g^{-1}(eta), kept strictly inside (0, 1) for the binomial links and above 0 for log."""
+        name = self.name
+        if name == "logit":
             return np.clip(special.expit(eta), _EPS, 1 - _EPS)
-        if self.name == "probit":
+        if name == "probit":
             return np.clip(special.ndtr(eta), _EPS, 1 - _EPS)
-        if self.name == "cloglog":
+        if name == "cloglog":
             return np.clip(-np.expm1(-np.exp(np.minimum(eta, 700.0))), _EPS, 1 - _EPS)
+        if name == "cauchit":
+            return np.clip(0.5 + np.arctan(eta) / np.pi, _EPS, 1 - _EPS)
+        if name == "identity":
+            return np.asarray(eta, dtype=np.float64)
+        if name == "inverse":
+            return 1.0 / eta
+        if name == "sqrt":
+            return eta**2
+        if name == "1/mu^2":
+            return 1.0 / np.sqrt(eta)
         return np.maximum(np.exp(np.minimum(eta, 700.0)), _EPS)
 
     def mu_eta(self, eta: np.ndarray) -> np.ndarray:
         """d mu / d eta."""
-        if self.name == "logit":
+        name = self.name
+        if name == "logit":
             p = special.expit(eta)
             return np.maximum(p * (1 - p), _EPS)
-        if self.name == "probit":
+        if name == "probit":
             return np.maximum(np.exp(-0.5 * eta**2) / np.sqrt(2 * np.pi), _EPS)
-        if self.name == "cloglog":
+        if name == "cloglog":
             eta = np.minimum(eta, 700.0)
             return np.maximum(np.exp(eta - np.exp(eta)), _EPS)
+        if name == "cauchit":
+            return np.maximum(1.0 / (np.pi * (1.0 + eta**2)), _EPS)
+        if name == "identity":
+            return np.ones_like(eta, dtype=np.float64)
+        if name == "inverse":
+            return -1.0 / eta**2
+        if name == "sqrt":
+            return 2.0 * eta
+        if name == "1/mu^2":
+            return -0.5 * eta**-1.5
         return np.maximum(np.exp(np.minimum(eta, 700.0)), _EPS)
+
+    def mu_eta2(self, eta: np.ndarray) -> np.ndarray:
+        """d^2 mu / d eta^2 (the observed information's second term)."""
+        name = self.name
+        if name == "logit":
+            p = special.expit(eta)
+            return p * (1 - p) * (1 - 2 * p)
+        if name == "probit":
+            return -eta * np.exp(-0.5 * eta**2) / np.sqrt(2 * np.pi)
+        if name == "cloglog":
+            eta = np.minimum(eta, 700.0)
+            return np.exp(eta - np.exp(eta)) * (1.0 - np.exp(eta))
+        if name == "cauchit":
+            return -2.0 * eta / (np.pi * (1.0 + eta**2) ** 2)
+        if name == "identity":
+            return np.zeros_like(eta, dtype=np.float64)
+        if name == "inverse":
+            return 2.0 / eta**3
+        if name == "sqrt":
+            return np.full_like(eta, 2.0, dtype=np.float64)
+        if name == "1/mu^2":
+            return 0.75 * eta**-2.5
+        return np.exp(np.minimum(eta, 700.0))
 
 
 class Family:
-    """Base of the families: the variance function, deviance residuals, -2 log-likelihood and checks."""
+    """Base of the families (see the module docstring for what a family supplies).
+
+    ``parameter_names`` are the family's own parameters; a value given to the constructor fixes it, None (the
+    default) estimates it with the covariance parameters. Parameters are optimised on the log scale (their
+    natural values are positive).
+    """
 
     name = ""
     links: tuple[str, ...] = ()
+    #: the canonical link, under which Fisher scoring is Newton's method (None: no link in ``links`` is)
+    canonical_link: str | None = None
     #: whether the family has a dispersion (scale) parameter that an observation-level random effect would be
     #: confounded with (the safe default for a new family); binomial and Poisson have none
     has_dispersion = True
+    parameter_names: tuple[str, ...] = ()
+    #: how glmmTMB's summary names the parameter (e.g. "Dispersion parameter for nbinom2 family")
+    parameter_label = ""
+    #: whether fitted means can be pinned at a bound of the mean's range by separating covariates (0 for counts,
+    #: 0 or 1 for proportions): the separation check then applies
+    can_separate = False
+    #: whether :meth:`GlmmObjective.gradient`'s closed form applies (binomial and Poisson under their canonical
+    #: links); elsewhere the gradient comes from central differences of the exact criterion
+    has_closed_form_gradient = False
+    #: whether the Laplace determinant uses PIRLS's Fisher weights (lme4's binomial and Poisson) rather than the
+    #: observed information (exact Laplace, glmmTMB)
+    laplace_uses_fisher_weights = False
 
-    def __init__(self, link: str | None = None):
+    def __init__(self, link: str | None = None, **parameters: float | None):
         link = self.links[0] if link is None else link
         if link not in self.links:
             raise DataError(f"the {self.name} family takes link {' or '.join(map(repr, self.links))}, got {link!r}")
         self.link = Link(link)
+        unknown = sorted(set(parameters) - set(self.parameter_names))
+        if unknown:
+            raise DataError(f"the {self.name} family has parameters {list(self.parameter_names)}, got {unknown}")
+        values = []
+        for name in self.parameter_names:
+            value = parameters.get(name)
+            if value is not None and not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
+                                          and value > 0):
+                raise DataError(f"{name} of the {self.name} family must be a positive number, got {value!r}")
+            values.append(np.nan if value is None else float(value))
+        self.parameters = np.array(values, dtype=np.float64)
+        self.estimated = np.array([parameters.get(name) is None for name in self.parameter_names], dtype=bool)
+
+    # --- the parameters ------------------------------------------------------------------------------------
+    @property
+    def n_estimated(self) -> int:
+        """How many of the family's parameters the fit estimates."""
+        return int(np.count_nonzero(self.estimated))
+
+    @property
+    def estimated_names(self) -> list[str]:
+        return [name for name, free in zip(self.parameter_names, self.estimated) if free]
+
+    def with_working(self, working: np.ndarray) -> "Family":
+        """The family with its estimated parameters set from their working (log) values."""
+        working = np.asarray(working, dtype=np.float64)
+        if working.size != self.n_estimated:
+            raise DataError(f"the {self.name} family estimates {self.n_estimated} parameter(s), got {working.size}")
+        if working.size == 0:
+            return self
+        bound = self._copy()
+        values = self.parameters.copy()
+        values[self.estimated] = np.exp(np.clip(working, -700.0, 700.0))
+        bound.parameters = values
+        return bound
+
+    def working_values(self) -> np.ndarray:
+        """The estimated parameters' working (log) values (NaN while unknown)."""
+        return np.log(self.parameters[self.estimated])
+
+    def _copy(self) -> "Family":
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def parameter(self, name: str) -> float:
+        value = float(self.parameters[self.parameter_names.index(name)])
+        if not np.isfinite(value):
+            raise DataError(f"the {self.name} family's {name} is not known yet (it is estimated by the fit)")
+        return value
+
+    def start_parameters(self, y: np.ndarray, mu: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """Natural starting values of the parameters (moment estimates at the means ``mu`` of a first fit)."""
+        return np.zeros(0)
 
     @property
     def canonical(self) -> bool:
         """Whether the link is canonical (then Fisher scoring is Newton's method)."""
-        return self.link.name == self.links[0]
+        return self.link.name == self.canonical_link
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(link={self.link.name!r})"
+        values = "".join(f", {name}={value:.6g}" for name, value in zip(self.parameter_names, self.parameters)
+                         if np.isfinite(value))
+        return f"{type(self).__name__}(link={self.link.name!r}{values})"
 
-    def working_weights(self, mu: np.ndarray, eta: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """IRLS weights w (d mu / d eta)^2 / V(mu)."""
-        return prior * self.link.mu_eta(eta) ** 2 / self.variance(mu)
+    # --- what a family supplies ----------------------------------------------------------------------------
+    def log_density(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
+        """log p(y | mu, phi) per row, every constant included."""
+        raise NotImplementedError
+
+    def mu_derivatives(self, y, mu, prior) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        """(d log p / d mu, d^2 log p / d mu^2) per row."""
+        raise NotImplementedError
+
+    def mu_information(self, mu, prior) -> np.ndarray | None:
+        """E[-d^2 log p / d mu^2] per row, or None where it has no closed form."""
+        return None
 
     def variance(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Var(y | mu) for unit prior weight (with the family's parameters)."""
         raise NotImplementedError
 
-    def variance_derivative(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        """V'(mu); under the canonical link it is d log w / d eta, the change of the IRLS weights."""
-        raise NotImplementedError
-
-    def deviance_residuals(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def minus2_loglik(self, y, mu, prior) -> np.ndarray:
-        """-2 log p(y | mu) per row, every constant included."""
-        return self.minus2_loglik_kernel(y, mu, prior) + self.minus2_loglik_constant(y, prior)
-
-    def minus2_loglik_kernel(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
-        """The part of -2 log p(y | mu) that depends on mu (quadrature evaluates it at every knot)."""
-        raise NotImplementedError
-
-    def minus2_loglik_constant(self, y, prior) -> np.ndarray:  # pragma: no cover - abstract
-        """The part of -2 log p(y | mu) free of mu (a log binomial coefficient, log y!)."""
-        raise NotImplementedError
+    def variance_derivative(self, mu: np.ndarray) -> np.ndarray:
+        """V'(mu); under the canonical link it is d log w / d eta, the change of the IRLS weights (read by the
+        closed-form gradient of binomial and Poisson)."""
+        raise DataError(f"the {self.name} family declares no closed-form gradient")
 
     def check_response(self, y: np.ndarray, prior: np.ndarray, response: str) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -118,9 +264,128 @@ class Family:
     def start_mu(self, y: np.ndarray, prior: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # --- derived: what PIRLS and the Laplace approximation read --------------------------------------------
+    def minus2_loglik(self, y, mu, prior) -> np.ndarray:
+        """-2 log p(y | mu) per row, every constant included."""
+        return self.minus2_loglik_kernel(y, mu, prior) + self.minus2_loglik_constant(y, prior)
 
-class Binomial(Family):
-    """Binomial responses: y a proportion of ``prior`` trials (0/1 with weight 1). Links logit, probit, cloglog.
+    def minus2_loglik_kernel(self, y, mu, prior) -> np.ndarray:
+        """The part of -2 log p(y | mu) that quadrature evaluates at every knot (here all of it)."""
+        return -2.0 * self.log_density(y, mu, prior)
+
+    def minus2_loglik_constant(self, y, prior) -> np.ndarray:
+        """The part of -2 log p(y | mu) free of mu (0 where the kernel holds everything)."""
+        return np.zeros_like(np.asarray(y, dtype=np.float64))
+
+    def pirls_deviance(self, y, mu, prior) -> float:
+        """What the conditional-mode search decreases (with ||u||^2): -2 log p, or the deviance, which differs
+        from it by a constant."""
+        return float(np.sum(self.minus2_loglik_kernel(y, mu, prior)))
+
+    def deviance_residuals(self, y, mu, prior) -> np.ndarray:
+        """2 (log p(y | y) - log p(y | mu)): the saturated model's mean is y."""
+        saturated = self.log_density(y, self.saturated_mean(y), prior)
+        return 2.0 * (saturated - self.log_density(y, mu, prior))
+
+    def saturated_mean(self, y) -> np.ndarray:
+        return np.asarray(y, dtype=np.float64)
+
+    def working_parts(self, y, mu, eta, prior) -> tuple[np.ndarray, np.ndarray]:
+        """(working residual, PIRLS weights) at the linear predictor eta: weights W = i(mu) mu'^2 (Fisher
+        scoring) where the Fisher information is known, else the observed information in eta (Newton's method),
+        kept positive; residual (d log p / d eta) / W, so that one weighted least-squares solve is one step."""
+        mu_eta = self.link.mu_eta(eta)
+        first, second = self.mu_derivatives(y, mu, prior)
+        score = first * mu_eta
+        information = self.mu_information(mu, prior)
+        if information is not None:
+            weights = information * mu_eta**2
+        else:  # Newton's method: negative rows are fine while each level's sum keeps the system positive definite
+            weights = -(second * mu_eta**2 + first * self.link.mu_eta2(eta))
+        residual = np.divide(score, weights, out=np.zeros_like(score), where=weights != 0)
+        return residual, weights
+
+    def positive_working_parts(self, y, mu, eta, prior) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`working_parts` with every weight positive (the observed information in mu where the one in eta
+        is not): the fallback step where Newton's system is not positive definite, far from the mode."""
+        residual, weights = self.working_parts(y, mu, eta, prior)
+        if np.all(weights > 0):
+            return residual, weights
+        mu_eta = self.link.mu_eta(eta)
+        first, second = self.mu_derivatives(y, mu, prior)
+        in_mu = -second * mu_eta**2
+        weights = np.where(weights > 0, weights, np.where(in_mu > 0, in_mu, 1e-12 * np.maximum(prior, 1e-300)))
+        return first * mu_eta / weights, weights
+
+    @property
+    def signed_weights(self) -> bool:
+        """Whether PIRLS's weights may be negative on some rows (Newton on the observed information)."""
+        return self.mu_information(np.ones(1), np.ones(1)) is None
+
+    def working_weights(self, mu: np.ndarray, eta: np.ndarray, prior: np.ndarray, y=None) -> np.ndarray:
+        """PIRLS weights i(mu) (d mu / d eta)^2 (``y`` is needed only where the information is observed)."""
+        information = self.mu_information(mu, prior)
+        if information is None:
+            if y is None:
+                raise DataError(f"the {self.name} family's PIRLS weights depend on the response")
+            return self.positive_working_parts(y, mu, eta, prior)[1]
+        return information * self.link.mu_eta(eta) ** 2
+
+    def laplace_weights(self, y, mu, eta, prior) -> np.ndarray:
+        """The weights of the Laplace determinant: -d^2 log p / d eta^2 (may be negative on some rows)."""
+        first, second = self.mu_derivatives(y, mu, prior)
+        mu_eta = self.link.mu_eta(eta)
+        return -(second * mu_eta**2 + first * self.link.mu_eta2(eta))
+
+    def sample(self, mu: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A response drawn at the means ``mu`` (the parametric bootstrap and ``simulate``)."""
+        raise DataError(f"simulating from the {self.name} family is not available")
+
+
+class ExponentialDispersionFamily(Family):
+    """Binomial and Poisson: no parameters of their own, lme4's IRLS weights w mu'^2 / V(mu) in the steps and in
+    the Laplace determinant, and the deviance as PIRLS's criterion (lme4's ``pwrssUpdate``)."""
+
+    has_dispersion = False
+    laplace_uses_fisher_weights = True
+
+    @property
+    def has_closed_form_gradient(self) -> bool:  # type: ignore[override]
+        return self.canonical
+
+    def log_density(self, y, mu, prior):
+        return -0.5 * self.minus2_loglik(y, mu, prior)
+
+    def mu_derivatives(self, y, mu, prior):
+        variance = self.variance(mu)
+        return prior * (y - mu) / variance, -prior / variance - prior * (y - mu) * self.variance_derivative(mu) / variance**2
+
+    def mu_information(self, mu, prior):
+        return prior / self.variance(mu)
+
+    def working_parts(self, y, mu, eta, prior):
+        return (y - mu) / self.link.mu_eta(eta), self.working_weights(mu, eta, prior)
+
+    def working_weights(self, mu, eta, prior, y=None):
+        """IRLS weights w (d mu / d eta)^2 / V(mu)."""
+        return prior * self.link.mu_eta(eta) ** 2 / self.variance(mu)
+
+    def laplace_weights(self, y, mu, eta, prior):
+        return self.working_weights(mu, eta, prior)
+
+    def pirls_deviance(self, y, mu, prior) -> float:
+        return float(np.sum(self.deviance_residuals(y, mu, prior)))
+
+    def minus2_loglik_kernel(self, y, mu, prior) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def minus2_loglik_constant(self, y, prior) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Binomial(ExponentialDispersionFamily):
+    """Binomial responses: y a proportion of ``prior`` trials (0/1 with weight 1). Links logit, probit, cloglog,
+    cauchit.
 
     >>> fam = Binomial()  # one success in two trials at p = 0.5: -2 log(2 * 0.25)
     >>> round(float(fam.minus2_loglik(np.array([0.5]), np.array([0.5]), np.array([2.0]))[0]), 6)
@@ -128,8 +393,9 @@ class Binomial(Family):
     """
 
     name = "binomial"
-    links = ("logit", "probit", "cloglog")
-    has_dispersion = False
+    links = ("logit", "probit", "cloglog", "cauchit")
+    canonical_link = "logit"
+    can_separate = True
 
     def variance(self, mu):
         return mu * (1 - mu)
@@ -175,17 +441,34 @@ class Binomial(Family):
         # R's binomial()$initialize: mustart = (w y + 0.5) / (w + 1)
         return (prior * y + 0.5) / (prior + 1)
 
+    def sample(self, mu, prior, rng):
+        trials = np.rint(prior)
+        if not np.allclose(prior, trials) or np.any(trials < 0):
+            raise DataError("simulating a binomial GLMM needs whole numbers of trials as prior weights; these "
+                            "weights are not counts")
+        safe = np.where(trials > 0, trials, 1.0)
+        return np.where(trials > 0, rng.binomial(trials.astype(np.int64), mu) / safe, 0.0)
 
-class Poisson(Family):
-    """Poisson counts with the (canonical) log link.
+
+def _check_counts(y, response: str, family: str) -> None:
+    if np.any(y < 0):
+        raise DataError(f"{family} response {response!r} has negative values (e.g. {y[y < 0][:3].tolist()})")
+    if np.any(np.abs(y - np.round(y)) > 1e-7 * np.maximum(np.abs(y), 1)):
+        raise DataError(f"{family} response {response!r} has non-integer values (e.g. "
+                        f"{y[np.abs(y - np.round(y)) > 1e-7][:3].tolist()}); a rate needs offset(log(exposure))")
+
+
+class Poisson(ExponentialDispersionFamily):
+    """Poisson counts; links log (canonical), sqrt, identity.
 
     >>> round(float(Poisson().minus2_loglik(np.array([2.0]), np.array([2.0]), np.array([1.0]))[0]), 6)
     2.613706
     """
 
     name = "poisson"
-    links = ("log",)
-    has_dispersion = False
+    links = ("log", "sqrt", "identity")
+    canonical_link = "log"
+    can_separate = True
 
     def variance(self, mu):
         return mu
@@ -206,21 +489,351 @@ class Poisson(Family):
         if np.all(y[prior > 0] == 0):
             raise DataError(f"poisson response {response!r} is 0 in every row: the likelihood has no maximum "
                             "(the log mean goes to -inf)")
-        if np.any(y < 0):
-            raise DataError(f"poisson response {response!r} has negative values (e.g. {y[y < 0][:3].tolist()})")
-        if np.any(np.abs(y - np.round(y)) > 1e-7 * np.maximum(np.abs(y), 1)):
-            raise DataError(f"poisson response {response!r} has non-integer values (e.g. "
-                            f"{y[np.abs(y - np.round(y)) > 1e-7][:3].tolist()}); a rate needs offset(log(exposure))")
+        _check_counts(y, response, "poisson")
 
     def start_mu(self, y, prior):
         return y + 0.1
 
+    def sample(self, mu, prior, rng):
+        if not np.all(prior == 1):
+            raise DataError("simulating a Poisson GLMM with prior weights is not defined (lme4 refuses it too)")
+        return rng.poisson(mu).astype(np.float64)
 
-FAMILIES = {"binomial": Binomial, "poisson": Poisson}
+
+class NegativeBinomial(Family):
+    """Negative binomial counts with Var(y) = mu + mu^2 / size (NB2: lme4's ``glmer.nb``, glmmTMB's
+    ``nbinom2``); ``size`` (lme4's theta) is estimated unless given. Links log, sqrt, identity.
+
+        log p = lgamma(y + k) - lgamma(k) - lgamma(y + 1) + k log(k / (k + mu)) + y log(mu / (k + mu)).
+
+    >>> from scipy import stats
+    >>> fam = NegativeBinomial(size=2.0)  # scipy's nbinom(n=k, p=k / (k + mu)) is the same law
+    >>> bool(np.isclose(fam.log_density(np.array([3.0]), np.array([1.5]), np.ones(1))[0], stats.nbinom.logpmf(3, 2.0, 2 / 3.5)))
+    True
+    """
+
+    name = "negative_binomial"
+    links = ("log", "sqrt", "identity")
+    can_separate = True
+    parameter_names = ("size",)
+    parameter_label = "Dispersion parameter for nbinom2 family ()"
+
+    def __init__(self, link: str | None = None, size: float | None = None):
+        super().__init__(link, size=size)
+
+    def log_density(self, y, mu, prior):
+        k = self.parameter("size")
+        return prior * (special.gammaln(y + k) - special.gammaln(k) - special.gammaln(y + 1)
+                        + k * (np.log(k) - np.log(k + mu)) + special.xlogy(y, mu) - y * np.log(k + mu))
+
+    def mu_derivatives(self, y, mu, prior):
+        k = self.parameter("size")
+        return prior * (y / mu - (y + k) / (k + mu)), prior * (-y / mu**2 + (y + k) / (k + mu) ** 2)
+
+    def mu_information(self, mu, prior):
+        k = self.parameter("size")
+        return prior * k / (mu * (k + mu))
+
+    def variance(self, mu):
+        return mu + mu**2 / self.parameter("size")
+
+    def deviance_residuals(self, y, mu, prior):
+        k = self.parameter("size")
+        return 2 * prior * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
+
+    def check_response(self, y, prior, response):
+        _check_counts(y, response, "negative binomial")
+        if np.all(y[prior > 0] == 0):
+            raise DataError(f"negative binomial response {response!r} is 0 in every row: the likelihood has no "
+                            "maximum")
+
+    def start_mu(self, y, prior):
+        return y + 0.1
+
+    def start_parameters(self, y, mu, prior):
+        # method of moments: sum (y - mu)^2 = sum mu + sum mu^2 / k
+        excess = np.sum(prior * ((y - mu) ** 2 - mu))
+        return np.array([np.sum(prior * mu**2) / excess if excess > 0 else 100.0])
+
+    def sample(self, mu, prior, rng):
+        k = self.parameter("size")
+        return rng.negative_binomial(k, k / (k + mu)).astype(np.float64)
+
+
+class NegativeBinomial1(Family):
+    """Negative binomial counts with Var(y) = mu (1 + phi) (NB1, glmmTMB's ``nbinom1``): size mu / phi varies
+    with the mean; ``dispersion`` phi is estimated unless given. Links log, sqrt, identity.
+
+        log p = lgamma(y + mu/phi) - lgamma(mu/phi) - lgamma(y + 1) - (mu/phi) log(1 + phi) + y log(phi / (1 + phi))
+
+    Its Fisher information has no closed form, so PIRLS takes Newton steps on the observed information.
+
+    >>> from scipy import stats
+    >>> fam = NegativeBinomial1(dispersion=0.5)   # size mu / phi = 3, p = 1 / (1 + phi)
+    >>> bool(np.isclose(fam.log_density(np.array([2.0]), np.array([1.5]), np.ones(1))[0], stats.nbinom.logpmf(2, 3.0, 1 / 1.5)))
+    True
+    """
+
+    name = "negative_binomial1"
+    links = ("log", "sqrt", "identity")
+    can_separate = True
+    parameter_names = ("dispersion",)
+    parameter_label = "Dispersion parameter for nbinom1 family ()"
+
+    def __init__(self, link: str | None = None, dispersion: float | None = None):
+        super().__init__(link, dispersion=dispersion)
+
+    def log_density(self, y, mu, prior):
+        phi = self.parameter("dispersion")
+        size = mu / phi
+        return prior * (special.gammaln(y + size) - special.gammaln(size) - special.gammaln(y + 1)
+                        - size * np.log1p(phi) + y * (np.log(phi) - np.log1p(phi)))
+
+    def mu_derivatives(self, y, mu, prior):
+        phi = self.parameter("dispersion")
+        size = mu / phi
+        first = (special.digamma(y + size) - special.digamma(size) - np.log1p(phi)) / phi
+        second = (special.polygamma(1, y + size) - special.polygamma(1, size)) / phi**2
+        return prior * first, prior * second
+
+    def variance(self, mu):
+        return mu * (1.0 + self.parameter("dispersion"))
+
+    def saturated_mean(self, y):
+        return np.maximum(np.asarray(y, dtype=np.float64), 1e-300)
+
+    def check_response(self, y, prior, response):
+        _check_counts(y, response, "negative binomial")
+        if np.all(y[prior > 0] == 0):
+            raise DataError(f"negative binomial response {response!r} is 0 in every row: the likelihood has no "
+                            "maximum")
+
+    def start_mu(self, y, prior):
+        return y + 0.1
+
+    def start_parameters(self, y, mu, prior):
+        # method of moments: sum (y - mu)^2 = (1 + phi) sum mu
+        return np.array([max(float(np.sum(prior * (y - mu) ** 2) / np.sum(prior * mu)) - 1.0, 0.05)])
+
+    def sample(self, mu, prior, rng):
+        phi = self.parameter("dispersion")
+        return rng.negative_binomial(mu / phi, 1.0 / (1.0 + phi)).astype(np.float64)
+
+
+class Gamma(Family):
+    """Positive responses with Var(y) = phi mu^2 (``dispersion`` phi = 1 / shape, lme4's sigma^2 and glmmTMB's
+    sigma^2); links inverse (canonical), log, identity.
+
+        log p = -log Gamma(1/phi) - (1/phi) log(phi mu) + (1/phi - 1) log y - y / (phi mu).
+    """
+
+    name = "Gamma"
+    links = ("inverse", "log", "identity")
+    canonical_link = "inverse"
+    parameter_names = ("dispersion",)
+    parameter_label = "Dispersion estimate for Gamma family (sigma^2)"
+
+    def __init__(self, link: str | None = None, dispersion: float | None = None):
+        super().__init__(link, dispersion=dispersion)
+
+    def log_density(self, y, mu, prior):
+        shape = 1.0 / self.parameter("dispersion")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = -special.gammaln(shape) - shape * np.log(mu / shape) + (shape - 1) * np.log(y) - shape * y / mu
+        return prior * np.where(mu > 0, value, np.nan)
+
+    def mu_derivatives(self, y, mu, prior):
+        shape = 1.0 / self.parameter("dispersion")
+        return prior * shape * (y - mu) / mu**2, prior * shape * (mu - 2 * y) / mu**3
+
+    def mu_information(self, mu, prior):
+        return prior / (self.parameter("dispersion") * mu**2)
+
+    def variance(self, mu):
+        return self.parameter("dispersion") * mu**2
+
+    def deviance_residuals(self, y, mu, prior):
+        # R's Gamma()$dev.resids: the unit deviance, without the dispersion
+        return -2 * prior * (np.log(y / mu) - (y - mu) / mu)
+
+    def check_response(self, y, prior, response):
+        if np.any(y <= 0):
+            raise DataError(f"Gamma response {response!r} must be positive, got e.g. {y[y <= 0][:3].tolist()}")
+
+    def start_mu(self, y, prior):
+        return np.asarray(y, dtype=np.float64).copy()
+
+    def start_parameters(self, y, mu, prior):
+        return np.array([max(float(np.sum(prior * ((y - mu) / mu) ** 2) / max(np.sum(prior > 0), 1)), 1e-6)])
+
+    def sample(self, mu, prior, rng):
+        phi = self.parameter("dispersion")
+        return rng.gamma(1.0 / phi, phi * mu)
+
+
+class InverseGaussian(Family):
+    """Positive responses with Var(y) = phi mu^3; links 1/mu^2 (canonical), log, inverse, identity.
+
+        log p = -(1/2) log(2 pi phi y^3) - (y - mu)^2 / (2 phi mu^2 y).
+    """
+
+    name = "inverse.gaussian"
+    links = ("1/mu^2", "log", "inverse", "identity")
+    canonical_link = "1/mu^2"
+    parameter_names = ("dispersion",)
+    parameter_label = "Dispersion estimate for inverse.gaussian family (sigma^2)"
+
+    def __init__(self, link: str | None = None, dispersion: float | None = None):
+        super().__init__(link, dispersion=dispersion)
+
+    def log_density(self, y, mu, prior):
+        phi = self.parameter("dispersion")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = -0.5 * np.log(2 * np.pi * phi * y**3) - (y - mu) ** 2 / (2 * phi * mu**2 * y)
+        return prior * np.where(mu > 0, value, np.nan)
+
+    def mu_derivatives(self, y, mu, prior):
+        phi = self.parameter("dispersion")
+        return prior * (y - mu) / (phi * mu**3), prior * (2 * mu - 3 * y) / (phi * mu**4)
+
+    def mu_information(self, mu, prior):
+        return prior / (self.parameter("dispersion") * mu**3)
+
+    def variance(self, mu):
+        return self.parameter("dispersion") * mu**3
+
+    def deviance_residuals(self, y, mu, prior):
+        return prior * (y - mu) ** 2 / (y * mu**2)
+
+    def check_response(self, y, prior, response):
+        if np.any(y <= 0):
+            raise DataError(f"inverse Gaussian response {response!r} must be positive, got e.g. "
+                            f"{y[y <= 0][:3].tolist()}")
+
+    def start_mu(self, y, prior):
+        return np.asarray(y, dtype=np.float64).copy()
+
+    def start_parameters(self, y, mu, prior):
+        return np.array([max(float(np.sum(prior * (y - mu) ** 2 / mu**3) / max(np.sum(prior > 0), 1)), 1e-9)])
+
+    def sample(self, mu, prior, rng):
+        return rng.wald(mu, mu / (self.parameter("dispersion") * mu))
+
+
+class Gaussian(Family):
+    """Normal responses with a non-identity link (log, inverse; identity is :func:`tfmixed.lmer`'s model, fitted
+    here by the Laplace approximation, which is exact for it): Var(y) = sigma^2 (``dispersion``).
+    """
+
+    name = "gaussian"
+    links = ("identity", "log", "inverse")
+    canonical_link = "identity"
+    parameter_names = ("dispersion",)
+    parameter_label = "Dispersion estimate for gaussian family (sigma^2)"
+
+    def __init__(self, link: str | None = None, dispersion: float | None = None):
+        super().__init__(link, dispersion=dispersion)
+
+    def log_density(self, y, mu, prior):
+        sigma2 = self.parameter("dispersion")
+        return prior * (-0.5 * np.log(2 * np.pi * sigma2) - (y - mu) ** 2 / (2 * sigma2))
+
+    def mu_derivatives(self, y, mu, prior):
+        sigma2 = self.parameter("dispersion")
+        return prior * (y - mu) / sigma2, -prior / sigma2 * np.ones_like(mu)
+
+    def mu_information(self, mu, prior):
+        return prior / self.parameter("dispersion") * np.ones_like(mu)
+
+    def variance(self, mu):
+        return np.full_like(mu, self.parameter("dispersion"))
+
+    def deviance_residuals(self, y, mu, prior):
+        return prior * (y - mu) ** 2
+
+    def check_response(self, y, prior, response):
+        if self.link.name in ("log", "inverse") and np.any(y <= 0) and self.link.name == "inverse":
+            raise DataError(f"gaussian response {response!r} with the inverse link must be positive")
+
+    def start_mu(self, y, prior):
+        y = np.asarray(y, dtype=np.float64)
+        if self.link.name == "identity":
+            return y.copy()
+        return np.maximum(y, 1e-3 * max(float(np.mean(np.abs(y))), 1e-12))
+
+    def start_parameters(self, y, mu, prior):
+        return np.array([max(float(np.sum(prior * (y - mu) ** 2) / max(np.sum(prior > 0), 1)), 1e-12)])
+
+    def sample(self, mu, prior, rng):
+        return mu + np.sqrt(self.parameter("dispersion")) * rng.standard_normal(mu.size)
+
+
+class Beta(Family):
+    """Proportions strictly inside (0, 1) with mean mu and ``precision`` phi (glmmTMB's ``beta_family``): y ~
+    Beta(mu phi, (1 - mu) phi), Var(y) = mu (1 - mu) / (1 + phi); links logit, probit, cloglog, cauchit.
+    """
+
+    name = "beta"
+    links = ("logit", "probit", "cloglog", "cauchit")
+    parameter_names = ("precision",)
+    parameter_label = "Dispersion parameter for beta family ()"
+
+    def __init__(self, link: str | None = None, precision: float | None = None):
+        super().__init__(link, precision=precision)
+
+    def log_density(self, y, mu, prior):
+        phi = self.parameter("precision")
+        a, b = mu * phi, (1 - mu) * phi
+        return prior * (special.gammaln(phi) - special.gammaln(a) - special.gammaln(b)
+                        + (a - 1) * np.log(y) + (b - 1) * np.log1p(-y))
+
+    def mu_derivatives(self, y, mu, prior):
+        phi = self.parameter("precision")
+        a, b = mu * phi, (1 - mu) * phi
+        first = phi * (special.digamma(b) - special.digamma(a) + np.log(y) - np.log1p(-y))
+        second = -phi**2 * (special.polygamma(1, a) + special.polygamma(1, b))
+        return prior * first, prior * second
+
+    def mu_information(self, mu, prior):
+        phi = self.parameter("precision")
+        return prior * phi**2 * (special.polygamma(1, mu * phi) + special.polygamma(1, (1 - mu) * phi))
+
+    def variance(self, mu):
+        return mu * (1 - mu) / (1 + self.parameter("precision"))
+
+    def saturated_mean(self, y):
+        # the beta density in mu peaks near, not at, y; the deviance is taken against mu = y as glmmTMB's residuals
+        return np.asarray(y, dtype=np.float64)
+
+    def check_response(self, y, prior, response):
+        if np.any((y <= 0) | (y >= 1)):
+            raise DataError(f"beta response {response!r} must lie strictly inside (0, 1), got e.g. "
+                            f"{y[(y <= 0) | (y >= 1)][:3].tolist()}")
+
+    def start_mu(self, y, prior):
+        return np.asarray(y, dtype=np.float64).copy()
+
+    def start_parameters(self, y, mu, prior):
+        spread = float(np.sum(prior * (y - mu) ** 2) / max(np.sum(prior > 0), 1))
+        typical = float(np.mean(mu * (1 - mu)))
+        return np.array([max(typical / spread - 1.0, 0.5) if spread > 0 else 10.0])
+
+    def sample(self, mu, prior, rng):
+        phi = self.parameter("precision")
+        return rng.beta(mu * phi, (1 - mu) * phi)
+
+
+FAMILIES: dict[str, type[Family]] = {
+    "binomial": Binomial, "poisson": Poisson, "negative_binomial": NegativeBinomial, "nbinom2": NegativeBinomial,
+    "negative_binomial1": NegativeBinomial1, "nbinom1": NegativeBinomial1,
+    "gamma": Gamma, "inverse.gaussian": InverseGaussian, "inverse_gaussian": InverseGaussian,
+    "gaussian": Gaussian, "beta": Beta,
+}
 
 
 def get_family(family, link: str | None = None) -> Family:
-    """A :class:`Family` from a name ("binomial", "poisson"), a Family instance or a class.
+    """A :class:`Family` from a name ("binomial", "poisson", "negative_binomial", "Gamma", "inverse.gaussian",
+    "gaussian", "beta"), a Family instance or a class.
 
     >>> get_family("binomial", link="probit")
     Binomial(link='probit')
@@ -232,7 +845,95 @@ def get_family(family, link: str | None = None) -> Family:
     if isinstance(family, type) and issubclass(family, Family):
         return family(link)
     if isinstance(family, str) and family.lower() in FAMILIES:
-        return FAMILIES[family.lower()](link)
-    if isinstance(family, str) and family.lower() in ("gaussian", "normal"):
-        raise DataError("a Gaussian response is a linear mixed model: use tfmixed.lmer")
-    raise DataError(f"family must be 'binomial' or 'poisson' (or a tfmixed.families.Family), got {family!r}")
+        chosen = FAMILIES[family.lower()]
+        if chosen is Gaussian and link in (None, "identity"):
+            raise DataError("a Gaussian response with the identity link is a linear mixed model: use tfmixed.lmer "
+                            "(family='gaussian' takes link='log' or 'inverse' here)")
+        return chosen(link)
+    raise DataError(f"family must be one of {sorted(set(FAMILIES))} (or a tfmixed.families.Family), got {family!r}")
+
+
+class LogDensityFamily(Family):
+    """A family written as its log-density alone; its derivatives in mu come from TensorFlow's autodiff.
+
+    ``log_density(y, mu, params)`` takes TensorFlow float64 tensors (``params`` one entry per name in
+    ``parameters``, on the natural scale) and returns log p per row with tf.math functions. ``parameters`` maps
+    each parameter's name to a positive starting value; it is estimated (on the log scale) with the covariance
+    parameters. The function is traced once (``tf.function``) and evaluated for all rows at once; the second
+    derivative is the observed information (no closed-form Fisher information is assumed).
+
+    >>> from tfmixed._tf import tf  # TensorFlow, imported without its start-up messages
+    >>> def poisson(y, mu, params):
+    ...     return y * tf.math.log(mu) - mu - tf.math.lgamma(y + 1.0)
+    >>> fam = LogDensityFamily("my_poisson", poisson, link="log")
+    >>> first, second = fam.mu_derivatives(np.array([2.0]), np.array([4.0]), np.ones(1))
+    >>> first.round(6).tolist(), second.round(6).tolist()  # y / mu - 1 and -y / mu^2
+    ([-0.5], [-0.125])
+    """
+
+    has_dispersion = True
+
+    def __init__(self, name: str, log_density: Callable, *, link: str = "log",
+                 links: tuple[str, ...] = ("log", "identity", "logit", "inverse", "sqrt"),
+                 parameters: dict[str, float] | None = None, check: Callable | None = None,
+                 start_mu: Callable | None = None):
+        from ._tf import tf
+
+        self.name, self.links = name, tuple(links)
+        self.parameter_names = tuple(parameters or {})
+        self.parameter_label = f"Parameters of the {name} family"
+        super().__init__(link)
+        self.parameters = np.array([float(v) for v in (parameters or {}).values()], dtype=np.float64)
+        if np.any(~np.isfinite(self.parameters)) or np.any(self.parameters <= 0):
+            raise DataError(f"the starting values of {name}'s parameters must be positive numbers, got {parameters}")
+        self.estimated = np.ones(self.parameters.size, dtype=bool)
+        self._function, self._check, self._start_mu = log_density, check, start_mu
+        self._tf = tf
+
+        # written with tensor operations, the log-density needs no AutoGraph conversion (which would warn for a
+        # function defined in a notebook or shell, whose source it cannot read)
+        log_density = tf.autograph.experimental.do_not_convert(log_density)
+
+        @tf.function(reduce_retracing=True)
+        def derivatives(y, mu, params):
+            with tf.GradientTape() as outer:
+                outer.watch(mu)
+                with tf.GradientTape() as inner:
+                    inner.watch(mu)
+                    value = log_density(y, mu, params)
+                first = inner.gradient(value, mu)
+            return value, first, outer.gradient(first, mu)
+
+        self._derivatives = derivatives
+
+    def _evaluate(self, y, mu):
+        tf = self._tf
+        as_tensor = lambda a: tf.convert_to_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+        value, first, second = self._derivatives(as_tensor(y), as_tensor(mu), as_tensor(self.parameters))
+        return value.numpy(), first.numpy(), second.numpy()
+
+    def log_density(self, y, mu, prior):
+        return prior * self._evaluate(y, mu)[0]
+
+    def mu_derivatives(self, y, mu, prior):
+        _, first, second = self._evaluate(y, mu)
+        return prior * first, prior * second
+
+    def variance(self, mu):
+        raise DataError(f"the {self.name} family defines no variance function (Pearson residuals need one)")
+
+    def check_response(self, y, prior, response):
+        if self._check is not None:
+            self._check(y)
+        values = self._evaluate(y, self.start_mu(y, prior))[0]
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"the {self.name} log-density is not finite at the response {response!r}'s starting "
+                            "means: check the response's range")
+
+    def start_mu(self, y, prior):
+        if self._start_mu is not None:
+            return np.asarray(self._start_mu(y), dtype=np.float64)
+        return np.asarray(y, dtype=np.float64) + 0.1
+
+    def start_parameters(self, y, mu, prior):
+        return self.parameters.copy()

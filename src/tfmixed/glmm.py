@@ -58,8 +58,13 @@ def glmer(
 ) -> GlmerFit:
     """Fit a generalised linear mixed model by maximum likelihood, as lme4's ``glmer`` does.
 
-    g(E[y | b]) = X beta + Z b + o, b ~ N(0, Lambda Lambda'), y | b from the ``family`` ("binomial" with link
-    "logit", "probit" or "cloglog"; "poisson" with "log"). The likelihood integral is approximated by Laplace's
+    g(E[y | b]) = X beta + Z b + o, b ~ N(0, Lambda Lambda'), y | b from the ``family``: "binomial" (links
+    "logit", "probit", "cloglog", "cauchit"), "poisson" ("log", "sqrt", "identity"), "negative_binomial"
+    (NB2, lme4's ``glmer.nb``: size estimated), "Gamma" ("inverse", "log", "identity"), "inverse.gaussian",
+    "gaussian" with link "log" or "inverse", "beta" (proportions in (0, 1)), or a
+    :class:`tfmixed.families.Family` (one with fixed parameters, e.g. ``NegativeBinomial(size=2)``, or a
+    :class:`~tfmixed.families.LogDensityFamily` written as its log-density). A family's own parameters are
+    estimated with theta and beta (``fit.family_parameters``). The likelihood integral is approximated by Laplace's
     method at the conditional modes (``nAGQ=1``), by adaptive Gauss-Hermite quadrature with ``nAGQ`` knots (one
     scalar random-effects term only), or, with ``nAGQ=0``, by the Laplace value at the joint PIRLS mode of
     beta and u (only theta optimised: fast, approximate). Binomial responses are 0/1 (numbers, booleans or a
@@ -103,6 +108,9 @@ def glmer(
     family.check_response(design.y, prior, design.parsed.response)
     if method == "em":
         require_unstructured(design.terms, "method='em'")
+        if family.n_estimated:
+            raise DataError(f"method='em' updates theta and beta only; the {family.name} family's "
+                            f"{family.estimated_names} are estimated by method='optimizer'")
     objective = GlmmObjective(design, family, n_agq, kernel_options)
     with blas_threads_for(sum(term.q for term in design.terms[1:]) + design.n_fixed + 1):
         optimum, hessian = optimize_glmer(objective, method=method, start=start, tol=tol, max_iter=max_iter,

@@ -67,8 +67,13 @@ class GlmmObjective:
                                 f"this model has terms with {self.dims} columns")
             knots, weights = hermegauss(self.n_agq)
             self.knots, self.knot_weights = knots, weights / np.sqrt(2 * np.pi)
+        #: the family's parameters estimated with theta (on the log scale): the last entries of every parameter
+        #: vector (theta, [beta,] phi) the criteria see
+        self.n_family = family.n_estimated
+        self._bound: dict[bytes, Family] = {}
+        self._family_start: np.ndarray | None = None
         self._last: WarmStart | None = None
-        self._mode_cache: tuple[tuple[bytes, bytes | None], Mode] | None = None
+        self._mode_cache: tuple[tuple[bytes, bytes | None, bytes], Mode] | None = None
         self.n_pirls = 0
         self._offsets = np.cumsum([0] + [term.q for term in design.terms])[:-1]
         self._pairs = self._leverage_pairs()
@@ -78,16 +83,64 @@ class GlmmObjective:
         self._level_sums = sp.csr_matrix((np.ones(design.nobs), (first.codes, np.arange(design.nobs))),
                                          shape=(first.n_levels, design.nobs))
 
-    def mode(self, theta, beta=None) -> Mode:
-        """The conditional mode at theta and beta (joint with beta when None), warm-started from the last one."""
+    def family_at(self, phi=None) -> Family:
+        """The family with its estimated parameters at working (log) values ``phi`` (None: none estimated)."""
+        if self.n_family == 0:
+            return self.family
+        if phi is None:
+            raise DataError(f"the {self.family.name} family's parameters {self.family.estimated_names} are "
+                            "estimated: give their working values")
+        phi = np.asarray(phi, dtype=np.float64)
+        key = phi.tobytes()
+        if key not in self._bound:
+            if len(self._bound) > 64:
+                self._bound.clear()
+            self._bound[key] = self.family.with_working(phi)
+        return self._bound[key]
+
+    def family_start(self) -> np.ndarray:
+        """Working (log) starting values of the family's estimated parameters: the family's own where known
+        (a refit's), else moment estimates at the means of the joint PIRLS mode at theta's start with a
+        provisional value of 1."""
+        if self._family_start is None:
+            known = self.family.working_values()
+            if np.all(np.isfinite(known)):
+                self._family_start = known
+            else:
+                provisional = self.family.with_working(np.zeros(self.n_family))
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    mode = self.pirls.run(self.theta_start, None, family=provisional)
+                natural = provisional.start_parameters(self.pirls.y, mode.mu, self.pirls.prior)
+                self._family_start = np.where(np.isfinite(known), known, np.log(natural))
+        return self._family_start.copy()
+
+    def split(self, params) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(theta, beta or None, phi or None) of a criterion's parameter vector (theta, [beta,] phi)."""
+        params = np.asarray(params, dtype=np.float64)
+        n_theta, n_family = self.n_theta, self.n_family
+        theta = params[:n_theta]
+        phi = params[params.size - n_family:] if n_family else None
+        has_beta = params.size == n_theta + self.p + n_family and (self.p > 0 or params.size > n_theta + n_family)
+        beta = params[n_theta : n_theta + self.p] if has_beta else None
+        return theta, beta, phi
+
+    def mode_at(self, params) -> Mode:
+        """The mode at a criterion's parameter vector (theta, [beta,] phi)."""
+        theta, beta, phi = self.split(params)
+        return self.mode(theta, beta, phi)
+
+    def mode(self, theta, beta=None, phi=None) -> Mode:
+        """The conditional mode at theta and beta (joint with beta when None) and the family's parameters
+        ``phi`` (working values), warm-started from the last one."""
         theta = np.asarray(theta, dtype=np.float64)
         beta = None if beta is None else np.asarray(beta, dtype=np.float64)
-        key = (theta.tobytes(), None if beta is None else beta.tobytes())
+        family = self.family_at(phi)
+        key = (theta.tobytes(), None if beta is None else beta.tobytes(), b"" if phi is None else np.asarray(phi).tobytes())
         if self._mode_cache is not None and key == self._mode_cache[0]:  # the same point twice (a check, the fit)
             return self._mode_cache[1]
         # an optimiser's trial point far out can overflow the mean: the criterion is then inf, not a warning
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            mode = self.pirls.run(theta, beta, start=self._last)
+            mode = self.pirls.run(theta, beta, start=self._last, family=family)
         self._last, self._mode_cache = mode, (key, mode)
         self.n_pirls += 1
         return mode
@@ -106,21 +159,26 @@ class GlmmObjective:
         self._last = WarmStart(theta, beta, u, np.asarray(b, dtype=np.float64), eta, self.family.link.inverse(eta))
 
     def laplace(self, mode: Mode) -> float:
-        """sum -2 log p(y | mu) + ||u||^2 + log|L|^2 at the mode."""
-        minus2 = np.sum(self.family.minus2_loglik(self.pirls.y, mode.mu, self.pirls.prior))
-        return float(minus2 + mode.u @ mode.u + mode.factor.logdet_L)
+        """sum -2 log p(y | mu) + ||u||^2 + log|L|^2 at the mode; L L' = Lambda'Z'W Z Lambda + I with W lme4's
+        Fisher weights for binomial and Poisson, else the observed information (exact Laplace, glmmTMB's)."""
+        family = mode.family or self.family
+        minus2 = np.sum(family.minus2_loglik(self.pirls.y, mode.mu, self.pirls.prior))
+        exact = family.laplace_uses_fisher_weights or (family.canonical and family.mu_information(mode.mu, self.pirls.prior) is not None)
+        logdet = mode.factor.logdet_L if exact else self.pirls.laplace_logdet(mode)
+        return float(minus2 + mode.u @ mode.u + logdet)
 
     def quadrature(self, mode: Mode) -> float:
         """The adaptive Gauss-Hermite approximation (one scalar term) at the mode."""
         term = self.design.terms[0]
+        family = mode.family or self.family
         codes, covariate = term.codes, term.values[:, 0]
         scale = mode.theta[0]
         sd = np.sqrt(mode.factor.first.A_inv[:, 0, 0])  # 1 / L_jj
         base = mode.eta - covariate * scale * mode.u[codes]
 
         def per_level(u):  # (knots, levels) -> A_j without the mu-free constant: it cancels in each knot's change
-            mu = self.family.link.inverse(base[None, :] + covariate[None, :] * scale * u[:, codes])
-            minus2 = self.family.minus2_loglik_kernel(self.pirls.y[None, :], mu, self.pirls.prior[None, :])
+            mu = family.link.inverse(base[None, :] + covariate[None, :] * scale * u[:, codes])
+            minus2 = family.minus2_loglik_kernel(self.pirls.y[None, :], mu, self.pirls.prior[None, :])
             return (self._level_sums @ minus2.T).T + u**2
 
         at_mode = per_level(mode.u[None, :])[0]
@@ -128,15 +186,19 @@ class GlmmObjective:
         for knots, weights in self._knot_chunks(len(codes)):
             change = per_level(mode.u[None, :] + knots[:, None] * sd[None, :]) - at_mode[None, :]
             total += np.sum(weights[:, None] * np.exp(knots[:, None] ** 2 / 2 - change / 2), axis=0)
-        constant = np.sum(self.family.minus2_loglik_constant(self.pirls.y, self.pirls.prior))
+        constant = np.sum(family.minus2_loglik_constant(self.pirls.y, self.pirls.prior))
         return float(np.sum(at_mode - 2 * np.log(sd) - 2 * np.log(total)) + constant)
 
     def value(self, mode: Mode) -> float:
         return self.quadrature(mode) if self.n_agq > 1 else self.laplace(mode)
 
-    def deviance(self, theta, beta) -> float:
-        """The approximate -2 log-likelihood at (theta, beta)."""
-        return self.value(self.mode(theta, beta))
+    def deviance(self, theta, beta, phi=None) -> float:
+        """The approximate -2 log-likelihood at (theta, beta) and the family's parameters ``phi``."""
+        return self.value(self.mode(theta, beta, phi))
+
+    def deviance_at(self, params) -> float:
+        """The approximate -2 log-likelihood at a parameter vector (theta, beta, phi)."""
+        return self.value(self.mode_at(params))
 
     def _leverage_pairs(self):
         """The distinct pairs of nonzero columns of Z Lambda that share a row (kernel order), and for every
@@ -171,7 +233,7 @@ class GlmmObjective:
         (Z dLambda u)_i = z_ir u_(j_i)c, d/d theta = (a + v - W Z Lambda s)'(Z dLambda u) - a'(Z dLambda s) / 2
         plus d log|H| / d theta at fixed W (the LMM kernel's log-determinant gradient).
         """
-        if not self.family.canonical:
+        if not (mode.family or self.family).has_closed_form_gradient:
             return None
         if self.n_agq > 1 and not joint:
             return self.quadrature_gradient(mode)
@@ -266,11 +328,9 @@ class GlmmObjective:
         deviance with steps ``fraction`` times ``scales`` (approximate standard errors, refined once from the
         diagonal: small against the curvature's scale, large against the rounding of the criterion)."""
         params = np.asarray(params, dtype=np.float64)
-        n_theta = self.n_theta
 
         def mode_at(shift):
-            point = params + shift
-            return self.mode(point[:n_theta], point[n_theta:])
+            return self.mode_at(params + shift)
 
         if analytic:  # the gradient exists at params, so next to it too
             return hessian_of_gradient(lambda point: cast(np.ndarray, self.gradient(mode_at(point - params))), params,
@@ -278,11 +338,8 @@ class GlmmObjective:
         return self._second_differences(params, scales, fraction)
 
     def _second_differences(self, params, scales, fraction):
-        n_theta = self.n_theta
-
         def at(shift):
-            point = params + shift
-            return self.deviance(point[:n_theta], point[n_theta:])
+            return self.deviance_at(params + shift)
 
         center = at(np.zeros_like(params))
         eye = np.eye(params.size)
@@ -349,7 +406,7 @@ class _Criterion:
         if not np.isfinite(value):
             return np.inf, np.zeros_like(params)
         gradient = self.analytic_gradient(mode)
-        if gradient is None and self.objective.family.canonical:
+        if gradient is None and self.objective.family.has_closed_form_gradient:
             gradient = self._gradient_inside(params)
         if gradient is not None:
             return value, gradient
@@ -395,10 +452,12 @@ class ThetaCriterion(_Criterion):
 
     def __init__(self, objective: GlmmObjective):
         self.objective = objective
-        self.lower, self.start = objective.theta_lower, objective.theta_start.copy()
+        self.lower = np.concatenate([objective.theta_lower, np.full(objective.n_family, -np.inf)])
+        self.start = np.concatenate([objective.theta_start, objective.family_start() if objective.n_family else []])
 
-    def mode_at(self, theta) -> Mode:
-        return self.objective.mode(theta)
+    def mode_at(self, params) -> Mode:
+        n_theta = self.objective.n_theta
+        return self.objective.mode(params[:n_theta], None, params[n_theta:] if self.objective.n_family else None)
 
     def value_at(self, mode: Mode) -> float:
         return self.objective.laplace(mode)
@@ -413,12 +472,13 @@ class JointCriterion(_Criterion):
     def __init__(self, objective: GlmmObjective, start: np.ndarray):
         self.objective = objective
         self.label = "GLMM Laplace" if objective.n_agq == 1 else f"GLMM nAGQ={objective.n_agq}"
-        self.lower = np.concatenate([objective.theta_lower, np.full(objective.p, -np.inf)])
+        self.lower = np.concatenate([objective.theta_lower, np.full(objective.p + objective.n_family, -np.inf)])
         self.start = np.asarray(start, dtype=np.float64)
 
     def mode_at(self, params) -> Mode:
-        n_theta = self.objective.n_theta
-        return self.objective.mode(params[:n_theta], params[n_theta:])
+        n_theta, p = self.objective.n_theta, self.objective.p
+        phi = params[n_theta + p:] if self.objective.n_family else None
+        return self.objective.mode(params[:n_theta], params[n_theta : n_theta + p], phi)
 
     def value_at(self, mode: Mode) -> float:
         return self.objective.value(mode)

@@ -23,6 +23,8 @@ _CATALOGUE = {
     "Pastes": ("Pastes.csv", ("batch", "cask", "sample"), "Paste strength: casks nested within 10 delivery batches"),
     "cbpp": ("cbpp.csv", ("herd", "period"),
              "Contagious bovine pleuropneumonia: new cases (incidence) among size cattle, 15 herds x 4 periods"),
+    "Salamanders": ("Salamanders.csv", ("site", "mined", "spp"),
+                    "glmmTMB's Salamanders: salamander counts at 23 stream sites (mined or not), 7 species x 4 surveys"),
     "InstEval": ("InstEval.csv", ("s", "d", "studage", "lectage", "service", "dept"),
                  "lme4's InstEval: 73,421 course ratings of 1,128 lecturers by 2,972 students (ETH Zurich)"),
 }

@@ -34,9 +34,9 @@ def flag_degenerate(objective, optimum: EstimatorResult, response_variance: floa
 def flag_separation(objective, optimum: EstimatorResult, fixed_names: list[str]) -> EstimatorResult:
     """Complete or quasi-complete separation: some fitted means sit numerically on 0 (or 1), the likelihood has
     no maximum and the affected fixed effects (and their SEs) are meaningless, whatever the optimiser says."""
-    n_theta = objective.n_theta
-    beta = optimum.theta[n_theta:] if optimum.theta.size > n_theta else None
-    mode = objective.mode(optimum.theta[:n_theta], beta)
+    if not objective.family.can_separate:
+        return optimum
+    mode = objective.mode_at(optimum.theta)
     binomial = objective.family.name == "binomial"
     near = mode.mu < BOUNDARY_MEAN
     if binomial:

@@ -21,6 +21,7 @@ import dataclasses
 
 import numpy as np
 
+from ..derivatives import jacobian
 from ..errors import DataError
 from ..laplace import GlmmObjective, JointCriterion, ThetaCriterion
 from .laplace_em import fit_laplace_em
@@ -28,6 +29,11 @@ from .optimizer import minimize_bounded
 from .profiled import ProfiledOptions, fit_profiled
 from .result import EstimatorResult, StageRecord
 
+#: step of the central-difference gradient of the Newton polish where no closed form exists, in units of the
+#: Hessian's scales (about a thousandth of a standard error: truncation ~1e-6, rounding of the criterion ~1e-6)
+POLISH_STEP = 1e-3
+#: Newton steps of the polish with a central-difference gradient (the Hessian is the standard errors' one)
+POLISH_STEPS = 3
 #: L-BFGS-B's limits in stage 1 when it only gives stage 2 its start (a rough theta is enough there)
 ROUGH_START_ITERATIONS = 20
 ROUGH_START_FTOL = 1e-8
@@ -37,32 +43,40 @@ ROUGH_START_GTOL = 1e-5
 def optimize_glmer(objective: GlmmObjective, *, method: str = "optimizer", start: np.ndarray | None = None,
                    tol: float | None = None, max_iter: int | None = None, verbose: bool = False,
                    options: ProfiledOptions | None = None) -> tuple[EstimatorResult, np.ndarray | None]:
-    """lme4's stages (module docstring). Returns the optimum, whose ``theta`` stacks (theta, beta) for nAGQ >= 1,
-    and the Hessian in (theta, beta) the standard errors use (None for nAGQ = 0)."""
+    """lme4's stages (module docstring). Returns the optimum, whose ``theta`` stacks (theta, beta, phi) for
+    nAGQ >= 1 and (theta, phi) for nAGQ = 0 (phi: the family's estimated parameters on the log scale, absent for
+    binomial and Poisson), and the Hessian in (theta, beta, phi) the standard errors use (None for nAGQ = 0)."""
+    stage_one = ThetaCriterion(objective)
+    if start is not None and objective.n_family:
+        start = np.concatenate([np.asarray(start, dtype=np.float64).ravel(), stage_one.start[objective.n_theta:]])
     if objective.n_agq == 0:
-        return fit_profiled(ThetaCriterion(objective), start=start, max_iter=max_iter or 1000, verbose=verbose,
+        return fit_profiled(stage_one, start=start, max_iter=max_iter or 1000, verbose=verbose,
                             method="nAGQ=0", options=options), None
-    theta, rough = rough_theta_start(ThetaCriterion(objective), start)
-    first = objective.mode(theta)
+    params, rough = rough_theta_start(stage_one, start)
+    theta, phi = params[: objective.n_theta], params[objective.n_theta :]
+    first = objective.mode(theta, None, phi if objective.n_family else None)
     if method == "em":
         optimum = fit_laplace_em(objective, theta, first.beta, tol=1e-8 if tol is None else tol,
                                  max_iter=max_iter or 5000, verbose=verbose)
         optimum = dataclasses.replace(optimum, stages=(rough, *optimum.stages))
         return optimum, gradient_and_hessian(objective, optimum.theta)[1]
-    joint = JointCriterion(objective, np.concatenate([theta, first.beta]))
+    joint = JointCriterion(objective, np.concatenate([theta, first.beta, phi]))
     label = "laplace" if objective.n_agq == 1 else f"agq{objective.n_agq}"
     optimum = fit_profiled(joint, start=joint.start, max_iter=max_iter or 1000, verbose=verbose, method=label,
                            scale=joint_scales(objective, first), options=options)
-    optimum = with_first_stage(optimum, rough, start if start is not None else objective.theta_start)
+    optimum = with_first_stage(optimum, rough, start if start is not None else stage_one.start, objective)
     return newton_polish(objective, joint, optimum)
 
 
-def with_first_stage(optimum: EstimatorResult, rough: StageRecord, start) -> EstimatorResult:
+def with_first_stage(optimum: EstimatorResult, rough: StageRecord, start, objective: GlmmObjective) -> EstimatorResult:
     """Stage 2's result with stage 1 in its record: its evaluations counted, the search's start the one stage 1
-    began from (beta: PIRLS's at that theta), its limits among the tolerances."""
-    n_theta = np.asarray(start).size
+    began from (theta and phi; beta: PIRLS's at that theta), its limits among the tolerances."""
+    start = np.asarray(start, dtype=np.float64)
+    n_theta = objective.n_theta
     initial = optimum.start.copy() if optimum.start is not None else optimum.theta.copy()
-    initial[:n_theta] = start
+    initial[:n_theta] = start[:n_theta]
+    if objective.n_family:
+        initial[initial.size - objective.n_family :] = start[n_theta:]
     tolerances = {**optimum.tolerances, "stage 1 max_iter": ROUGH_START_ITERATIONS, "stage 1 ftol": ROUGH_START_FTOL,
                   "stage 1 gtol": ROUGH_START_GTOL}
     return dataclasses.replace(optimum, stages=(rough, *optimum.stages), start=initial, tolerances=tolerances,
@@ -74,8 +88,8 @@ def rough_theta_start(criterion: ThetaCriterion, start, max_iter: int = ROUGH_ST
     saw; a trial point where PIRLS fails ends the run, which is fine for a start) and its stage record."""
     theta = criterion.start.copy() if start is None else np.asarray(start, dtype=np.float64).ravel()
     if theta.shape != criterion.lower.shape or np.any(theta < criterion.lower):
-        raise DataError(f"start must hold {criterion.lower.size} theta values (lme4's order) with non-negative "
-                        "relative standard deviations")
+        raise DataError(f"start must hold {criterion.objective.n_theta} theta values (lme4's order) with "
+                        "non-negative relative standard deviations")
     best = [theta.copy(), criterion(theta)]
     if not np.isfinite(best[1]):
         raise DataError(f"the criterion is not finite at the starting theta: {criterion.diagnose(theta)}")
@@ -102,17 +116,29 @@ def joint_scales(objective: GlmmObjective, first_mode) -> np.ndarray:
     """Coordinates of stage 2: covariates on different scales make beta's ill-conditioned, so the search runs
     in units of beta's approximate standard errors (theta's in their median)."""
     standard_errors = approximate_standard_errors(first_mode)
-    return np.concatenate([np.full(objective.n_theta, np.median(standard_errors)), standard_errors])
+    theta_scale = np.median(standard_errors) if standard_errors.size else 1.0
+    return np.concatenate([np.full(objective.n_theta, theta_scale), standard_errors, np.ones(objective.n_family)])
 
 
 def gradient_and_hessian(objective: GlmmObjective, params: np.ndarray):
-    """The gradient (None without a closed form) and the Hessian of the criterion in (theta, beta), with
-    steps scaled by theta and the PIRLS standard errors."""
-    n_theta = objective.n_theta
-    gradient = objective.gradient(objective.mode(params[:n_theta], params[n_theta:]))
-    rx_se = approximate_standard_errors(objective.mode(params[:n_theta]))
-    scales = np.concatenate([0.1 * np.maximum(np.abs(params[:n_theta]), 0.1), rx_se])
-    return gradient, objective.hessian(params, scales, analytic=gradient is not None)
+    """The gradient (None without a closed form) and the Hessian of the criterion in (theta, beta, phi), with
+    steps scaled by theta, the PIRLS standard errors and (phi, on the log scale) 0.1."""
+    gradient = objective.gradient(objective.mode_at(params))
+    # second differences of the exact criterion: a hundredth of the curvature's scale keeps truncation and the
+    # criterion's rounding (~1e-9) both near 1e-7 of the standard errors
+    fraction = 0.05 if objective.family.has_closed_form_gradient else 0.01
+    return gradient, objective.hessian(params, hessian_scales(objective, params), analytic=gradient is not None,
+                                       fraction=fraction)
+
+
+def hessian_scales(objective: GlmmObjective, params: np.ndarray) -> np.ndarray:
+    """The scale of each parameter the Hessian's steps are taken in: beta's PIRLS standard errors, theta's
+    tenth (at least 0.01, or for families with parameters of their own a tenth of beta's median standard error,
+    as an inverse link's theta can be 1e-4), and 0.1 for phi's logarithms."""
+    theta, _, phi = objective.split(params)
+    rx_se = approximate_standard_errors(objective.mode(theta, None, phi))
+    floor = 0.1 if objective.family.has_closed_form_gradient or not rx_se.size else float(np.median(rx_se))
+    return np.concatenate([0.1 * np.maximum(np.abs(theta), floor), rx_se, np.full(objective.n_family, 0.1)])
 
 
 def newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum: EstimatorResult):
@@ -121,20 +147,41 @@ def newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum: Esti
     Returns the (possibly improved) optimum and the Hessian (taken before the step, which is ~1e-5 of an SE)."""
     params = optimum.theta
     gradient, hessian = gradient_and_hessian(objective, params)
-    if gradient is None or not np.all(np.isfinite(hessian)):
-        return optimum, hessian
-    free = ~(np.isfinite(joint.lower) & (params <= joint.lower + 1e-10) & (gradient >= 0))
+    numerical = gradient is None  # no closed form (families with parameters): central differences instead
+    steps = POLISH_STEP * hessian_scales(objective, params)
+    evaluations, moved = 0, False
+    for _ in range(POLISH_STEPS if numerical else 1):
+        if numerical:
+            gradient = jacobian(joint, params, steps)
+            evaluations += 2 * params.size
+        candidate = _newton_step(params, gradient, hessian, joint.lower)
+        if candidate is None:
+            break
+        value = joint(candidate)
+        evaluations += 1
+        if not value <= optimum.criterion:
+            break
+        params, moved = candidate, True
+        optimum = dataclasses.replace(optimum, theta=candidate, criterion=value)
+    stages = optimum.stages
+    if moved and numerical:  # the steps moved further than the closed form's one step: the SEs' Hessian follows
+        hessian = gradient_and_hessian(objective, params)[1]
+    if moved:
+        stages = (*stages, StageRecord("Newton polish", evaluations, float(optimum.criterion),
+                                       "Newton steps on the Hessian of the standard errors"))
+    return dataclasses.replace(optimum, n_evaluations=optimum.n_evaluations + evaluations, stages=stages), hessian
+
+
+def _newton_step(params, gradient, hessian, lower) -> np.ndarray | None:
+    """params - H^{-1} g over the parameters not held at their bound (None where the step fails or leaves the
+    bounds)."""
+    if gradient is None or not (np.all(np.isfinite(hessian)) and np.all(np.isfinite(gradient))):
+        return None
+    free = ~(np.isfinite(lower) & (params <= lower + 1e-10) & (gradient >= 0))
     try:
         step = np.linalg.solve(hessian[np.ix_(free, free)], gradient[free])
     except np.linalg.LinAlgError:
-        return optimum, hessian
+        return None
     candidate = params.copy()
     candidate[free] -= step
-    if np.any(candidate < joint.lower):
-        return optimum, hessian
-    value = joint(candidate)
-    if value <= optimum.criterion:
-        record = StageRecord("Newton polish", 1, float(value), "one Newton step on the Hessian of the standard errors")
-        optimum = dataclasses.replace(optimum, theta=candidate, criterion=value, n_evaluations=optimum.n_evaluations + 1,
-                                      stages=(*optimum.stages, record))
-    return optimum, hessian
+    return None if np.any(candidate < lower) else candidate

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cross_products import CrossProductPattern
-from ..errors import ConvergenceError
+from ..errors import ConvergenceError, TfmixedError
 from ..families import Family
 from ..covariance_structures import CovarianceParameters
 from ..kernels.covariance import lambda_times
@@ -34,6 +34,8 @@ from ..kernels.pls import PLSFactor, PLSProblem
 #: converges quadratically, so the mode is then exact to rounding)
 PIRLS_TOL = 1e-13
 MAX_HALVINGS = 30
+#: a non-canonical link's PIRLS has converged when a step moves the linear predictor by less than this (relative)
+ETA_STEP_TOL = 1e-10
 #: under a canonical link PIRLS is Newton's method: decreases d_k shrink quadratically, d_{k+1} ~ d_k^3 / d_{k-1}^2.
 #: A step whose predicted successor is below PIRLS_TOL * QUADRATIC_MARGIN has reached the mode to rounding, which
 #: saves the last, confirming step of every run (about a fifth of a fit's factorisations)
@@ -60,6 +62,8 @@ class Mode(WarmStart):
     pdev: float
     factor: PLSFactor
     iterations: int
+    #: the family with the parameters (dispersion, size, ...) this mode was found at
+    family: Family | None = None
 
 
 class PIRLS:
@@ -100,8 +104,18 @@ class PIRLS:
     def weighted_cross_products(self, mode: Mode):
         """Cross-products of [Z | X] with the working weights at ``mode``: the mixed-model equations of the
         Laplace approximation's Gaussian (prediction variances of a GLMM)."""
-        weights = self.family.working_weights(mode.mu, mode.eta, self.prior)
+        family = mode.family or self.family
+        weights = family.working_weights(mode.mu, mode.eta, self.prior, self.y)
         return self.pattern.compute(self.X, mode.eta - self.offset, weights=weights)
+
+    def laplace_logdet(self, mode: Mode) -> float:
+        """log|Lambda'Z'W Z Lambda + I| with W the observed information -d^2 log p / d eta^2 at the mode (exact
+        Laplace); some rows' W may be negative where the sum stays positive definite."""
+        family = mode.family or self.family
+        weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
+        stats = self.pattern.compute(self._no_fixed, np.zeros(self.n), weights=weights, shift=np.zeros(0), signed=True)
+        stats.xy_xy[-1, -1] = 1.0  # the zero response's pivot: only log|L| is read, never the solve
+        return float(self.problem(stats).factorize(mode.factor.factors).logdet_L)
 
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""
@@ -115,52 +129,75 @@ class PIRLS:
         """eta = o + X beta + Z b."""
         return self.offset + self.X @ beta + self._z @ b
 
-    def penalised_deviance(self, eta: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
-        """(sum of deviance residuals + ||u||^2, mu)."""
-        mu = self.family.link.inverse(eta)
-        return float(np.sum(self.family.deviance_residuals(self.y, mu, self.prior)) + u @ u), mu
+    def penalised_deviance(self, eta: np.ndarray, u: np.ndarray, family: Family | None = None) -> tuple[float, np.ndarray]:
+        """(the family's deviance (or -2 log p) + ||u||^2, mu); NaN where eta leaves the family's range."""
+        family = family or self.family
+        mu = family.link.inverse(eta)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = family.pirls_deviance(self.y, mu, self.prior) + u @ u
+        return (float(value) if np.isfinite(value) else np.inf), mu
 
-    def run(self, theta: np.ndarray, beta: np.ndarray | None = None, start: WarmStart | None = None) -> Mode:
+    def run(self, theta: np.ndarray, beta: np.ndarray | None = None, start: WarmStart | None = None,
+            family: Family | None = None) -> Mode:
         """The conditional mode at theta and ``beta`` (or the joint mode of beta and u when beta is None),
-        from the mode ``start`` (warm start) or from the family's starting means."""
+        from the mode ``start`` (warm start) or from the family's starting means; ``family`` carries the
+        family's parameters (default: the solver's family)."""
+        family = family or self.family
         theta = np.asarray(theta, dtype=np.float64)
         factors = self.covariance.factors(theta)
         joint = beta is None
         X = self.X if joint else self._no_fixed
         fixed_part = 0.0 if joint else self.X @ beta
         if start is None:
-            mu = self.family.start_mu(self.y, self.prior)
-            eta = self.family.link.link(mu)
+            mu = family.start_mu(self.y, self.prior)
+            eta = family.link.link(mu)
             current: tuple | None = None
         else:
             current_beta = start.beta if joint else np.asarray(beta, dtype=np.float64)
-            current = self._warm_start(start, current_beta, factors)
+            current = self._warm_start(start, current_beta, factors, family)
             eta, mu = current[2], current[3]
         converged, decreases = False, []
         for iteration in range(1, 101):
-            mu_eta = self.family.link.mu_eta(eta)
-            weights = self.family.working_weights(mu, eta, self.prior)
-            working = eta - self.offset - fixed_part + (self.y - mu) / mu_eta
             shift = current[0] if joint and current is not None else np.zeros(X.shape[1])
-            stats = self.pattern.compute(X, working, weights=weights, shift=shift)
-            factor = self.problem(stats).factorize(factors)
+            factor = self._factorize(family, X, eta, mu, fixed_part, shift, factors)
             if converged:
                 break
             new_beta, new_u = factor.solve()
             new_beta = new_beta if joint else np.asarray(beta, dtype=np.float64)
             previous = None if current is None else current[4]
-            current, converged = self._step(current, new_beta, new_u, factors)
+            current, converged = self._step(current, new_beta, new_u, factors, family)
             if previous is not None and not converged:
                 decreases.append(previous - current[4])
-                converged = self._quadratically_converged(decreases, current[4])
+                converged = family.canonical and self._quadratically_converged(decreases, current[4])
             eta, mu = current[2], current[3]
         else:
             raise ConvergenceError(f"PIRLS did not converge in 100 iterations at theta={theta.tolist()}")
         assert current is not None  # the first iteration always steps
         beta_out, u, eta, mu, pdev = current
-        return Mode(theta, beta_out, u, self.to_b(u, factors), eta, mu, pdev, factor, iteration)
+        if not np.isfinite(pdev):
+            raise ConvergenceError(f"PIRLS found no finite penalised deviance at theta={theta.tolist()} (the linear "
+                                   "predictor leaves the family's range)")
+        return Mode(theta, beta_out, u, self.to_b(u, factors), eta, mu, pdev, factor, iteration, family)
 
-    def _warm_start(self, start: WarmStart, beta: np.ndarray, factors) -> tuple:
+    def _factorize(self, family: Family, X, eta, mu, fixed_part, shift, factors) -> PLSFactor:
+        """The penalised least-squares factor of one step at (eta, mu): Fisher scoring's weights, or Newton's
+        on the observed information, which may be negative on some rows; where that system is not positive
+        definite (far from the mode) the step falls back to positive weights."""
+        signed = family.signed_weights
+        residual, weights = family.working_parts(self.y, mu, eta, self.prior)
+        if signed and np.all(weights > 0):
+            signed = False
+        if signed:
+            stats = self.pattern.compute(X, eta - self.offset - fixed_part + residual, weights=weights, shift=shift,
+                                         signed=True)
+            try:
+                return self.problem(stats).factorize(factors)
+            except TfmixedError:
+                residual, weights = family.positive_working_parts(self.y, mu, eta, self.prior)
+        stats = self.pattern.compute(X, eta - self.offset - fixed_part + residual, weights=weights, shift=shift)
+        return self.problem(stats).factorize(factors)
+
+    def _warm_start(self, start: WarmStart, beta: np.ndarray, factors, family: Family) -> tuple:
         """The better of two starts from a nearby mode: its spherical effects u (kept when theta moves little) or
         its effects b = Lambda u themselves (the same linear predictor: an optimiser's trial point far in theta,
         where Lambda_new u would put eta, and a Poisson mean, far out and cost PIRLS a dozen halving steps)."""
@@ -172,7 +209,7 @@ class PIRLS:
         best: tuple | None = None
         for u in candidates:
             eta = self.linear_predictor(beta, self.to_b(u, factors))
-            pdev, mu = self.penalised_deviance(eta, u)
+            pdev, mu = self.penalised_deviance(eta, u, family)
             if best is None or pdev < best[4]:
                 best = (beta, u, eta, mu, pdev)
         assert best is not None  # start.u is always a candidate
@@ -189,27 +226,34 @@ class PIRLS:
 
     def _quadratically_converged(self, decreases: list[float], pdev: float) -> bool:
         """Whether Newton's quadratic convergence puts the next decrease below the tolerance (canonical links)."""
-        if not self.family.canonical or len(decreases) < 2 or decreases[-2] <= 0:
+        if len(decreases) < 2 or decreases[-2] <= 0:
             return False
         last = decreases[-1]
         return 0 <= last <= decreases[-2] and last**3 / decreases[-2] ** 2 <= PIRLS_TOL * QUADRATIC_MARGIN * (1.0 + abs(pdev))
 
-    def _step(self, current, new_beta, new_u, factors) -> tuple[tuple, bool]:
+    def _step(self, current, new_beta, new_u, factors, family: Family) -> tuple[tuple, bool]:
         """Move towards the least-squares solution, halving the step until the penalised deviance decreases."""
         if current is None:
             eta = self.linear_predictor(new_beta, self.to_b(new_u, factors))
-            pdev, mu = self.penalised_deviance(eta, new_u)
+            pdev, mu = self.penalised_deviance(eta, new_u, family)
             return (new_beta, new_u, eta, mu, pdev), False
-        beta0, u0, _, _, pdev0 = current
+        beta0, u0, eta0, _, pdev0 = current
         fraction = 1.0
         for _ in range(MAX_HALVINGS):
             beta = beta0 + fraction * (new_beta - beta0)
             u = u0 + fraction * (new_u - u0)
             eta = self.linear_predictor(beta, self.to_b(u, factors))
-            pdev, mu = self.penalised_deviance(eta, u)
+            pdev, mu = self.penalised_deviance(eta, u, family)
             tolerance = PIRLS_TOL * (1.0 + abs(pdev0))
             if pdev <= pdev0 + tolerance:  # at the mode, rounding may raise pdev by a few ulps
-                return (beta, u, eta, mu, pdev), abs(pdev0 - pdev) <= tolerance
+                converged = abs(pdev0 - pdev) <= tolerance
+                if converged and not family.canonical:
+                    # Fisher scoring converges linearly and pdev's decrease is quadratic in the distance to the
+                    # mode: the step itself must be small too, or the Laplace determinant (not stationary at the
+                    # mode) keeps the distance's first-order error
+                    converged = float(np.max(np.abs(eta - eta0), initial=0.0)) <= ETA_STEP_TOL * (
+                        1.0 + float(np.max(np.abs(eta0), initial=0.0)))
+                return (beta, u, eta, mu, pdev), converged
             fraction /= 2
         # no decrease along the step: the current point is the mode to rounding
         return current, True

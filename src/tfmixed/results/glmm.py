@@ -42,12 +42,14 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
 
     def __init__(self, design, objective, optimum, *, hessian: np.ndarray | None = None):
         self.design, self.objective, self.optimum = design, objective, optimum
-        self.family, self.n_agq = objective.family, objective.n_agq
+        self.n_agq = objective.n_agq
         self.reml = False
-        n_theta = objective.n_theta
-        self._theta = optimum.theta[:n_theta].copy()
-        beta = optimum.theta[n_theta:] if optimum.theta.size > n_theta else None
-        self._mode = objective.mode(self._theta, beta)
+        theta, beta, phi = objective.split(optimum.theta)
+        self._theta = theta.copy()
+        self._phi = None if phi is None else phi.copy()
+        #: the family with its estimated parameters (a negative binomial's size, a Gamma's dispersion, ...)
+        self.family = objective.family_at(self._phi)
+        self._mode = objective.mode(self._theta, beta, self._phi)
         self._set_estimates(self._mode.factor, 1.0, self._mode.beta, self._mode.u)
         self._hessian = hessian
 
@@ -63,7 +65,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         label = {0: "nAGQ=0", 1: "Laplace"}.get(self.n_agq, f"AGQ {self.n_agq}")
         strategies = {"backend": "exact", "criterion": f"{label}, {self.family.name}"}
         return OptSummary.of(self.optimum, criterion_name=label, theta_names=self.theta_names,
-                             strategies=strategies, n_theta=self.objective.n_theta)
+                             strategies=strategies, n_theta=self.objective.n_theta,
+                             family_names=tuple(self.family.estimated_names))
 
     @cached_property
     def criterion(self) -> float:
@@ -90,8 +93,15 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
 
     @property
     def n_params(self) -> int:
-        """theta and beta (no residual variance); AIC and BIC follow as for ``lmer``."""
-        return self._theta.size + self.design.n_fixed
+        """theta, beta and the family's estimated parameters; AIC and BIC follow as for ``lmer``."""
+        return self._theta.size + self.design.n_fixed + self.objective.n_family
+
+    @property
+    def family_parameters(self) -> pd.Series:
+        """The family's parameters (estimated or fixed) on their natural scale: a negative binomial's ``size``
+        (lme4's ``getME(fit, "glmer.nb.theta")``, glmmTMB's nbinom2 ``sigma``), a Gamma's, inverse Gaussian's or
+        Gaussian's ``dispersion`` (glmmTMB's sigma^2), a beta's ``precision``; empty for binomial and Poisson."""
+        return pd.Series(self.family.parameters, index=list(self.family.parameter_names), name="estimate", dtype=float)
 
     @cached_property
     def vcov_beta(self) -> pd.DataFrame:
@@ -100,10 +110,11 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         PIRLS step (nAGQ = 0, as lme4)."""
         names = self.design.fixed_names
         if self._hessian is None:
-            unscaled = self.objective.mode(self._theta, None).factor.vcov_beta_unscaled()
+            unscaled = self.objective.mode(self._theta, None, self._phi).factor.vcov_beta_unscaled()
         else:
+            fixed = slice(self._theta.size, self._theta.size + len(names))
             try:
-                unscaled = (2.0 * np.linalg.inv(self._hessian))[self._theta.size :, self._theta.size :]
+                unscaled = (2.0 * np.linalg.inv(self._hessian))[fixed, fixed]
             except np.linalg.LinAlgError:
                 unscaled = np.full((len(names), len(names)), np.nan)
         return pd.DataFrame((unscaled + unscaled.T) / 2, index=names, columns=names)
@@ -174,19 +185,9 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         return self.objective.pirls.weighted_cross_products(self._mode)
 
     def draw_response(self, mean_eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Binomial proportions of the trials (the prior weights) or Poisson counts at mu = g^{-1}(eta)."""
-        mu = self.family.link.inverse(mean_eta)
-        prior = self._prior
-        if self.family.name == "poisson":
-            if not np.all(prior == 1):
-                raise DataError("simulating a Poisson GLMM with prior weights is not defined (lme4 refuses it too)")
-            return rng.poisson(mu).astype(np.float64)
-        trials = np.rint(prior)
-        if not np.allclose(prior, trials) or np.any(trials < 0):
-            raise DataError("simulating a binomial GLMM needs whole numbers of trials as prior weights; these "
-                            "weights are not counts")
-        safe = np.where(trials > 0, trials, 1.0)
-        return np.where(trials > 0, rng.binomial(trials.astype(np.int64), mu) / safe, 0.0)
+        """A response drawn from the fitted family at mu = g^{-1}(eta): binomial proportions of the trials (the
+        prior weights), Poisson or negative binomial counts, Gamma, inverse Gaussian, Gaussian or beta values."""
+        return self.family.sample(self.family.link.inverse(mean_eta), self._prior, rng)
 
     def resampling_metric(self):
         return None
@@ -213,13 +214,25 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         """lme4-style summary: family, information criteria, scaled residuals, random effects, z tests; with
         ``verbose`` the fit record (:attr:`optsum`) too."""
         family = self.family
+        values = ", ".join(f"{name} = {value:.4g}" for name, value in self.family_parameters.items())
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({self.approximation}) [tfmixed]",
-                 f" Family: {family.name}  ( {family.link.name} )", f"Formula: {self.formula}", ""]
+                 f" Family: {family.name}{f'({values})' if values else ''}  ( {family.link.name} )",
+                 f"Formula: {self.formula}", ""]
         lines.append("".join(f"{h:>10}" for h in ["AIC", "BIC", "logLik", "-2logLik", "deviance", "df.resid"]))
         lines.append("".join(f"{v:10.1f}" for v in [self.aic, self.bic, self.loglik, self.minus2loglik, self.deviance])
                      + f"{self.nobs - self.n_params:10d}")
-        return "\n".join(lines + self._summary_body(self.pearson_residuals, self.coef_table)
-                         + self._fit_record_lines(verbose))
+        body = self._summary_body(self._scaled_residuals(), self.coef_table,
+                                  why="the family defines no variance function for Pearson residuals")
+        if family.parameter_label and len(family.parameters) == 1:  # glmmTMB's line, before the fixed effects
+            at = body.index("Fixed effects:") - 1
+            body[at:at] = ["", f"{family.parameter_label}: {family.parameters[0]:.4g}"]
+        return "\n".join(lines + body + self._fit_record_lines(verbose))
+
+    def _scaled_residuals(self) -> np.ndarray | None:
+        try:
+            return self.pearson_residuals
+        except DataError:  # a family written as its log-density alone has no variance function
+            return None
 
     def __repr__(self) -> str:
         return (f"GlmerFit({self.formula!r}, family={self.family!r}, nAGQ={self.n_agq}, "

@@ -38,24 +38,34 @@ class OptSummary:
     strategies: dict = field(default_factory=dict)
     initial_beta: np.ndarray | None = None
     final_beta: np.ndarray | None = None
+    #: a GLMM family's estimated parameters (natural scale: a negative binomial's size, a dispersion), by name
+    family_names: tuple[str, ...] = ()
+    initial_family: np.ndarray | None = None
+    final_family: np.ndarray | None = None
 
     @classmethod
     def of(cls, optimum, *, criterion_name: str, theta_names: list[str], strategies: dict,
-           n_theta: int | None = None) -> "OptSummary":
-        """The record of an estimator's result; ``n_theta`` splits a GLMM's (theta, beta) vector."""
+           n_theta: int | None = None, family_names: tuple[str, ...] = ()) -> "OptSummary":
+        """The record of an estimator's result; ``n_theta`` and ``family_names`` split a GLMM's (theta, beta,
+        log phi) vector."""
         n_theta = optimum.theta.size if n_theta is None else n_theta
+        n_family = len(family_names)
         start = optimum.start if optimum.start is not None else np.full(optimum.theta.size, np.nan)
         stages = pd.DataFrame([(s.name, s.evaluations, s.criterion, s.message) for s in optimum.stages],
                               columns=["stage", "evaluations", "criterion", "stopped"])
-        joint = optimum.theta.size > n_theta
+        end = optimum.theta.size - n_family
+        family = dict(family_names=tuple(family_names), initial_family=np.exp(start[end:]),
+                      final_family=np.exp(optimum.theta[end:])) if n_family else {}
+        start, final = start[:end], optimum.theta[:end]
+        joint = final.size > n_theta
         return cls(
             method=optimum.method, criterion_name=criterion_name, theta_names=tuple(theta_names),
-            initial=np.asarray(start[:n_theta], dtype=np.float64), final=optimum.theta[:n_theta].copy(),
+            initial=np.asarray(start[:n_theta], dtype=np.float64), final=final[:n_theta].copy(),
             criterion=float(optimum.criterion), evaluations=int(optimum.n_evaluations), seconds=float(optimum.seconds),
             converged=bool(optimum.converged), message=optimum.message, stages=stages,
             tolerances=dict(optimum.tolerances), strategies=dict(strategies),
             initial_beta=np.asarray(start[n_theta:], dtype=np.float64) if joint and start.size > n_theta else None,
-            final_beta=optimum.theta[n_theta:].copy() if joint else None,
+            final_beta=final[n_theta:].copy() if joint else None, **family,
         )
 
     def __str__(self) -> str:
@@ -68,6 +78,10 @@ class OptSummary:
         if self.final_beta is not None and self.initial_beta is not None:
             lines += ["", f"beta (optimised with theta): initial {np.round(self.initial_beta, 6).tolist()}, "
                           f"final {np.round(self.final_beta, 6).tolist()}"]
+        if self.final_family is not None and self.initial_family is not None:
+            lines += ["", "family parameters (optimised on the log scale): " + ", ".join(
+                f"{name} initial {a:.6g}, final {b:.6g}"
+                for name, a, b in zip(self.family_names, self.initial_family, self.final_family))]
         if len(self.stages):
             lines += ["", self.stages.to_string(index=False, float_format=lambda v: f"{v:.10g}")]
         if self.tolerances:

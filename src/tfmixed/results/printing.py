@@ -14,11 +14,12 @@ class SummaryBody(FitBase):
     def _fit_record_lines(self, verbose: bool) -> list[str]:
         return ["", "Fit record (optsum):", str(self.optsum)] if verbose else []
 
-    def _summary_body(self, scaled_residuals, coefficients) -> list[str]:
+    def _summary_body(self, scaled_residuals, coefficients,
+                      why: str = "partitioned data; fit.residuals is a Dask series") -> list[str]:
         """The part of lme4's summary after the fit criteria: residual quantiles, random effects, coefficients,
-        singular-fit and convergence notes."""
-        if scaled_residuals is None:  # partitioned data: quantiles would need another pass over the rows
-            lines = ["", "Scaled residuals: not computed (partitioned data; fit.residuals is a Dask series)"]
+        singular-fit and convergence notes; ``why`` says why ``scaled_residuals`` is None."""
+        if scaled_residuals is None:  # e.g. partitioned data: quantiles would need another pass over the rows
+            lines = ["", f"Scaled residuals: not computed ({why})"]
         else:
             quantiles = np.quantile(scaled_residuals, [0, 0.25, 0.5, 0.75, 1])
             lines = ["", "Scaled residuals: ", "".join(f"{h:>9}" for h in ["Min", "1Q", "Median", "3Q", "Max"]),

@@ -1,0 +1,180 @@
+"""Families with parameters of their own (issue 24): negative binomial, Gamma, Gaussian with a link, beta, and a
+family written only as its log-density, against glmmTMB 1.1.5's tight refits (tools/family_references.R)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tfmixed as tm
+from tfmixed.families import Gamma, LogDensityFamily, NegativeBinomial
+
+REFERENCES = Path(__file__).parent / "reference" / "families"
+
+#: glmmTMB's family name -> (tfmixed's family, the parameter and how glmmTMB's sigma(fit) gives it)
+FAMILY_MAP = {
+    "nbinom2": ("negative_binomial", "size", lambda sigma: sigma),
+    "nbinom1": ("negative_binomial1", "dispersion", lambda sigma: sigma),
+    "Gamma": ("Gamma", "dispersion", lambda sigma: sigma**2),
+    "gaussian": ("gaussian", "dispersion", lambda sigma: sigma**2),
+    "beta": ("beta", "precision", lambda sigma: sigma),
+}
+
+SUPPORTED = ["sal_nb2", "sal_nb2_spp", "owls_nb2", "grouse_nb2", "sal_nb1", "owls_nb1", "sleep_gamma_log", "sleep_gamma_log_int",
+             "sleep_gamma_inverse", "ortho_gamma_identity", "sleep_gaussian_log", "sleep_gaussian_inverse",
+             "beta_logit"]
+
+
+def load(reference_id: str) -> tuple[dict, pd.DataFrame]:
+    reference = json.loads((REFERENCES / f"{reference_id}.json").read_text())
+    frame = pd.read_csv(REFERENCES / reference["csv"])
+    for column, levels in reference.get("factor_levels", {}).items():
+        if column in frame.columns:
+            frame[column] = pd.Categorical(frame[column].astype(str), categories=[str(level) for level in levels])
+    return reference, frame
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def case(request):
+    reference, frame = load(request.param)
+    family, parameter, from_sigma = FAMILY_MAP[reference["family"]]
+    fit = tm.glmer(reference["formula"], frame, family=family, link=reference["link"], verbose=False)
+    return reference, fit, parameter, from_sigma(reference["sigma"])
+
+
+def test_log_likelihood(case):
+    reference, fit, _, _ = case
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
+    assert fit.converged
+
+
+def test_fixed_effects_and_standard_errors(case):
+    reference, fit, _, _ = case
+    assert list(fit.fixef.index) == list(reference["fixef"])
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fit.fixef_se.to_numpy(), list(reference["fixef_se"].values()), rtol=1e-4)
+
+
+def test_variance_components_and_family_parameter(case):
+    reference, fit, parameter, expected = case
+    sd = [row["sdcor"] for row in reference["varcorr"]]
+    np.testing.assert_allclose(fit.varcorr["sdcor"].to_numpy(), sd, rtol=1e-3, atol=1e-5)
+    assert fit.family_parameters[parameter] == pytest.approx(expected, rel=1e-3)
+
+
+def test_fitted_values_and_linear_predictor(case):
+    reference, fit, _, _ = case
+    np.testing.assert_allclose(fit.fitted[:10], reference["fitted_head"], rtol=1e-5)
+    np.testing.assert_allclose(fit.linear_predictor()[:10], reference["linpred_head"], rtol=1e-5, atol=1e-7)
+
+
+def test_summary_prints_the_family_parameter(case):
+    reference, fit, parameter, expected = case
+    text = fit.summary()
+    assert fit.family.parameter_label in text and f"{parameter} = " in text
+    assert fit.n_params == len(reference["fixef"]) + len(reference["varcorr"]) + 1
+    assert fit.aic == pytest.approx(reference["AIC"], rel=1e-8)
+
+
+def test_a_family_written_as_its_log_density_alone():
+    """The generalised Poisson (glmmTMB's genpois), written only as log p with TensorFlow functions: the
+    derivatives come from autodiff, and the fit reaches glmmTMB's maximum."""
+    from tfmixed._tf import tf
+
+    def generalised_poisson(y, mu, params):
+        # glmmTMB's parametrisation: phi = Var / mu, theta = mu / sqrt(phi), lambda = 1 - 1 / sqrt(phi)
+        root = tf.sqrt(params[0])
+        theta, lam = mu / root, 1.0 - 1.0 / root
+        return tf.math.log(theta) + (y - 1.0) * tf.math.log(theta + lam * y) - theta - lam * y - tf.math.lgamma(y + 1.0)
+
+    reference, frame = load("sal_genpois")
+    family = LogDensityFamily("genpois", generalised_poisson, link="log", parameters={"phi": 2.0},
+                              start_mu=lambda y: y + 0.5)
+    fit = tm.glmer(reference["formula"], frame, family=family, verbose=False)
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4)
+    assert fit.family_parameters["phi"] == pytest.approx(reference["sigma"], rel=1e-3)
+    assert fit.varcorr["sdcor"].iloc[0] == pytest.approx(reference["varcorr"][0]["sdcor"], rel=1e-3)
+
+
+def test_closed_form_and_autodiff_derivatives_agree():
+    from tfmixed._tf import tf
+
+    def nb2(y, mu, params):
+        k = params[0]
+        return (tf.math.lgamma(y + k) - tf.math.lgamma(k) - tf.math.lgamma(y + 1.0) + k * tf.math.log(k / (k + mu))
+                + y * tf.math.log(mu / (k + mu)))
+
+    y = np.array([0.0, 1.0, 3.0, 10.0])
+    mu = np.array([0.5, 1.2, 2.0, 7.5])
+    prior = np.ones(4)
+    closed = NegativeBinomial(size=1.7)
+    automatic = LogDensityFamily("nb2", nb2, parameters={"size": 1.7})
+    np.testing.assert_allclose(automatic.log_density(y, mu, prior), closed.log_density(y, mu, prior), rtol=1e-12)
+    for a, b in zip(automatic.mu_derivatives(y, mu, prior), closed.mu_derivatives(y, mu, prior)):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_quadrature_value_is_the_likelihood_integral():
+    """The negative binomial likelihood integrated per site by scipy's adaptive quadrature, at the nAGQ = 25
+    estimates, equals the fit's log-likelihood (a direct check of the criterion, constants included); the
+    Laplace fit's differs from it by the Laplace error."""
+    from scipy import integrate, stats
+
+    reference, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", nAGQ=25, verbose=False)
+    size, sd = fit.family_parameters["size"], fit.varcorr["sdcor"].iloc[0]
+    fixed = fit.design.X @ fit.fixef.to_numpy()
+    codes, y = fit.design.terms[0].codes, fit.design.y
+    total = 0.0
+    for level in range(fit.design.terms[0].n_levels):
+        rows = codes == level
+        base = np.sum(stats.nbinom.logpmf(y[rows], size, size / (size + np.exp(fixed[rows]))))
+
+        def integrand(b, rows=rows, base=base):
+            mu = np.exp(fixed[rows] + b)
+            log_p = np.sum(stats.nbinom.logpmf(y[rows], size, size / (size + mu)))
+            return np.exp(log_p - base) * stats.norm.pdf(b, scale=sd)
+
+        value, _ = integrate.quad(integrand, -12 * sd, 12 * sd, epsabs=0, epsrel=1e-12, limit=200)
+        total += base + np.log(value)
+    assert fit.loglik == pytest.approx(total, rel=1e-9)
+    laplace = tm.glmer(reference["formula"], frame, family="negative_binomial", verbose=False)
+    assert 0 < abs(laplace.loglik - total) < 0.1
+
+
+@pytest.mark.parametrize("family, values, message", [
+    ("negative_binomial", [-1.0, 2.0], "negative values"),
+    ("negative_binomial", [0.5, 2.0], "non-integer"),
+    ("Gamma", [0.0, 2.0], "must be positive"),
+    ("inverse.gaussian", [-1.0, 2.0], "must be positive"),
+    ("beta", [0.0, 0.5], r"strictly inside \(0, 1\)"),
+    ("beta", [1.0, 0.5], r"strictly inside \(0, 1\)"),
+])
+def test_responses_outside_the_familys_support_are_refused(family, values, message):
+    frame = tm.datasets.load("sleepstudy").assign(y=lambda d: np.resize(values, len(d)) if family != "beta"
+                                                  else np.resize(values, len(d)))
+    with pytest.raises(tm.DataError, match=message):
+        tm.glmer("y ~ Days + (1 | Subject)", frame, family=family, verbose=False)
+
+
+def test_fixed_family_parameters_are_not_estimated():
+    reference, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family=NegativeBinomial(size=0.5), verbose=False)
+    assert fit.family_parameters["size"] == 0.5 and fit.n_params == 3
+    free = tm.glmer(reference["formula"], frame, family="negative_binomial", verbose=False)
+    assert free.loglik > fit.loglik  # the estimated size (0.639) is the maximum
+
+
+def test_bad_family_parameters_and_links():
+    with pytest.raises(tm.DataError, match="positive number"):
+        NegativeBinomial(size=-1.0)
+    with pytest.raises(tm.DataError, match="takes link"):
+        Gamma(link="logit")
+    with pytest.raises(tm.DataError, match="lmer"):
+        tm.glmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), family="gaussian")
+    with pytest.raises(tm.DataError, match="method='em'"):
+        tm.glmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), family="Gamma", link="log",
+                 method="em", verbose=False)
