@@ -117,32 +117,59 @@ def test_closed_form_and_autodiff_derivatives_agree():
         np.testing.assert_allclose(a, b, rtol=1e-10)
 
 
-def test_quadrature_value_is_the_likelihood_integral():
-    """The negative binomial likelihood integrated per site by scipy's adaptive quadrature, at the nAGQ = 25
-    estimates, equals the fit's log-likelihood (a direct check of the criterion, constants included); the
-    Laplace fit's differs from it by the Laplace error."""
+def integrated_loglik(fit, log_density) -> float:
+    """log L of a one-term random-intercept model, integrated per level by scipy's adaptive quadrature at the
+    fit's estimates: sum_j log integral prod_i p(y_i | X_i beta + b) N(b; 0, sd^2) db."""
     from scipy import integrate, stats
 
-    reference, frame = load("sal_nb2")
-    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", nAGQ=25, verbose=False)
-    size, sd = fit.family_parameters["size"], fit.varcorr["sdcor"].iloc[0]
-    fixed = fit.design.X @ fit.fixef.to_numpy()
+    sd = fit.varcorr["sdcor"].iloc[0]
+    fixed = fit.design.X @ fit.fixef.to_numpy() + fit.design.offset_or_zero
     codes, y = fit.design.terms[0].codes, fit.design.y
     total = 0.0
     for level in range(fit.design.terms[0].n_levels):
         rows = codes == level
-        base = np.sum(stats.nbinom.logpmf(y[rows], size, size / (size + np.exp(fixed[rows]))))
+        base = np.sum(log_density(y[rows], fixed[rows]))
 
         def integrand(b, rows=rows, base=base):
-            mu = np.exp(fixed[rows] + b)
-            log_p = np.sum(stats.nbinom.logpmf(y[rows], size, size / (size + mu)))
-            return np.exp(log_p - base) * stats.norm.pdf(b, scale=sd)
+            return np.exp(np.sum(log_density(y[rows], fixed[rows] + b)) - base) * stats.norm.pdf(b, scale=sd)
 
         value, _ = integrate.quad(integrand, -12 * sd, 12 * sd, epsabs=0, epsrel=1e-12, limit=200)
         total += base + np.log(value)
+    return total
+
+
+def test_quadrature_value_is_the_likelihood_integral():
+    """The negative binomial likelihood integrated per site by scipy's adaptive quadrature, at the nAGQ = 25
+    estimates, equals the fit's log-likelihood (a direct check of the criterion, constants included); the
+    Laplace fit's differs from it by the Laplace error."""
+    from scipy import stats
+
+    reference, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", nAGQ=25, verbose=False)
+    size = fit.family_parameters["size"]
+    total = integrated_loglik(fit, lambda y, eta: stats.nbinom.logpmf(y, size, size / (size + np.exp(eta))))
     assert fit.loglik == pytest.approx(total, rel=1e-9)
     laplace = tm.glmer(reference["formula"], frame, family="negative_binomial", verbose=False)
     assert 0 < abs(laplace.loglik - total) < 0.1
+
+
+def test_inverse_gaussian_likelihood_is_the_integral():
+    """No peer fits an inverse Gaussian GLMM by maximum likelihood (lme4's value plugs in deviance / n for the
+    dispersion; glmmTMB has no such family): the check is scipy's integral of scipy's density, at nAGQ = 25."""
+    from scipy import stats
+
+    sleep = tm.datasets.load("sleepstudy")
+    fit = tm.glmer("Reaction ~ Days + (1 | Subject)", sleep, family="inverse.gaussian", link="log", nAGQ=25,
+                   verbose=False)
+    phi = fit.family_parameters["dispersion"]
+
+    def log_density(y, eta):
+        mu = np.exp(eta)  # scipy's invgauss(m, scale=s): mean m s, variance m^3 s^2 = phi mu^3 with s = 1 / phi
+        return stats.invgauss.logpdf(y, mu * phi, scale=1 / phi)
+
+    assert fit.loglik == pytest.approx(integrated_loglik(fit, log_density), rel=1e-9)
+    laplace = tm.glmer("Reaction ~ Days + (1 | Subject)", sleep, family="inverse.gaussian", link="log", verbose=False)
+    assert laplace.converged and abs(laplace.loglik - fit.loglik) < 0.05
 
 
 @pytest.mark.parametrize("family, values, message", [
@@ -178,3 +205,59 @@ def test_bad_family_parameters_and_links():
     with pytest.raises(tm.DataError, match="method='em'"):
         tm.glmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), family="Gamma", link="log",
                  method="em", verbose=False)
+
+
+def test_conditional_variances_are_the_laplace_gaussians():
+    """ranef's condsd is the inverse curvature of the Laplace approximation at the mode, with the observed
+    information: for a scalar term theta^2 / (theta^2 sum_i W_i + 1) per level, W = -d^2 log p / d eta^2."""
+    reference, frame = load("sal_nb1")
+    fit = tm.glmer(reference["formula"], frame, family="nbinom1", verbose=False)
+    eta = fit.linear_predictor()
+    weights = fit.family.laplace_weights(fit.design.y, fit.fitted, eta, np.ones(fit.nobs))
+    term = fit.design.terms[0]
+    theta = fit.theta[0]
+    expected = theta**2 / (theta**2 * np.bincount(term.codes, weights) + 1.0)
+    np.testing.assert_allclose(fit.ranef_condvar[term.name][0][:, 0, 0], expected, rtol=1e-10)
+    modes = np.array([row["condval"] for row in reference["ranef"]])
+    order = [list(term.levels).index(row["level"]) for row in reference["ranef"]]
+    np.testing.assert_allclose(fit.ranef[term.name].iloc[order, 0].to_numpy(), modes, atol=1e-6)
+
+
+def test_profile_interval_of_the_family_parameter():
+    reference, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", verbose=False)
+    lower, upper = fit.confint(which=["size"], verbose=False).loc["size"]
+    from tfmixed.results.profile import profile_likelihood
+
+    profile = profile_likelihood(fit)
+    assert lower < fit.family_parameters["size"] < upper
+    index = profile.names.index("size")
+    for limit, target in ((lower, -1.959964), (upper, 1.959964)):
+        assert profile.zeta(index, limit)[0] == pytest.approx(target, abs=1e-4)
+
+
+def test_likelihood_ratio_test_between_negative_binomial_fits():
+    reference, frame = load("sal_nb2")
+    full = tm.glmer(reference["formula"], frame, family="negative_binomial", verbose=False)
+    null = tm.glmer("count ~ 1 + (1|site)", frame, family="negative_binomial", verbose=False)
+    table = tm.anova(null, full).table
+    assert table["Df"].iloc[1] == 1
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (full.loglik - null.loglik), rel=1e-10)
+    with pytest.raises(tm.DataError, match="different families"):
+        tm.anova(tm.glmer(reference["formula"], frame, family="poisson", verbose=False), full)
+
+
+@pytest.mark.parametrize("reference_id, family, link", [("link_cbpp_cauchit", "binomial", "cauchit"),
+                                                         ("link_sal_poisson_sqrt", "poisson", "sqrt")])
+def test_non_canonical_links_lme4_accepts(reference_id, family, link):
+    """lme4 1.1-31 tight refits (tools/link_references.R): binomial cauchit and Poisson sqrt keep lme4's Fisher
+    weights in the Laplace determinant, so lme4's numbers are the reference."""
+    reference = json.loads((REFERENCES / f"{reference_id}.json").read_text())
+    if reference["dataset"] == "cbpp":
+        frame = pd.read_csv(REFERENCES / "data" / "cbpp.csv", dtype={"herd": str, "period": str})
+    else:
+        _, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family=family, link=link, verbose=False)
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fit.theta, reference["theta"], rtol=1e-4, atol=1e-5)

@@ -163,9 +163,7 @@ class GlmmObjective:
         Fisher weights for binomial and Poisson, else the observed information (exact Laplace, glmmTMB's)."""
         family = mode.family or self.family
         minus2 = np.sum(family.minus2_loglik(self.pirls.y, mode.mu, self.pirls.prior))
-        exact = family.laplace_uses_fisher_weights or (family.canonical and family.mu_information(mode.mu, self.pirls.prior) is not None)
-        logdet = mode.factor.logdet_L if exact else self.pirls.laplace_logdet(mode)
-        return float(minus2 + mode.u @ mode.u + logdet)
+        return float(minus2 + mode.u @ mode.u + self.pirls.laplace_factor(mode).logdet_L)
 
     def quadrature(self, mode: Mode) -> float:
         """The adaptive Gauss-Hermite approximation (one scalar term) at the mode."""

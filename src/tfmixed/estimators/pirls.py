@@ -105,17 +105,21 @@ class PIRLS:
         """Cross-products of [Z | X] with the working weights at ``mode``: the mixed-model equations of the
         Laplace approximation's Gaussian (prediction variances of a GLMM)."""
         family = mode.family or self.family
-        weights = family.working_weights(mode.mu, mode.eta, self.prior, self.y)
-        return self.pattern.compute(self.X, mode.eta - self.offset, weights=weights)
+        weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
+        return self.pattern.compute(self.X, mode.eta - self.offset, weights=weights, signed=True)
 
-    def laplace_logdet(self, mode: Mode) -> float:
-        """log|Lambda'Z'W Z Lambda + I| with W the observed information -d^2 log p / d eta^2 at the mode (exact
-        Laplace); some rows' W may be negative where the sum stays positive definite."""
+    def laplace_factor(self, mode: Mode) -> PLSFactor:
+        """The factor of Lambda'Z'W Z Lambda + I with the Laplace approximation's weights at the mode: lme4's
+        Fisher weights for binomial and Poisson (the mode's own factor), else the observed information
+        -d^2 log p / d eta^2 (exact Laplace; some rows' W may be negative where the sum stays positive
+        definite). Its log-determinant is the criterion's, its inverse the conditional variances."""
         family = mode.family or self.family
+        if family.laplace_uses_fisher_weights or (family.canonical and family.mu_information(mode.mu, self.prior) is not None):
+            return mode.factor
         weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
         stats = self.pattern.compute(self._no_fixed, np.zeros(self.n), weights=weights, shift=np.zeros(0), signed=True)
-        stats.xy_xy[-1, -1] = 1.0  # the zero response's pivot: only log|L| is read, never the solve
-        return float(self.problem(stats).factorize(mode.factor.factors).logdet_L)
+        stats.xy_xy[-1, -1] = 1.0  # the zero response's pivot: log|L| and the inverse blocks never read it
+        return self.problem(stats).factorize(mode.factor.factors)
 
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""

@@ -3,12 +3,13 @@
 :class:`~tfmixed.results.LmerFit` and :class:`~tfmixed.results.glmm.GlmerFit` are assembled from mixins (one
 file per job) that read the state :class:`~tfmixed.results.estimates.Estimates` (or ``GlmerFit``) sets and the
 members of their sibling mixins. Each mixin derives from :class:`FitBase`, so that it is checked on its own and
-the definitions are checked against these declarations. Nothing here exists at run time beyond the class.
+the definitions are checked against these declarations. Nothing here exists at run time beyond the class
+and the default ``family = None`` of a linear model.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class FitBase:
     problem: KernelProblem
     reml: bool
     has_residual: bool
+    #: a GLMM's family with its estimated parameters; None for a linear mixed model (the one member set here)
+    family: Any = None
     #: the kernel factor at the estimates and its T_t, the scale sigma^2 of Lambda, beta and b
     _factor: KernelFactor
     factors: list[np.ndarray]

@@ -52,8 +52,18 @@ def _check_comparable(fits) -> None:
             first.design.weights is None or np.array_equal(first.design.weights, other.design.weights))
         if not same_weights:
             raise DataError("the models have different prior weights: their likelihoods are not comparable")
-        if repr(getattr(first, "family", None)) != repr(getattr(other, "family", None)):
+        if _family_kind(first) != _family_kind(other):
             raise DataError("the models have different families: their likelihoods are not comparable")
+
+
+def _family_kind(fit) -> tuple:
+    """A fit's family and link, without its estimated parameters (two negative binomial fits with different
+    sizes are comparable); fits of linear models have none."""
+    family = fit.family
+    if family is None:
+        return ()
+    fixed = tuple(zip(family.parameter_names, family.estimated, np.where(family.estimated, np.nan, family.parameters)))
+    return type(family).__name__, family.link.name, repr(fixed)
 
 
 def _check_partitioned_comparable(first, other) -> None:

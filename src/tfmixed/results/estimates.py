@@ -98,8 +98,11 @@ class Estimates(FitBase):
 
     @property
     def fixef_se(self) -> pd.Series:
-        """Standard errors of the fixed effects."""
-        return pd.Series(np.sqrt(np.diag(self.vcov_beta.to_numpy())), index=self.design.fixed_names, name="Std. Error")
+        """Standard errors of the fixed effects (NaN where the covariance's diagonal is not positive, as at a
+        separated GLMM's optimum, which the fit reports as not converged)."""
+        diagonal = np.diag(self.vcov_beta.to_numpy())
+        se = np.sqrt(np.where(diagonal >= 0, diagonal, np.nan))
+        return pd.Series(se, index=self.design.fixed_names, name="Std. Error")
 
     def covariance_matrices(self) -> list[np.ndarray]:
         """Per random-effects term, the covariance matrix G_t = sigma^2 T_t T_t'."""

@@ -50,7 +50,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         #: the family with its estimated parameters (a negative binomial's size, a Gamma's dispersion, ...)
         self.family = objective.family_at(self._phi)
         self._mode = objective.mode(self._theta, beta, self._phi)
-        self._set_estimates(self._mode.factor, 1.0, self._mode.beta, self._mode.u)
+        # conditional variances from the Laplace approximation's Gaussian: its factor at the criterion's weights
+        self._set_estimates(objective.pirls.laplace_factor(self._mode), 1.0, self._mode.beta, self._mode.u)
         self._hessian = hessian
 
     @property

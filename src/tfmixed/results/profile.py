@@ -235,25 +235,40 @@ class GlmmProfileLikelihood(_ProfileBase):
         if fit.n_agq == 0:
             raise DataError("profile intervals need the Laplace or quadrature likelihood; this fit used nAGQ = 0")
         self.fit, self.verbose = fit, verbose
-        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit.fixef.to_numpy()]))
+        family = fit.family_parameters[fit.family.estimated_names].to_numpy()
+        self.n_family = family.size
+        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit.fixef.to_numpy(), np.log(family)]))
         self.parameters = VarianceParameters(fit.objective.covariance)  # its last entry (sigma) is held at 1
         self.n_variance, self.n_theta = len(fit.sdcor_names()), fit.theta.size
-        self.names = fit.sdcor_names() + list(fit.design.fixed_names)
-        self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit.fixef.to_numpy()])
+        # the family's own parameters (a negative binomial's size, a dispersion) are profiled on their natural
+        # scale, after beta
+        self.names = fit.sdcor_names() + list(fit.design.fixed_names) + list(fit.family.estimated_names)
+        self.estimate = np.concatenate([np.nan_to_num(fit.sdcor_values()), fit.fixef.to_numpy(), family])
         self.minimum = fit.criterion
         self._scales = self._standard_errors()
 
+    def bounds(self, index: int) -> tuple[float, float]:
+        if index >= self.estimate.size - self.n_family:
+            return 0.0, np.inf
+        return super().bounds(index)
+
     def _split(self, z: np.ndarray):
         variance = np.concatenate([z[: self.n_variance], [1.0]])
-        return variance, z[self.n_variance :]
+        end = z.size - self.n_family
+        return variance, z[self.n_variance : end], z[end:]
 
     def deviance_and_gradient(self, z: np.ndarray) -> tuple[float, np.ndarray]:
-        variance, beta = self._split(z)
-        value, gradient = self.criterion.value_and_gradient(np.concatenate([self.parameters.theta(variance), beta]))
+        variance, beta, family = self._split(z)
+        if np.any(family <= 0):
+            return 1e300, np.zeros_like(z)
+        params = np.concatenate([self.parameters.theta(variance), beta, np.log(family)])
+        value, gradient = self.criterion.value_and_gradient(params)
         if not np.isfinite(value):
             return 1e300, np.zeros_like(z)
         jacobian = self.parameters.jacobian(variance)[:, :-1]
-        return value, np.concatenate([jacobian.T @ gradient[: self.n_theta], gradient[self.n_theta :]])
+        end = gradient.size - self.n_family
+        return value, np.concatenate([jacobian.T @ gradient[: self.n_theta], gradient[self.n_theta : end],
+                                      gradient[end:] / family])
 
     def _standard_errors(self) -> np.ndarray:
         """First steps of the limit searches: Wald SEs of beta, and of the SDs from the fit's Hessian in theta."""
@@ -264,14 +279,20 @@ class GlmmProfileLikelihood(_ProfileBase):
             with np.errstate(invalid="ignore"):
                 theta_se = np.sqrt(np.abs(np.diag(2.0 * np.linalg.pinv(hessian))))[: self.n_variance]
         fallback = np.maximum(np.abs(self.estimate[: self.n_variance]), 1e-2) / 4
-        return np.concatenate([np.where(np.isfinite(theta_se) & (theta_se > 0), theta_se, fallback), se_beta])
+        family = self.estimate[self.estimate.size - self.n_family :]
+        family_se = family / 4  # phi's log-scale SE from the Hessian, mapped to its natural scale
+        if hessian is not None and self.n_family:
+            with np.errstate(invalid="ignore"):
+                log_se = np.sqrt(np.abs(np.diag(2.0 * np.linalg.pinv(hessian))))[-self.n_family :]
+            family_se = np.where(np.isfinite(log_se) & (log_se > 0), family * log_se, family_se)
+        return np.concatenate([np.where(np.isfinite(theta_se) & (theta_se > 0), theta_se, fallback), se_beta,
+                               family_se])
 
     def zeta(self, index: int, value: float, start=None) -> tuple[float, np.ndarray]:
         full = (self.estimate if start is None else start).copy()
         full[index] = value
         free = np.arange(full.size) != index
-        lower = np.concatenate([self.parameters.lower[: self.n_variance], np.full(full.size - self.n_variance, -np.inf)])
-        upper = np.concatenate([self.parameters.upper[: self.n_variance], np.full(full.size - self.n_variance, np.inf)])
+        lower, upper = (np.array(side) for side in zip(*(self.bounds(i) for i in range(full.size))))
         lower, upper = lower[free], upper[free]
         scale = self._scales[free]  # covariates on different scales: search in units of approximate SEs
 
