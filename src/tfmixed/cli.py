@@ -108,7 +108,7 @@ def _fit_from_file(args: argparse.Namespace):
     options = dict(weights=args.weights, offset=args.offset, missing="drop" if args.drop_missing else "raise",
                    verbose=not args.quiet)
     if args.command == "glmer":
-        return glmer(args.formula, data, family=args.family, nAGQ=args.nagq, **options)
+        return glmer(args.formula, data, family=args.family, link=args.link, nAGQ=args.nagq, **options)
     return lmer(args.formula, data, REML=not args.ml, **options)
 
 
@@ -124,7 +124,7 @@ def _fit_record(fit, args: argparse.Namespace) -> dict:
         record.update(REML=fit.reml, sigma=fit.sigma)
     else:
         record.update(family=fit.family.name, link=fit.family.link.name, nAGQ=fit.n_agq,
-                      minus2loglik=fit.minus2loglik)
+                      minus2loglik=fit.minus2loglik, family_parameters=fit.family_parameters.to_dict())
     return record
 
 
@@ -177,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--ddf", default="Satterthwaite", choices=["Satterthwaite", "Kenward-Roger"])
     fit.add_argument("--confint", choices=["profile", "Wald", "boot"], help="also print 95%% intervals")
     fit.set_defaults(handler=_fit)
-    generalised = commands.add_parser("glmer", help="fit a binomial or Poisson GLMM (glmer) to a data file")
+    generalised = commands.add_parser("glmer", help="fit a GLMM (glmer) to a data file")
     _add_model_arguments(generalised)
-    generalised.add_argument("--family", required=True, choices=["binomial", "poisson"])
+    generalised.add_argument("--family", required=True,
+                             choices=["binomial", "poisson", "negative_binomial", "nbinom1", "Gamma",
+                                      "inverse.gaussian", "gaussian", "beta"])
+    generalised.add_argument("--link", help="the link (default: the family's first, e.g. logit, log, inverse)")
     generalised.add_argument("--nagq", type=int, default=1, help="quadrature points (1: Laplace, 0: fast)")
     generalised.set_defaults(handler=_fit)
     args = parser.parse_args(argv)

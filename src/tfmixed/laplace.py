@@ -211,43 +211,60 @@ class GlmmObjective:
         spec = [(c[0], c[1], d[0], d[1]) for c in columns for d in columns]
         return (*np.divmod(unique, q), which.ravel(), spec)
 
-    def leverages(self, mode: Mode) -> np.ndarray:
-        """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode."""
+    def leverages(self, mode: Mode, factor=None) -> np.ndarray:
+        """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode (``factor``: H's factor,
+        default the mode's own)."""
         factors = self.covariance.factors(mode.theta)
         spherical = [term.values @ T for term, T in zip(self.design.terms, factors)]
         left, right, which, spec = self._pairs
         products = np.concatenate([spherical[t][:, a] * spherical[s][:, b] for t, a, s, b in spec])
-        entries = mode.factor.inverse_entries(left, right)
+        entries = (factor or mode.factor).inverse_entries(left, right)
         return np.bincount(self._pair_rows, entries[which] * products, minlength=self.design.nobs)
 
     def gradient(self, mode: Mode, joint: bool = False) -> np.ndarray | None:
-        """Gradient of the Laplace deviance in (theta, beta) (``joint=False``: beta fixed in PIRLS) or in theta
-        with beta in PIRLS (``joint=True``, nAGQ = 0); None where it is not available in closed form (a
-        non-canonical link, a singular vector-valued term).
+        """Gradient of the Laplace deviance in (theta, beta, log phi) (``joint=False``: beta fixed in PIRLS) or
+        in (theta, log phi) with beta in PIRLS (``joint=True``, nAGQ = 0); None where it is not available (a
+        singular vector-valued term, quadrature for a family without the closed form).
 
-        With A = sum -2 log p, a = dA/d eta, W the IRLS weights, h the leverages, v = h dW/d eta and
-        s = H^{-1} Lambda'Z'v (with X in the solve when beta is in PIRLS), the implicit function theorem at the
-        mode gives d/d beta = X'(a + v - W Z Lambda s) and, for element (r, c) of a term's T with
-        (Z dLambda u)_i = z_ir u_(j_i)c, d/d theta = (a + v - W Z Lambda s)'(Z dLambda u) - a'(Z dLambda s) / 2
-        plus d log|H| / d theta at fixed W (the LMM kernel's log-determinant gradient).
+        With A = sum -2 log p, a = dA/d eta, W = -d^2 log p / d eta^2 (the Laplace weights), h the leverages,
+        v = h dW/d eta and s = H^{-1} Lambda'Z'v (with X in the solve when beta is in PIRLS), the implicit
+        function theorem at the mode gives d/d beta = X'(a + v - W Z Lambda s) and, for element (r, c) of a term's
+        T with (Z dLambda u)_i = z_ir u_(j_i)c, d/d theta = (a + v - W Z Lambda s)'(Z dLambda u) - a'(Z dLambda s)
+        / 2 plus d log|H| / d theta at fixed W (the LMM kernel's log-determinant gradient). A family parameter
+        adds sum_i (dA_i/d phi + h_i dW_i/d phi - 2 (Z Lambda s)_i d^2 log p_i / d eta d phi) at fixed eta.
+        Binomial and Poisson under their canonical links use their closed forms (dW/d eta = W V'(mu)); other
+        families take d^3 log p / d eta^3 and the derivatives in phi by row-wise central quotients.
         """
-        if not (mode.family or self.family).has_closed_form_gradient:
-            return None
+        family = mode.family or self.family
         if self.n_agq > 1 and not joint:
-            return self.quadrature_gradient(mode)
-        d_logdet = mode.factor.logdet_gradient()
+            return self.quadrature_gradient(mode) if family.has_closed_form_gradient else None
+        if family.laplace_uses_fisher_weights and not family.has_closed_form_gradient:
+            # lme4's determinant at Fisher weights under a non-canonical link: its W is not the Hessian the
+            # implicit function theorem needs, so these (binomial probit, cloglog, cauchit; Poisson sqrt,
+            # identity) take central differences
+            return None
+        y, prior = self.pirls.y, self.pirls.prior
+        X = self.pirls.X if joint else self.pirls._no_fixed
+        if family.has_closed_form_gradient:
+            factor = mode.factor
+            weights = family.working_weights(mode.mu, mode.eta, prior)
+            a = -2.0 * prior * (y - mode.mu)
+            h = self.leverages(mode, factor)
+            ratio = family.variance_derivative(mode.mu) * h  # v / W
+            # the mode's own cross-products (same rows, weights and X) with v's ratio as the response
+            stats = self.pirls.pattern.with_response(factor.problem.cross_products, X, ratio, weights)
+        else:
+            factor = self.pirls.laplace_factor(mode)
+            first, second, third = family.eta_derivatives(y, mode.eta, prior)
+            weights, a = -second, -2.0 * first
+            h = self.leverages(mode, factor)
+            ratio = np.divide(-third * h, weights, out=np.zeros_like(third), where=weights != 0)
+            stats = self.pirls.pattern.compute(X, ratio, weights=weights, shift=np.zeros(X.shape[1]), signed=True)
+        d_logdet = factor.logdet_gradient()
         if d_logdet is None:
             return None
-        h = self.leverages(mode)
-        family, y, prior = self.family, self.pirls.y, self.pirls.prior
-        weights = family.working_weights(mode.mu, mode.eta, prior)
-        a = -2.0 * prior * (y - mode.mu)
-        ratio = family.variance_derivative(mode.mu) * h
-        X = self.pirls.X if joint else self.pirls._no_fixed
-        # the mode's own cross-products (same rows, weights and X) with v's ratio as the response
-        stats = self.pirls.pattern.with_response(mode.factor.problem.cross_products, X, ratio, weights)
         # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span (in
-        # place: with_response made these statistics their own xy_xy)
+        # place: these statistics own their xy_xy)
         stats.xy_xy[-1, -1] = 2 * stats.xy_xy[-1, -1] + 1.0
         s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
         s_b = self.pirls.to_b(s_u, mode.factor.factors)
@@ -262,7 +279,17 @@ class GlmmObjective:
                 z_ds = term.values[:, r] * S[term.codes, c]
                 theta_part.append(residual @ z_du - 0.5 * (a @ z_ds))
         chained = self.covariance.chain(np.asarray(theta_part) + d_logdet, mode.theta)
-        return chained if joint else np.concatenate([chained, self.pirls.X.T @ residual])
+        parts = [chained] if joint else [chained, self.pirls.X.T @ residual]
+        if self.n_family:
+            parts.append(self._family_gradient(family, mode, h, z_lambda_s))
+        return np.concatenate(parts)
+
+    def _family_gradient(self, family: Family, mode: Mode, h: np.ndarray, z_lambda_s: np.ndarray) -> np.ndarray:
+        """d criterion / d log phi at the mode: sum_i (-2 d log p_i - h_i d(d^2 log p_i / d eta^2)
+        + (Z Lambda s)_i d(d log p_i / d eta)), each d in log phi at fixed eta (see :meth:`gradient`)."""
+        y, prior = self.pirls.y, self.pirls.prior
+        return np.array([float(np.sum(-2.0 * d_log_p - h * d_second + z_lambda_s * d_first))
+                         for d_log_p, d_first, d_second in family.parameter_derivatives(y, mode.eta, prior)])
 
     def quadrature_gradient(self, mode: Mode) -> np.ndarray:
         """Gradient of the quadrature criterion in (theta, beta) for a canonical link.
@@ -404,7 +431,7 @@ class _Criterion:
         if not np.isfinite(value):
             return np.inf, np.zeros_like(params)
         gradient = self.analytic_gradient(mode)
-        if gradient is None and self.objective.family.has_closed_form_gradient:
+        if gradient is None:
             gradient = self._gradient_inside(params)
         if gradient is not None:
             return value, gradient

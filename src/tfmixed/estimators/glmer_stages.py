@@ -124,11 +124,12 @@ def gradient_and_hessian(objective: GlmmObjective, params: np.ndarray):
     """The gradient (None without a closed form) and the Hessian of the criterion in (theta, beta, phi), with
     steps scaled by theta, the PIRLS standard errors and (phi, on the log scale) 0.1."""
     gradient = objective.gradient(objective.mode_at(params))
-    # second differences of the exact criterion: a hundredth of the curvature's scale keeps truncation and the
-    # criterion's rounding (~1e-9) both near 1e-7 of the standard errors
-    fraction = 0.05 if objective.family.has_closed_form_gradient else 0.01
-    return gradient, objective.hessian(params, hessian_scales(objective, params), analytic=gradient is not None,
-                                       fraction=fraction)
+    # families without the closed form: second differences of the exact criterion (their gradient's row-wise
+    # quotients, ~1e-8, would limit differences of it to ~1e-4), with a hundredth of the curvature's scale,
+    # which keeps truncation and the criterion's rounding (~1e-9) both near 1e-7 of the standard errors
+    closed = objective.family.has_closed_form_gradient
+    return gradient, objective.hessian(params, hessian_scales(objective, params), analytic=closed and gradient is not None,
+                                       fraction=0.05 if closed else 0.01)
 
 
 def hessian_scales(objective: GlmmObjective, params: np.ndarray) -> np.ndarray:
@@ -147,13 +148,17 @@ def newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum: Esti
     Returns the (possibly improved) optimum and the Hessian (taken before the step, which is ~1e-5 of an SE)."""
     params = optimum.theta
     gradient, hessian = gradient_and_hessian(objective, params)
-    numerical = gradient is None  # no closed form (families with parameters): central differences instead
+    numerical = gradient is None  # no gradient at all (quadrature of such a family): central differences
+    closed = objective.family.has_closed_form_gradient
     steps = POLISH_STEP * hessian_scales(objective, params)
-    evaluations, moved = 0, False
-    for _ in range(POLISH_STEPS if numerical else 1):
+    evaluations, moved, start = 0, False, params
+    for step in range(1 if closed else POLISH_STEPS):
         if numerical:
             gradient = jacobian(joint, params, steps)
             evaluations += 2 * params.size
+        elif step:
+            gradient = objective.gradient(objective.mode_at(params))
+            evaluations += 1
         candidate = _newton_step(params, gradient, hessian, joint.lower)
         if candidate is None:
             break
@@ -164,12 +169,20 @@ def newton_polish(objective: GlmmObjective, joint: JointCriterion, optimum: Esti
         params, moved = candidate, True
         optimum = dataclasses.replace(optimum, theta=candidate, criterion=value)
     stages = optimum.stages
-    if moved and numerical:  # the steps moved further than the closed form's one step: the SEs' Hessian follows
+    if moved and not closed and _moved_far(start, params, hessian):  # the SEs' Hessian follows a long move
         hessian = gradient_and_hessian(objective, params)[1]
     if moved:
         stages = (*stages, StageRecord("Newton polish", evaluations, float(optimum.criterion),
                                        "Newton steps on the Hessian of the standard errors"))
     return dataclasses.replace(optimum, n_evaluations=optimum.n_evaluations + evaluations, stages=stages), hessian
+
+
+def _moved_far(start: np.ndarray, end: np.ndarray, hessian: np.ndarray) -> bool:
+    """Whether the polish moved by more than 1e-5 of a standard error in some parameter (then a Hessian taken at
+    the start would put the standard errors off by about as much)."""
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt(np.abs(np.diag(2.0 * np.linalg.pinv(hessian))))
+    return bool(np.any(np.abs(end - start) > 1e-5 * np.where(se > 0, se, np.inf)))
 
 
 def _newton_step(params, gradient, hessian, lower) -> np.ndarray | None:
