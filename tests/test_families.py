@@ -2,6 +2,7 @@
 family written only as its log-density, against glmmTMB 1.1.5's tight refits (tools/family_references.R)."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,21 @@ def test_non_canonical_links_lme4_accepts(reference_id, family, link):
     assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
     np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fit.theta, reference["theta"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_size_going_to_infinity_is_reported_like_a_singular_fit():
+    """Binomial counts (variance below the mean) have no overdispersion: the negative binomial size runs off to
+    infinity and the fit says so (a SingularFitWarning naming the parameter), while its likelihood reaches
+    Poisson's from below (the log-density stays accurate for a size of 1e9)."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(30), 20)
+    x = rng.normal(size=groups.size)
+    counts = rng.binomial(10, 1 / (1 + np.exp(1.0 - 0.3 * x - rng.normal(scale=0.4, size=30)[groups])))
+    frame = pd.DataFrame({"y": counts, "x": x, "g": groups.astype(str)})
+    with pytest.warns(tm.errors.SingularFitWarning, match="size = .* edge of its range.*Poisson"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", tm.errors.ConvergenceWarning)
+        nb = tm.glmer("y ~ x + (1 | g)", frame, family="negative_binomial", verbose=False)
+    poisson = tm.glmer("y ~ x + (1 | g)", frame, family="poisson", verbose=False)
+    assert nb.family.parameters_at_limit() == ["size"]
+    assert poisson.loglik - 1e-3 < nb.loglik <= poisson.loglik + 1e-6

@@ -38,6 +38,8 @@ from .errors import DataError
 #: the parameters' derivatives (on their log scale); truncation ~1e-9 and rounding ~1e-12 relative
 ETA_STEP = 1e-4
 PARAMETER_STEP = 1e-4
+#: |log parameter| beyond which an estimated family parameter is reported at the edge of its range (e^12 ~ 1.6e5)
+PARAMETER_LIMIT = 12.0
 #: mu is kept this far inside (0, 1) / above 0 so that logs and variances stay finite (R's binomial does the same)
 _EPS = np.finfo(np.float64).eps
 
@@ -161,6 +163,8 @@ class Family:
     parameter_names: tuple[str, ...] = ()
     #: how glmmTMB's summary names the parameter (e.g. "Dispersion parameter for nbinom2 family")
     parameter_label = ""
+    #: what a parameter at the edge of its range means (printed with the warning that reports it)
+    parameter_limit_note = "the likelihood is flat in it there"
     #: whether fitted means can be pinned at a bound of the mean's range by separating covariates (0 for counts,
     #: 0 or 1 for proportions): the separation check then applies
     can_separate = False
@@ -211,6 +215,12 @@ class Family:
         values[self.estimated] = np.exp(np.clip(working, -700.0, 700.0))
         bound.parameters = values
         return bound
+
+    def parameters_at_limit(self) -> list[str]:
+        """The estimated parameters whose working (log) value is beyond +-PARAMETER_LIMIT: at the edge of their
+        range, where the likelihood is flat (a negative binomial size going to infinity is a Poisson model)."""
+        return [name for name, value in zip(self.estimated_names, self.working_values())
+                if abs(value) > PARAMETER_LIMIT]
 
     def working_values(self) -> np.ndarray:
         """The estimated parameters' working (log) values (NaN while unknown)."""
@@ -487,6 +497,15 @@ class Binomial(ExponentialDispersionFamily):
         return np.where(trials > 0, rng.binomial(trials.astype(np.int64), mu) / safe, 0.0)
 
 
+def _log_rising_factorial(k, y):
+    """log Gamma(y + k) - log Gamma(k), stable for a large k (a negative binomial near Poisson), where the two
+    log-gammas (~k log k) cancel: log Gamma(y) - log B(y, k) for y > 0 (scipy's betaln is accurate there), 0 at y = 0."""
+    y = np.asarray(y, dtype=np.float64)
+    positive = y > 0
+    safe = np.where(positive, y, 1.0)
+    return np.where(positive, special.gammaln(safe) - special.betaln(safe, k), 0.0)
+
+
 def _check_counts(y, response: str, family: str) -> None:
     if np.any(y < 0):
         raise DataError(f"{family} response {response!r} has negative values (e.g. {y[y < 0][:3].tolist()})")
@@ -554,14 +573,15 @@ class NegativeBinomial(Family):
     can_separate = True
     parameter_names = ("size",)
     parameter_label = "Dispersion parameter for nbinom2 family ()"
+    parameter_limit_note = "a size going to infinity is the Poisson model: the data show no overdispersion beyond the random effects"
 
     def __init__(self, link: str | None = None, size: float | None = None):
         super().__init__(link, size=size)
 
     def log_density(self, y, mu, prior):
         k = self.parameter("size")
-        return prior * (special.gammaln(y + k) - special.gammaln(k) - special.gammaln(y + 1)
-                        + k * (np.log(k) - np.log(k + mu)) + special.xlogy(y, mu) - y * np.log(k + mu))
+        return prior * (_log_rising_factorial(k, y) - special.gammaln(y + 1) - k * np.log1p(mu / k)
+                        + special.xlogy(y, mu) - y * np.log(k + mu))
 
     def mu_derivatives(self, y, mu, prior):
         k = self.parameter("size")
@@ -616,6 +636,7 @@ class NegativeBinomial1(Family):
     can_separate = True
     parameter_names = ("dispersion",)
     parameter_label = "Dispersion parameter for nbinom1 family ()"
+    parameter_limit_note = "a dispersion going to 0 is the Poisson model: the data show no overdispersion beyond the random effects"
 
     def __init__(self, link: str | None = None, dispersion: float | None = None):
         super().__init__(link, dispersion=dispersion)
@@ -623,7 +644,7 @@ class NegativeBinomial1(Family):
     def log_density(self, y, mu, prior):
         phi = self.parameter("dispersion")
         size = mu / phi
-        return prior * (special.gammaln(y + size) - special.gammaln(size) - special.gammaln(y + 1)
+        return prior * (_log_rising_factorial(size, y) - special.gammaln(y + 1)
                         - size * np.log1p(phi) + y * (np.log(phi) - np.log1p(phi)))
 
     def mu_derivatives(self, y, mu, prior):

@@ -143,3 +143,8 @@ def _warn_about(fit: GlmerFit) -> None:
     if fit.is_singular:
         warnings.warn("boundary (singular) fit: a variance is 0 or a correlation is +-1; see GlmerFit.is_singular",
                       SingularFitWarning, stacklevel=3)
+    at_limit = fit.family.parameters_at_limit()
+    if at_limit:
+        values = ", ".join(f"{name} = {fit.family_parameters[name]:.3g}" for name in at_limit)
+        warnings.warn(f"boundary fit of the {fit.family.name} family: {values} is at the edge of its range; "
+                      f"{fit.family.parameter_limit_note}", SingularFitWarning, stacklevel=3)
