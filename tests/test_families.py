@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import tfmixed as tm
-from tfmixed.families import Gamma, LogDensityFamily, NegativeBinomial
+from tfmixed.families import Gamma, LogDensityFamily, NegativeBinomial, Tweedie
 
 REFERENCES = Path(__file__).parent / "reference" / "families"
 
@@ -21,11 +21,12 @@ FAMILY_MAP = {
     "Gamma": ("Gamma", "dispersion", lambda sigma: sigma**2),
     "gaussian": ("gaussian", "dispersion", lambda sigma: sigma**2),
     "beta": ("beta", "precision", lambda sigma: sigma),
+    "tweedie": ("tweedie", "dispersion", lambda sigma: sigma),
 }
 
 SUPPORTED = ["sal_nb2", "sal_nb2_spp", "owls_nb2", "grouse_nb2", "sal_nb1", "owls_nb1", "sleep_gamma_log", "sleep_gamma_log_int",
              "sleep_gamma_inverse", "ortho_gamma_identity", "sleep_gaussian_log", "sleep_gaussian_inverse",
-             "beta_logit"]
+             "beta_logit", "owls_tweedie"]
 
 
 def load(reference_id: str) -> tuple[dict, pd.DataFrame]:
@@ -65,6 +66,13 @@ def test_variance_components_and_family_parameter(case):
     assert fit.family_parameters[parameter] == pytest.approx(expected, rel=1e-3)
 
 
+def test_tweedie_power():
+    reference, frame = load("owls_tweedie")
+    fit = tm.glmer(reference["formula"], frame, family="tweedie", verbose=False)
+    assert fit.family_parameters["power"] == pytest.approx(reference["family_params"]["Tweedie power"], rel=1e-4)
+    assert "Tweedie power parameter: 1.295" in fit.summary()
+
+
 def test_fitted_values_and_linear_predictor(case):
     reference, fit, _, _ = case
     np.testing.assert_allclose(fit.fitted[:10], reference["fitted_head"], rtol=1e-5)
@@ -75,7 +83,7 @@ def test_summary_prints_the_family_parameter(case):
     reference, fit, parameter, expected = case
     text = fit.summary()
     assert fit.family.parameter_label in text and f"{parameter} = " in text
-    assert fit.n_params == len(reference["fixef"]) + len(reference["varcorr"]) + 1
+    assert fit.n_params == len(reference["fixef"]) + len(reference["varcorr"]) + fit.family.n_estimated
     assert fit.aic == pytest.approx(reference["AIC"], rel=1e-8)
 
 
@@ -201,6 +209,11 @@ def test_bad_family_parameters_and_links():
         NegativeBinomial(size=-1.0)
     with pytest.raises(tm.DataError, match="takes link"):
         Gamma(link="logit")
+    with pytest.raises(tm.DataError, match="strictly between 1 and 2"):
+        Tweedie(power=2.5)
+    with pytest.raises(tm.DataError, match="non-negative"):
+        tm.glmer("y ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy").assign(y=lambda d: d.Days - 3.0),
+                 family="tweedie", verbose=False)
     with pytest.raises(tm.DataError, match="lmer"):
         tm.glmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), family="gaussian")
     with pytest.raises(tm.DataError, match="method='em'"):

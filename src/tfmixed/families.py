@@ -163,6 +163,8 @@ class Family:
     parameter_names: tuple[str, ...] = ()
     #: how glmmTMB's summary names the parameter (e.g. "Dispersion parameter for nbinom2 family")
     parameter_label = ""
+    #: glmmTMB's lines for the second and later parameters (a Tweedie power)
+    more_parameter_labels: tuple[str, ...] = ()
     #: what a parameter at the edge of its range means (printed with the warning that reports it)
     parameter_limit_note = "the likelihood is flat in it there"
     #: whether fitted means can be pinned at a bound of the mean's range by separating covariates (0 for counts,
@@ -184,11 +186,13 @@ class Family:
         if unknown:
             raise DataError(f"the {self.name} family has parameters {list(self.parameter_names)}, got {unknown}")
         values = []
-        for name in self.parameter_names:
+        ranges = list(self.parameter_ranges) or [None] * len(self.parameter_names)
+        for name, allowed in zip(self.parameter_names, ranges):
             value = parameters.get(name)
-            if value is not None and not (isinstance(value, (int, float, np.floating)) and np.isfinite(value)
-                                          and value > 0):
-                raise DataError(f"{name} of the {self.name} family must be a positive number, got {value!r}")
+            low, high = (0.0, np.inf) if allowed is None else allowed
+            if value is not None and not (isinstance(value, (int, float, np.floating)) and low < value < high):
+                what = "a positive number" if allowed is None else f"a number strictly between {low:g} and {high:g}"
+                raise DataError(f"{name} of the {self.name} family must be {what}, got {value!r}")
             values.append(np.nan if value is None else float(value))
         self.parameters = np.array(values, dtype=np.float64)
         self.estimated = np.array([parameters.get(name) is None for name in self.parameter_names], dtype=bool)
@@ -203,8 +207,33 @@ class Family:
     def estimated_names(self) -> list[str]:
         return [name for name, free in zip(self.parameter_names, self.estimated) if free]
 
+    #: each parameter's range: None for (0, inf), optimised as its logarithm, or (low, high), optimised as the
+    #: logit of its position in that interval (a Tweedie power in (1, 2), glmmTMB's 1 + plogis(psi))
+    parameter_ranges: tuple[tuple[float, float] | None, ...] = ()
+
+    def _ranges(self) -> list[tuple[float, float] | None]:
+        ranges = list(self.parameter_ranges) or [None] * len(self.parameter_names)
+        return [r for r, free in zip(ranges, self.estimated) if free]
+
+    def from_working(self, working: np.ndarray) -> np.ndarray:
+        """Natural values of the estimated parameters from their working values (log, or a logit in a range)."""
+        working = np.clip(np.asarray(working, dtype=np.float64), -700.0, 700.0)
+        return np.array([np.exp(w) if r is None else r[0] + (r[1] - r[0]) * special.expit(w)
+                         for w, r in zip(working, self._ranges())], dtype=np.float64)
+
+    def natural_derivative(self, working: np.ndarray) -> np.ndarray:
+        """d natural / d working per estimated parameter (the chain rule of profiles in natural units)."""
+        natural = self.from_working(working)
+        return np.array([v if r is None else (v - r[0]) * (r[1] - v) / (r[1] - r[0])
+                         for v, r in zip(natural, self._ranges())], dtype=np.float64)
+
+    def to_working(self, natural: np.ndarray) -> np.ndarray:
+        natural = np.asarray(natural, dtype=np.float64)
+        return np.array([np.log(v) if r is None else special.logit((v - r[0]) / (r[1] - r[0]))
+                         for v, r in zip(natural, self._ranges())], dtype=np.float64)
+
     def with_working(self, working: np.ndarray) -> "Family":
-        """The family with its estimated parameters set from their working (log) values."""
+        """The family with its estimated parameters set from their working values."""
         working = np.asarray(working, dtype=np.float64)
         if working.size != self.n_estimated:
             raise DataError(f"the {self.name} family estimates {self.n_estimated} parameter(s), got {working.size}")
@@ -212,7 +241,7 @@ class Family:
             return self
         bound = self._copy()
         values = self.parameters.copy()
-        values[self.estimated] = np.exp(np.clip(working, -700.0, 700.0))
+        values[self.estimated] = self.from_working(working)
         bound.parameters = values
         return bound
 
@@ -223,12 +252,13 @@ class Family:
                 if abs(value) > PARAMETER_LIMIT]
 
     def working_values(self) -> np.ndarray:
-        """The estimated parameters' working (log) values (NaN while unknown)."""
-        return np.log(self.parameters[self.estimated])
+        """The estimated parameters' working values (NaN while unknown)."""
+        with np.errstate(invalid="ignore"):
+            return self.to_working(self.parameters[self.estimated])
 
     def _copy(self) -> "Family":
         clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
+        clone.__dict__.update({key: value for key, value in self.__dict__.items() if key != "_series"})
         return clone
 
     def parameter(self, name: str) -> float:
@@ -881,11 +911,112 @@ class Beta(Family):
         return rng.beta(mu * phi, (1 - mu) * phi)
 
 
+class Tweedie(Family):
+    """Tweedie responses with 1 < power < 2 (compound Poisson-Gamma: exact zeros and positive values, glmmTMB's
+    ``tweedie``): Var(y) = phi mu^power; ``dispersion`` phi and ``power`` are estimated unless given. Links log,
+    identity.
+
+        log p = log W(y, phi, power) - log y + (y theta - kappa) / phi,   theta = mu^(1-p) / (1-p),
+        kappa = mu^(2-p) / (2-p),   and log p = -kappa / phi at y = 0,
+
+    W = sum_j W_j the series of Dunn and Smyth (2005), summed in log space over the terms around its largest
+    (no maintained Python package evaluates this density; scipy has none). Its derivatives in mu are closed form.
+    """
+
+    name = "tweedie"
+    links = ("log", "identity")
+    parameter_names = ("dispersion", "power")
+    parameter_ranges = (None, (1.0, 2.0))
+    parameter_label = "Dispersion parameter for tweedie family ()"
+    more_parameter_labels = ("Tweedie power parameter",)
+    parameter_limit_note = "a power at 1 is a Poisson-like count model, at 2 a Gamma model"
+
+    def __init__(self, link: str | None = None, dispersion: float | None = None, power: float | None = None):
+        super().__init__(link, dispersion=dispersion, power=power)
+
+    def log_density(self, y, mu, prior):
+        return -0.5 * (self.minus2_loglik_kernel(y, mu, prior) + self.minus2_loglik_constant(y, prior))
+
+    def minus2_loglik_kernel(self, y, mu, prior):
+        """-2 (y theta - kappa) / phi: the part that depends on mu (PIRLS and quadrature evaluate only this)."""
+        phi, p = self.parameter("dispersion"), self.parameter("power")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = (y * mu ** (1 - p) / (1 - p) - mu ** (2 - p) / (2 - p)) / phi
+        return -2.0 * prior * np.where(mu > 0, value, np.nan)
+
+    def minus2_loglik_constant(self, y, prior):
+        """-2 (log W(y, phi, p) - log y) for y > 0: the series, free of mu, kept for the last y it was asked for
+        (PIRLS asks for the same response at every step)."""
+        cached = self.__dict__.get("_series")
+        if cached is None or cached[0] is not y:
+            y_values = np.asarray(y, dtype=np.float64)
+            positive = y_values > 0
+            safe = np.where(positive, y_values, 1.0)
+            series = _tweedie_log_series(safe.ravel(), self.parameter("dispersion"), self.parameter("power"))
+            cached = (y, np.where(positive, -2.0 * (series.reshape(safe.shape) - np.log(safe)), 0.0))
+            self.__dict__["_series"] = cached
+        return prior * cached[1]
+
+    def mu_derivatives(self, y, mu, prior):
+        phi, p = self.parameter("dispersion"), self.parameter("power")
+        return prior * (y - mu) * mu**-p / phi, prior * (-p * y * mu ** (-p - 1) + (p - 1) * mu**-p) / phi
+
+    def mu_information(self, mu, prior):
+        return prior * mu ** -self.parameter("power") / self.parameter("dispersion")
+
+    def variance(self, mu):
+        return self.parameter("dispersion") * mu ** self.parameter("power")
+
+    def deviance_residuals(self, y, mu, prior):
+        p = self.parameter("power")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cross = np.where(y > 0, y * (y ** (1 - p) - mu ** (1 - p)) / (1 - p), 0.0)
+        return 2 * prior * (cross - (np.where(y > 0, y ** (2 - p), 0.0) - mu ** (2 - p)) / (2 - p))
+
+    def check_response(self, y, prior, response):
+        if np.any(y < 0):
+            raise DataError(f"tweedie response {response!r} must be non-negative, got e.g. {y[y < 0][:3].tolist()}")
+        if np.all(y[prior > 0] == 0):
+            raise DataError(f"tweedie response {response!r} is 0 in every row: the likelihood has no maximum")
+
+    def start_mu(self, y, prior):
+        return np.maximum(np.asarray(y, dtype=np.float64), 0.1 * max(float(np.mean(y)), 1e-12))
+
+    def start_parameters(self, y, mu, prior):
+        known = self.parameters
+        p = known[1] if np.isfinite(known[1]) else 1.5
+        phi = float(np.sum(prior * (y - mu) ** 2 / mu**p) / max(np.sum(prior > 0), 1))
+        values = np.array([max(phi, 1e-6), p])
+        return values[self.estimated]
+
+    def sample(self, mu, prior, rng):
+        phi, p = self.parameter("dispersion"), self.parameter("power")
+        counts = rng.poisson(mu ** (2 - p) / (phi * (2 - p)))
+        shape, scale = (2 - p) / (p - 1), phi * (p - 1) * mu ** (p - 1)
+        return np.where(counts > 0, rng.gamma(np.maximum(counts, 1) * shape, scale), 0.0)
+
+
+def _tweedie_log_series(y: np.ndarray, phi: float, p: float) -> np.ndarray:
+    """log W(y, phi, p) of Dunn and Smyth's series, W = sum_{j >= 1} W_j with
+    log W_j = j (-alpha log y + alpha log(p - 1) - (1 - alpha) log phi - log(2 - p)) - lgamma(j + 1) - lgamma(-j alpha),
+    alpha = (2 - p) / (1 - p): the terms peak near j = y^(2-p) / (phi (2 - p)); each row sums a window around it
+    wide enough that the terms left out are below e^-37 of the largest."""
+    alpha = (2 - p) / (1 - p)
+    per_j = -alpha * np.log(y) + alpha * np.log(p - 1) - (1 - alpha) * np.log(phi) - np.log(2 - p)
+    peak = np.maximum(y ** (2 - p) / (phi * (2 - p)), 1.0)
+    half = np.ceil(10 * np.sqrt(peak) + 40)
+    low = np.maximum(1.0, np.floor(peak - half))
+    width = int(np.max(np.ceil(peak + half) - low)) + 1
+    j = low[:, None] + np.arange(width)[None, :]
+    log_terms = j * per_j[:, None] - special.gammaln(j + 1) - special.gammaln(-j * alpha)
+    return special.logsumexp(log_terms, axis=1)
+
+
 FAMILIES: dict[str, type[Family]] = {
     "binomial": Binomial, "poisson": Poisson, "negative_binomial": NegativeBinomial, "nbinom2": NegativeBinomial,
     "negative_binomial1": NegativeBinomial1, "nbinom1": NegativeBinomial1,
     "gamma": Gamma, "inverse.gaussian": InverseGaussian, "inverse_gaussian": InverseGaussian,
-    "gaussian": Gaussian, "beta": Beta,
+    "gaussian": Gaussian, "beta": Beta, "tweedie": Tweedie,
 }
 
 

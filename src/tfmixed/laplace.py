@@ -99,7 +99,7 @@ class GlmmObjective:
         return self._bound[key]
 
     def family_start(self) -> np.ndarray:
-        """Working (log) starting values of the family's estimated parameters: the family's own where known
+        """Working (log or logit) starting values of the family's estimated parameters: the family's own where known
         (a refit's), else moment estimates at the means of the joint PIRLS mode at theta's start with a
         provisional value of 1."""
         if self._family_start is None:
@@ -111,7 +111,7 @@ class GlmmObjective:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     mode = self.pirls.run(self.theta_start, None, family=provisional)
                 natural = provisional.start_parameters(self.pirls.y, mode.mu, self.pirls.prior)
-                self._family_start = np.where(np.isfinite(known), known, np.log(natural))
+                self._family_start = np.where(np.isfinite(known), known, self.family.to_working(natural))
         return self._family_start.copy()
 
     def split(self, params) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

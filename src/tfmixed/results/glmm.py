@@ -67,7 +67,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         strategies = {"backend": "exact", "criterion": f"{label}, {self.family.name}"}
         return OptSummary.of(self.optimum, criterion_name=label, theta_names=self.theta_names,
                              strategies=strategies, n_theta=self.objective.n_theta,
-                             family_names=tuple(self.family.estimated_names))
+                             family_names=tuple(self.family.estimated_names),
+                             family_from_working=self.family.from_working)
 
     @cached_property
     def criterion(self) -> float:
@@ -224,9 +225,10 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
                      + f"{self.nobs - self.n_params:10d}")
         body = self._summary_body(self._scaled_residuals(), self.coef_table,
                                   why="the family defines no variance function for Pearson residuals")
-        if family.parameter_label and len(family.parameters) == 1:  # glmmTMB's line, before the fixed effects
+        labels = [label for label in (family.parameter_label, *family.more_parameter_labels) if label]
+        if labels:  # glmmTMB's lines, before the fixed effects
             at = body.index("Fixed effects:") - 1
-            body[at:at] = ["", f"{family.parameter_label}: {family.parameters[0]:.4g}"]
+            body[at:at] = [""] + [f"{label}: {value:.4g}" for label, value in zip(labels, family.parameters)]
         return "\n".join(lines + body + self._fit_record_lines(verbose))
 
     def _scaled_residuals(self) -> np.ndarray | None:

@@ -45,7 +45,8 @@ class OptSummary:
 
     @classmethod
     def of(cls, optimum, *, criterion_name: str, theta_names: list[str], strategies: dict,
-           n_theta: int | None = None, family_names: tuple[str, ...] = ()) -> "OptSummary":
+           n_theta: int | None = None, family_names: tuple[str, ...] = (),
+           family_from_working=np.exp) -> "OptSummary":
         """The record of an estimator's result; ``n_theta`` and ``family_names`` split a GLMM's (theta, beta,
         log phi) vector."""
         n_theta = optimum.theta.size if n_theta is None else n_theta
@@ -54,8 +55,8 @@ class OptSummary:
         stages = pd.DataFrame([(s.name, s.evaluations, s.criterion, s.message) for s in optimum.stages],
                               columns=["stage", "evaluations", "criterion", "stopped"])
         end = optimum.theta.size - n_family
-        family = dict(family_names=tuple(family_names), initial_family=np.exp(start[end:]),
-                      final_family=np.exp(optimum.theta[end:])) if n_family else {}
+        family = dict(family_names=tuple(family_names), initial_family=family_from_working(start[end:]),
+                      final_family=family_from_working(optimum.theta[end:])) if n_family else {}
         start, final = start[:end], optimum.theta[:end]
         joint = final.size > n_theta
         return cls(
@@ -79,7 +80,7 @@ class OptSummary:
             lines += ["", f"beta (optimised with theta): initial {np.round(self.initial_beta, 6).tolist()}, "
                           f"final {np.round(self.final_beta, 6).tolist()}"]
         if self.final_family is not None and self.initial_family is not None:
-            lines += ["", "family parameters (optimised on the log scale): " + ", ".join(
+            lines += ["", "family parameters (optimised on the log or logit scale): " + ", ".join(
                 f"{name} initial {a:.6g}, final {b:.6g}"
                 for name, a, b in zip(self.family_names, self.initial_family, self.final_family))]
         if len(self.stages):

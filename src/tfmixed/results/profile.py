@@ -237,7 +237,9 @@ class GlmmProfileLikelihood(_ProfileBase):
         self.fit, self.verbose = fit, verbose
         family = fit.family_parameters[fit.family.estimated_names].to_numpy()
         self.n_family = family.size
-        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit.fixef.to_numpy(), np.log(family)]))
+        self.family = fit.family
+        self.criterion = JointCriterion(fit.objective, np.concatenate([fit.theta, fit.fixef.to_numpy(),
+                                                                       fit.family.to_working(family)]))
         self.parameters = VarianceParameters(fit.objective.covariance)  # its last entry (sigma) is held at 1
         self.n_variance, self.n_theta = len(fit.sdcor_names()), fit.theta.size
         # the family's own parameters (a negative binomial's size, a dispersion) are profiled on their natural
@@ -248,8 +250,10 @@ class GlmmProfileLikelihood(_ProfileBase):
         self._scales = self._standard_errors()
 
     def bounds(self, index: int) -> tuple[float, float]:
-        if index >= self.estimate.size - self.n_family:
-            return 0.0, np.inf
+        first = self.estimate.size - self.n_family
+        if index >= first:
+            allowed = self.family._ranges()[index - first]
+            return (0.0, np.inf) if allowed is None else allowed
         return super().bounds(index)
 
     def _split(self, z: np.ndarray):
@@ -259,16 +263,18 @@ class GlmmProfileLikelihood(_ProfileBase):
 
     def deviance_and_gradient(self, z: np.ndarray) -> tuple[float, np.ndarray]:
         variance, beta, family = self._split(z)
-        if np.any(family <= 0):
+        limits = [self.bounds(i) for i in range(z.size - self.n_family, z.size)]
+        if any(not low < value < high for value, (low, high) in zip(family, limits)):
             return 1e300, np.zeros_like(z)
-        params = np.concatenate([self.parameters.theta(variance), beta, np.log(family)])
+        working = self.family.to_working(family)
+        params = np.concatenate([self.parameters.theta(variance), beta, working])
         value, gradient = self.criterion.value_and_gradient(params)
         if not np.isfinite(value):
             return 1e300, np.zeros_like(z)
         jacobian = self.parameters.jacobian(variance)[:, :-1]
         end = gradient.size - self.n_family
         return value, np.concatenate([jacobian.T @ gradient[: self.n_theta], gradient[self.n_theta : end],
-                                      gradient[end:] / family])
+                                      gradient[end:] / self.family.natural_derivative(working)])
 
     def _standard_errors(self) -> np.ndarray:
         """First steps of the limit searches: Wald SEs of beta, and of the SDs from the fit's Hessian in theta."""
