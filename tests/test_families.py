@@ -293,3 +293,42 @@ def test_a_size_going_to_infinity_is_reported_like_a_singular_fit():
     poisson = tm.glmer("y ~ x + (1 | g)", frame, family="poisson", verbose=False)
     assert nb.family.parameters_at_limit() == ["size"]
     assert poisson.loglik - 1e-3 < nb.loglik <= poisson.loglik + 1e-6
+
+
+@pytest.mark.parametrize("reference_id, family", [("sal_zip", "poisson"), ("sal_zinb2", "negative_binomial")])
+def test_zero_inflated_counts(reference_id, family):
+    """glmmTMB's ziformula: the zero-inflation coefficients (logit scale), their SEs, the conditional model and
+    the zero-inflated fitted means E[y] = (1 - pi) mu."""
+    reference, frame = load(reference_id)
+    fit = tm.glmer(reference["formula"], frame, family=family, ziformula=reference["ziformula"], verbose=False)
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fit.fixef_se.to_numpy(), list(reference["fixef_se"].values()), rtol=1e-4)
+    zi_names = [f"zi_{name}" for name in reference["fixef_zi"]]
+    np.testing.assert_allclose(fit.family_parameters[zi_names].to_numpy(), list(reference["fixef_zi"].values()),
+                               rtol=1e-4)
+    np.testing.assert_allclose(fit.family_parameters_se[zi_names].to_numpy(),
+                               list(reference["fixef_zi_se"].values()), rtol=1e-3)
+    assert fit.varcorr["sdcor"].iloc[0] == pytest.approx(reference["varcorr"][0]["sdcor"], rel=1e-3)
+    np.testing.assert_allclose(fit.fitted[:10], reference["fitted_head"], rtol=1e-5)
+    assert "Zero-inflation model:" in fit.summary()
+    assert fit.aic == pytest.approx(reference["AIC"], rel=1e-8)
+    if family == "negative_binomial":
+        assert fit.family_parameters["size"] == pytest.approx(reference["sigma"], rel=1e-3)
+
+
+def test_zero_inflation_is_refused_where_it_does_not_apply():
+    reference, frame = load("sal_zip")
+    with pytest.raises(tm.DataError, match="count families"):
+        tm.glmer("Reaction ~ Days + (1 | Subject)", tm.datasets.load("sleepstudy"), family="Gamma", link="log",
+                 ziformula="~1", verbose=False)
+    with pytest.raises(tm.DataError, match="one-sided formula"):
+        tm.glmer(reference["formula"], frame, family="poisson", ziformula="count ~ 1", verbose=False)
+    with pytest.raises(tm.DataError, match="random effects in the zero-inflation"):
+        tm.glmer(reference["formula"], frame, family="poisson", ziformula="~ (1 | site)", verbose=False)
+    fit = tm.glmer(reference["formula"], frame, family="poisson", ziformula="~0", verbose=False)
+    assert fit.family.name == "poisson"  # glmmTMB's default: no zero-inflation
+    zi = tm.glmer(reference["formula"], frame, family="poisson", ziformula="~1", verbose=False)
+    with pytest.raises(tm.DataError, match="type='link'"):
+        zi.predict(frame.head(3), type="response")
+    assert np.all(np.isfinite(zi.predict(frame.head(3))))

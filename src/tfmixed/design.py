@@ -259,7 +259,8 @@ def _as_column(value, frame: pd.DataFrame, what: str):
 
 
 def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "raise", weights=None,
-                 offset=None, rank_deficient: str = "drop", binomial: bool = False, residual: bool = True) -> Design:
+                 offset=None, rank_deficient: str = "drop", binomial: bool = False, residual: bool = True,
+                 extra_columns: tuple = ()) -> Design:
     """Build X, y, the random-effects terms, prior weights and offset for an lme4 ``formula`` on ``data``.
 
     ``weights`` and ``offset`` are column names or arrays (lme4's ``weights =`` and ``offset =``); offsets
@@ -272,6 +273,7 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     ``residual=False`` is for families without a dispersion parameter (binomial, Poisson): nothing confounds a
     random effect with a residual there, so observation-level terms such as ``(1 | obs)`` (lme4's way to model
     overdispersion) are allowed, where a Gaussian model refuses them (lme4's check.nobs.vs.nlev / nRE).
+    ``extra_columns`` are data columns a sub-model reads (kept in ``design.frame``, their missing rows dropped).
 
     >>> from tfmixed import datasets
     >>> d = build_design("diameter ~ 1 + (1 | plate) + (1 | sample)", datasets.load("Penicillin"))
@@ -284,12 +286,13 @@ def build_design(formula: str | ParsedFormula, data: Any, *, missing: str = "rai
     # arrays travel as hidden columns so that rows dropped for missing values drop their weights too
     weights, frame = _as_column(weights, frame, "weights")
     offset, frame = _as_column(offset, frame, "offset")
-    frame = _check_columns(parsed, frame, missing, [value for value in (weights, offset) if value is not None])
+    frame = _check_columns(parsed, frame, missing, [value for value in (weights, offset) if value is not None]
+                           + list(extra_columns))
     if len(frame) == 0:
         raise DataError("data has no rows")
 
     spec, evaluation = build_model_spec(parsed, frame, formula=formula if isinstance(formula, str) else None,
-                                        weights=weights, offset=offset)
+                                        weights=weights, offset=offset, extra_columns=tuple(extra_columns))
     y, trials = response_values(evaluation.fixed.lhs, frame, parsed.response, binomial)
     X = np.asarray(evaluation.fixed.rhs, dtype=np.float64)
     check_finite_fixed(X)

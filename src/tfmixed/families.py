@@ -40,6 +40,8 @@ ETA_STEP = 1e-4
 PARAMETER_STEP = 1e-4
 #: |log parameter| beyond which an estimated family parameter is reported at the edge of its range (e^12 ~ 1.6e5)
 PARAMETER_LIMIT = 12.0
+#: the range of a parameter with no bounds (a sub-model's coefficient), optimised as itself
+FREE = (-np.inf, np.inf)
 #: mu is kept this far inside (0, 1) / above 0 so that logs and variances stay finite (R's binomial does the same)
 _EPS = np.finfo(np.float64).eps
 
@@ -167,6 +169,11 @@ class Family:
     more_parameter_labels: tuple[str, ...] = ()
     #: what a parameter at the edge of its range means (printed with the warning that reports it)
     parameter_limit_note = "the likelihood is flat in it there"
+    #: whether a zero-inflation sub-model (glmmTMB's ``ziformula``) may wrap the family (the count families)
+    zero_inflatable = False
+    #: the title of the sub-model table in the summary, for a family whose parameters are a sub-model's
+    #: coefficients (None: the parameters are printed as glmmTMB's dispersion lines)
+    sub_model_title: str | None = None
     #: whether fitted means can be pinned at a bound of the mean's range by separating covariates (0 for counts,
     #: 0 or 1 for proportions): the separation check then applies
     can_separate = False
@@ -211,26 +218,28 @@ class Family:
     #: logit of its position in that interval (a Tweedie power in (1, 2), glmmTMB's 1 + plogis(psi))
     parameter_ranges: tuple[tuple[float, float] | None, ...] = ()
 
-    def _ranges(self) -> list[tuple[float, float] | None]:
+    def estimated_ranges(self) -> list[tuple[float, float] | None]:
+        """The range of each estimated parameter (None: positive, optimised as its log)."""
         ranges = list(self.parameter_ranges) or [None] * len(self.parameter_names)
         return [r for r, free in zip(ranges, self.estimated) if free]
 
     def from_working(self, working: np.ndarray) -> np.ndarray:
-        """Natural values of the estimated parameters from their working values (log, or a logit in a range)."""
+        """Natural values of the estimated parameters from their working values (log, a logit in a range, or
+        the value itself for a coefficient of a sub-model, whose range is FREE)."""
         working = np.clip(np.asarray(working, dtype=np.float64), -700.0, 700.0)
-        return np.array([np.exp(w) if r is None else r[0] + (r[1] - r[0]) * special.expit(w)
-                         for w, r in zip(working, self._ranges())], dtype=np.float64)
+        return np.array([np.exp(w) if r is None else w if r == FREE else r[0] + (r[1] - r[0]) * special.expit(w)
+                         for w, r in zip(working, self.estimated_ranges())], dtype=np.float64)
 
     def natural_derivative(self, working: np.ndarray) -> np.ndarray:
         """d natural / d working per estimated parameter (the chain rule of profiles in natural units)."""
         natural = self.from_working(working)
-        return np.array([v if r is None else (v - r[0]) * (r[1] - v) / (r[1] - r[0])
-                         for v, r in zip(natural, self._ranges())], dtype=np.float64)
+        return np.array([v if r is None else 1.0 if r == FREE else (v - r[0]) * (r[1] - v) / (r[1] - r[0])
+                         for v, r in zip(natural, self.estimated_ranges())], dtype=np.float64)
 
     def to_working(self, natural: np.ndarray) -> np.ndarray:
         natural = np.asarray(natural, dtype=np.float64)
-        return np.array([np.log(v) if r is None else special.logit((v - r[0]) / (r[1] - r[0]))
-                         for v, r in zip(natural, self._ranges())], dtype=np.float64)
+        return np.array([np.log(v) if r is None else v if r == FREE else special.logit((v - r[0]) / (r[1] - r[0]))
+                         for v, r in zip(natural, self.estimated_ranges())], dtype=np.float64)
 
     def with_working(self, working: np.ndarray) -> "Family":
         """The family with its estimated parameters set from their working values."""
@@ -248,8 +257,8 @@ class Family:
     def parameters_at_limit(self) -> list[str]:
         """The estimated parameters whose working (log) value is beyond +-PARAMETER_LIMIT: at the edge of their
         range, where the likelihood is flat (a negative binomial size going to infinity is a Poisson model)."""
-        return [name for name, value in zip(self.estimated_names, self.working_values())
-                if abs(value) > PARAMETER_LIMIT]
+        return [name for name, value, r in zip(self.estimated_names, self.working_values(), self.estimated_ranges())
+                if r != FREE and abs(value) > PARAMETER_LIMIT]
 
     def working_values(self) -> np.ndarray:
         """The estimated parameters' working values (NaN while unknown)."""
@@ -258,7 +267,7 @@ class Family:
 
     def _copy(self) -> "Family":
         clone = object.__new__(type(self))
-        clone.__dict__.update({key: value for key, value in self.__dict__.items() if key != "_series"})
+        clone.__dict__.update({key: value for key, value in self.__dict__.items() if not key.startswith("_cache")})
         return clone
 
     def parameter(self, name: str) -> float:
@@ -381,6 +390,10 @@ class Family:
         first, second = self.mu_derivatives(y, mu, prior)
         mu_eta = self.link.mu_eta(eta)
         return -(second * mu_eta**2 + first * self.link.mu_eta2(eta))
+
+    def response_mean(self, mu: np.ndarray) -> np.ndarray:
+        """E[y] at the conditional model's mean mu (mu itself but for a zero-inflated family)."""
+        return mu
 
     def sample(self, mu: np.ndarray, prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A response drawn at the means ``mu`` (the parametric bootstrap and ``simulate``)."""
@@ -555,6 +568,7 @@ class Poisson(ExponentialDispersionFamily):
     links = ("log", "sqrt", "identity")
     canonical_link = "log"
     can_separate = True
+    zero_inflatable = True
 
     def variance(self, mu):
         return mu
@@ -601,6 +615,7 @@ class NegativeBinomial(Family):
     name = "negative_binomial"
     links = ("log", "sqrt", "identity")
     can_separate = True
+    zero_inflatable = True
     parameter_names = ("size",)
     parameter_label = "Dispersion parameter for nbinom2 family ()"
     parameter_limit_note = "a size going to infinity is the Poisson model: the data show no overdispersion beyond the random effects"
@@ -664,6 +679,7 @@ class NegativeBinomial1(Family):
     name = "negative_binomial1"
     links = ("log", "sqrt", "identity")
     can_separate = True
+    zero_inflatable = True
     parameter_names = ("dispersion",)
     parameter_label = "Dispersion parameter for nbinom1 family ()"
     parameter_limit_note = "a dispersion going to 0 is the Poisson model: the data show no overdispersion beyond the random effects"
@@ -947,14 +963,14 @@ class Tweedie(Family):
     def minus2_loglik_constant(self, y, prior):
         """-2 (log W(y, phi, p) - log y) for y > 0: the series, free of mu, kept for the last y it was asked for
         (PIRLS asks for the same response at every step)."""
-        cached = self.__dict__.get("_series")
+        cached = self.__dict__.get("_cache_series")
         if cached is None or cached[0] is not y:
             y_values = np.asarray(y, dtype=np.float64)
             positive = y_values > 0
             safe = np.where(positive, y_values, 1.0)
             series = _tweedie_log_series(safe.ravel(), self.parameter("dispersion"), self.parameter("power"))
             cached = (y, np.where(positive, -2.0 * (series.reshape(safe.shape) - np.log(safe)), 0.0))
-            self.__dict__["_series"] = cached
+            self.__dict__["_cache_series"] = cached
         return prior * cached[1]
 
     def mu_derivatives(self, y, mu, prior):
@@ -1010,6 +1026,100 @@ def _tweedie_log_series(y: np.ndarray, phi: float, p: float) -> np.ndarray:
     j = low[:, None] + np.arange(width)[None, :]
     log_terms = j * per_j[:, None] - special.gammaln(j + 1) - special.gammaln(-j * alpha)
     return special.logsumexp(log_terms, axis=1)
+
+
+class ZeroInflated(Family):
+    """A count family with structural zeros (glmmTMB's ``ziformula``): with probability pi_i = expit(X_zi gamma)
+    row i is 0, else it is drawn from the base family:
+
+        p(0) = pi + (1 - pi) f(0 | mu),   p(y) = (1 - pi) f(y | mu) for y > 0,   E[y] = (1 - pi) mu.
+
+    ``zi_matrix`` holds X_zi for the model's rows (``zi_names`` its columns); gamma is estimated with theta,
+    beta and the base family's parameters. ``mu`` is the conditional model's mean, as glmmTMB's ``type =
+    "conditional"``; :meth:`response_mean` is the zero-inflated mean.
+    """
+
+    has_dispersion = True
+    sub_model_title = "Zero-inflation model"
+
+    def __init__(self, base: Family, zi_matrix: np.ndarray, zi_names: list[str]):
+        if not base.zero_inflatable:
+            raise DataError(f"zero-inflation (ziformula) wraps the count families (poisson, negative_binomial, "
+                            f"negative_binomial1), not {base.name}")
+        if isinstance(base, ZeroInflated):
+            raise DataError("the family is zero-inflated already")
+        self.base, self.zi_matrix = base, np.asarray(zi_matrix, dtype=np.float64)
+        self.name, self.links, self.canonical_link = f"zero-inflated {base.name}", base.links, None
+        self.parameter_names = tuple(base.parameter_names) + tuple(f"zi_{name}" for name in zi_names)
+        self.parameter_ranges = tuple(list(base.parameter_ranges) or [None] * len(base.parameter_names)) + (FREE,) * len(zi_names)
+        self.parameter_label, self.can_separate = base.parameter_label, False
+        self.zi_names = list(zi_names)
+        super().__init__(base.link.name)
+        self.parameters = np.concatenate([base.parameters, np.full(len(zi_names), np.nan)])
+        self.estimated = np.concatenate([base.estimated, np.ones(len(zi_names), dtype=bool)])
+
+    def _parts(self) -> tuple[Family, np.ndarray]:
+        cached = self.__dict__.get("_cache_parts")
+        if cached is None:
+            count = len(self.base.parameter_names)
+            base = self.base._copy()
+            base.parameters = self.parameters[:count].copy()
+            gamma = self.parameters[count:]
+            if not np.all(np.isfinite(gamma)):
+                raise DataError("the zero-inflation coefficients are not known yet (they are estimated by the fit)")
+            cached = (base, special.expit(self.zi_matrix @ gamma))
+            self.__dict__["_cache_parts"] = cached
+        return cached
+
+    def log_density(self, y, mu, prior):
+        base, pi = self._parts()
+        log_f = base.log_density(y, mu, np.ones_like(np.asarray(y, dtype=np.float64)))
+        with np.errstate(divide="ignore"):
+            zero = np.logaddexp(np.log(pi), np.log1p(-pi) + log_f)
+        return prior * np.where(np.asarray(y) == 0, zero, np.log1p(-pi) + log_f)
+
+    def mu_derivatives(self, y, mu, prior):
+        base, pi = self._parts()
+        ones = np.ones_like(np.asarray(y, dtype=np.float64))
+        first, second = base.mu_derivatives(y, mu, ones)
+        # at y = 0: l = log(pi + (1 - pi) g), g = f(0 | mu), g' = g l_f', g'' = g (l_f'^2 + l_f'')
+        g = np.exp(base.log_density(np.zeros_like(ones), mu, ones))
+        share = (1 - pi) * g / (pi + (1 - pi) * g)  # the posterior probability that a zero is a count zero
+        zero_first = share * first
+        zero_second = share * (first**2 + second) - zero_first**2
+        zero = np.asarray(y) == 0
+        return prior * np.where(zero, zero_first, first), prior * np.where(zero, zero_second, second)
+
+    def response_mean(self, mu):
+        return (1 - self._parts()[1]) * mu
+
+    def variance(self, mu):
+        base, pi = self._parts()
+        return (1 - pi) * (base.variance(mu) + pi * mu**2)
+
+    def check_response(self, y, prior, response):
+        self.base.check_response(y, prior, response)
+
+    def start_mu(self, y, prior):
+        return self.base.start_mu(y, prior)
+
+    def start_parameters(self, y, mu, prior):
+        base_start = self.base.start_parameters(y, mu, prior)
+        # the intercept (if any) at the share of zeros the count model does not explain, at least 5%
+        ones = np.ones_like(y)
+        base = self.base._copy()
+        base.parameters = np.where(np.isfinite(self.base.parameters), self.base.parameters, 1.0)
+        expected = float(np.mean(np.exp(base.log_density(np.zeros_like(y), mu, ones))))
+        excess = min(max(float(np.mean(y == 0)) - expected, 0.05), 0.9)
+        gamma = np.zeros(self.zi_matrix.shape[1])
+        intercept = np.flatnonzero(np.all(self.zi_matrix == 1.0, axis=0))
+        if intercept.size:
+            gamma[intercept[0]] = special.logit(excess)
+        return np.concatenate([base_start, gamma])
+
+    def sample(self, mu, prior, rng):
+        base, pi = self._parts()
+        return np.where(rng.random(mu.shape) < pi, 0.0, base.sample(mu, prior, rng))
 
 
 FAMILIES: dict[str, type[Family]] = {

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from .design import build_design
+from .design import as_frame, build_design
+from .model_spec import evaluate, lme4_name, mentioned_columns
 from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarning
 from .estimators.diagnosis import flag_separation
 from .estimators.glmer_stages import optimize_glmer
 from .estimators.profiled import ProfiledOptions
-from .families import Binomial, get_family
+from .families import Binomial, ZeroInflated, get_family
 from .kernels.options import KernelOptions
 from .partitioned import is_partitioned
 from .laplace import GlmmObjective
@@ -55,6 +56,7 @@ def glmer(
     verbose: bool = True,
     kernel_options: KernelOptions | None = None,
     optimizer: ProfiledOptions | None = None,
+    ziformula: str | None = None,
 ) -> GlmerFit:
     """Fit a generalised linear mixed model by maximum likelihood, as lme4's ``glmer`` does.
 
@@ -98,9 +100,13 @@ def glmer(
     if is_partitioned(data):
         raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
                         "iteration; fit lmer, or glmer on the data in memory")
+    zi_rhs = _zero_inflation_rhs(ziformula, family)
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
                           rank_deficient=rank_deficient, binomial=isinstance(family, Binomial),
-                          residual=family.has_dispersion)
+                          residual=family.has_dispersion,
+                          extra_columns=() if zi_rhs is None else tuple(mentioned_columns(zi_rhs, as_frame(data).columns)))
+    if zi_rhs is not None:
+        family = ZeroInflated(family, *_zero_inflation_matrix(zi_rhs, design))
     if not design.terms:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group); a GLM without random "
                            "effects is statsmodels' GLM")
@@ -119,6 +125,33 @@ def glmer(
         fit = GlmerFit(design, objective, optimum, hessian=hessian)
     _warn_about(fit)
     return fit
+
+
+def _zero_inflation_rhs(ziformula, family) -> str | None:
+    """The right-hand side of glmmTMB's ``ziformula`` ("~1", "~ x"), None for none ("~0", glmmTMB's default)."""
+    if ziformula is None:
+        return None
+    if not isinstance(ziformula, str) or "~" not in ziformula or ziformula.split("~", 1)[0].strip():
+        raise DataError(f"ziformula must be a one-sided formula such as '~1' or '~ x', got {ziformula!r}")
+    rhs = ziformula.split("~", 1)[1].strip()
+    if "|" in rhs:
+        raise DataError("random effects in the zero-inflation formula are not available; use fixed effects there")
+    if rhs in ("0", "-1", "0 + 1"):
+        return None
+    if not family.zero_inflatable:
+        raise DataError(f"zero-inflation (ziformula) wraps the count families (poisson, negative_binomial, "
+                        f"negative_binomial1), not {family.name}")
+    return rhs
+
+
+def _zero_inflation_matrix(rhs: str, design) -> tuple[np.ndarray, list[str]]:
+    """X_zi on the model's rows (those kept after missing values), with lme4's column names."""
+    matrix, renames = evaluate(f"~ {rhs}", design.frame)
+    matrix = getattr(matrix, "rhs", matrix)
+    values = np.asarray(matrix, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DataError("the zero-inflation model matrix has non-finite values")
+    return values, [lme4_name(column, renames) for column in matrix.columns]
 
 
 #: the ProfiledOptions fields glmer's stages read: its criteria declare no average information, so the Newton

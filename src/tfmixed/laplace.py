@@ -266,7 +266,10 @@ class GlmmObjective:
         # the solve never reads r'Wr; doubling it (+1) keeps the last pivot positive when r is in X's span (in
         # place: these statistics own their xy_xy)
         stats.xy_xy[-1, -1] = 2 * stats.xy_xy[-1, -1] + 1.0
-        s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
+        try:
+            s_beta, s_u = self.pirls.problem(stats).factorize(mode.factor.factors).solve()
+        except TfmixedError:  # the observed information's system is not positive definite here (a trial point)
+            return None
         s_b = self.pirls.to_b(s_u, mode.factor.factors)
         z_lambda_s = self.pirls.z_times(s_b) + X @ s_beta
         residual = a + weights * ratio - weights * z_lambda_s

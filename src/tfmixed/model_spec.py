@@ -76,6 +76,11 @@ def _mentions(text: str, column: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(column)}(?![\w.])", text) is not None
 
 
+def mentioned_columns(text: str, columns) -> list:
+    """The data columns a formula's text mentions (a sub-model's variables)."""
+    return [name for name in columns if _mentions(text, str(name))]
+
+
 def quote_columns(text: str, columns) -> str:
     """Backtick the data columns whose names formulaic would misread (R's dotted names such as Sepal.Length)."""
     for column in sorted((c for c in columns if isinstance(c, str) and not c.isidentifier()), key=len, reverse=True):
@@ -296,12 +301,14 @@ class Evaluation:
 
 def build_model_spec(parsed: ParsedFormula, frame: pd.DataFrame, *, formula: str | None = None,
                      weights: str | None = None, offset: str | None = None,
-                     levels: Mapping[tuple[str, ...], pd.Index] | None = None) -> tuple[ModelSpec, Evaluation]:
+                     levels: Mapping[tuple[str, ...], pd.Index] | None = None,
+                     extra_columns: tuple = ()) -> tuple[ModelSpec, Evaluation]:
     """The :class:`ModelSpec` of ``parsed`` made on ``frame``, and what was evaluated there.
 
     In memory ``frame`` is the data, and each grouping factor's levels are those observed. For partitioned data
     ``frame`` is a small prototype that holds every level of every categorical column, and ``levels`` gives each
-    grouping factor's levels (found by a pass over the partitions).
+    grouping factor's levels (found by a pass over the partitions). ``extra_columns`` join the model frame (the
+    columns a sub-model such as a zero-inflation formula reads).
     """
     matrices, renames = evaluate(parsed.fixed, frame)
     # random terms often repeat the fixed right-hand side ((1 + Days | Subject) beside 1 + Days): reuse it
@@ -331,7 +338,7 @@ def build_model_spec(parsed: ParsedFormula, frame: pd.DataFrame, *, formula: str
             values_of.append(values[:, list(piece)])
     # lme4 orders terms by decreasing number of levels; a stable sort keeps the formula's order for ties
     order = sorted(range(len(plans)), key=lambda i: -plans[i].n_levels)
-    extra = [name for name in (weights, offset) if name is not None]
+    extra = [name for name in (weights, offset) if name is not None] + list(extra_columns)
     spec = ModelSpec(
         formula=parsed.fixed if formula is None else formula, parsed=parsed,
         used=tuple(used_columns(parsed, frame.columns, extra)), fixed_spec=matrices.rhs.model_spec,

@@ -106,6 +106,33 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         return pd.Series(self.family.parameters, index=list(self.family.parameter_names), name="estimate", dtype=float)
 
     @cached_property
+    def family_parameters_se(self) -> pd.Series:
+        """Standard errors of the estimated family parameters from 2 H^-1 (their working scale, mapped to the
+        natural one by the delta method); a sub-model's coefficients (zero-inflation) are on their own scale."""
+        names = self.family.estimated_names
+        if self._hessian is None or not names:
+            return pd.Series(np.full(len(names), np.nan), index=names, name="Std. Error", dtype=float)
+        try:
+            diagonal = np.diag(2.0 * np.linalg.inv(self._hessian))[-len(names):]
+        except np.linalg.LinAlgError:
+            diagonal = np.full(len(names), np.nan)
+        se = np.sqrt(np.where(diagonal >= 0, diagonal, np.nan)) * np.abs(self.family.natural_derivative(self._phi))
+        return pd.Series(se, index=names, name="Std. Error")
+
+    def _sub_model_table(self) -> pd.DataFrame | None:
+        """glmmTMB's zero-inflation table: Estimate, Std. Error, z value, Pr(>|z|)."""
+        names = [name for name in self.family.estimated_names if name.startswith("zi_")]
+        if not names:
+            return None
+        estimate = self.family_parameters[names]
+        se = self.family_parameters_se[names]
+        z = estimate / se
+        table = pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
+                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.to_numpy()))})
+        table.index = [name[3:] for name in names]
+        return table
+
+    @cached_property
     def vcov_beta(self) -> pd.DataFrame:
         """Covariance of beta: the beta block of 2 H^{-1}, H the Hessian of the approximate deviance in
         (theta, beta) at the optimum (nAGQ >= 1, lme4's default ``use.hessian``), or (R_X'R_X)^{-1} of the joint
@@ -130,8 +157,9 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
 
     @cached_property
     def fitted(self) -> np.ndarray:
-        """Fitted means mu = g^{-1}(X beta + Z b + offset) (lme4's ``fitted``)."""
-        return self._mode.mu.copy()
+        """Fitted means mu = g^{-1}(X beta + Z b + offset) (lme4's ``fitted``); for a zero-inflated family
+        E[y] = (1 - pi) mu, as glmmTMB's."""
+        return self.family.response_mean(self._mode.mu.copy())
 
     @property
     def residuals(self) -> np.ndarray:
@@ -164,6 +192,9 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         """
         if type not in ("link", "response"):
             raise DataError(f"type must be 'link' or 'response', got {type!r}")
+        if type == "response" and self.family.sub_model_title is not None and newdata is not None:
+            raise DataError(f"predictions on the response scale of new rows need the {self.family.sub_model_title} "
+                            "on those rows, which is not available yet: use type='link' (the conditional model)")
         if interval is not None or se_fit:
             if is_dask_frame(newdata):
                 raise DataError("intervals of a GLMM's predictions on a Dask frame: compute the frame first")
@@ -179,7 +210,10 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
             return on_partitions(self, newdata, "linear_predictor", dict(re_form=re_form, allow_new_levels=allow_new_levels),
                                  pd.Series([], dtype=float), self.family.link.inverse if type == "response" else None)
         eta = self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
-        return self.family.link.inverse(eta) if type == "response" else eta
+        if type == "response":
+            mean = self.family.link.inverse(eta)
+            return self.family.response_mean(mean) if newdata is None else mean
+        return eta
 
     @property
     def _prediction_cross_products(self):
@@ -216,7 +250,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         """lme4-style summary: family, information criteria, scaled residuals, random effects, z tests; with
         ``verbose`` the fit record (:attr:`optsum`) too."""
         family = self.family
-        values = ", ".join(f"{name} = {value:.4g}" for name, value in self.family_parameters.items())
+        values = ", ".join(f"{name} = {value:.4g}" for name, value in self.family_parameters.items()
+                           if not name.startswith("zi_"))
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({self.approximation}) [tfmixed]",
                  f" Family: {family.name}{f'({values})' if values else ''}  ( {family.link.name} )",
                  f"Formula: {self.formula}", ""]
@@ -229,6 +264,10 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         if labels:  # glmmTMB's lines, before the fixed effects
             at = body.index("Fixed effects:") - 1
             body[at:at] = [""] + [f"{label}: {value:.4g}" for label, value in zip(labels, family.parameters)]
+        sub_model = self._sub_model_table()
+        if sub_model is not None:
+            at = body.index("Fixed effects:") + 2 + len(self.design.fixed_names)
+            body[at:at] = ["", f"{family.sub_model_title}:", sub_model.to_string(float_format=lambda v: f"{v:.4g}")]
         return "\n".join(lines + body + self._fit_record_lines(verbose))
 
     def _scaled_residuals(self) -> np.ndarray | None:

@@ -252,7 +252,7 @@ class GlmmProfileLikelihood(_ProfileBase):
     def bounds(self, index: int) -> tuple[float, float]:
         first = self.estimate.size - self.n_family
         if index >= first:
-            allowed = self.family._ranges()[index - first]
+            allowed = self.family.estimated_ranges()[index - first]
             return (0.0, np.inf) if allowed is None else allowed
         return super().bounds(index)
 
