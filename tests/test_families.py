@@ -332,3 +332,25 @@ def test_zero_inflation_is_refused_where_it_does_not_apply():
     with pytest.raises(tm.DataError, match="type='link'"):
         zi.predict(frame.head(3), type="response")
     assert np.all(np.isfinite(zi.predict(frame.head(3))))
+
+
+def test_dispersion_model():
+    """glmmTMB's dispformula: log(size) = X_disp delta for a negative binomial, coefficients and SEs."""
+    reference, frame = load("sal_nb2_disp")
+    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", dispformula=reference["dispformula"],
+                   verbose=False)
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-8)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4)
+    np.testing.assert_allclose(fit.fixef_se.to_numpy(), list(reference["fixef_se"].values()), rtol=1e-4)
+    names = [f"disp_{name}" for name in reference["fixef_disp"]]
+    np.testing.assert_allclose(fit.family_parameters[names].to_numpy(), list(reference["fixef_disp"].values()),
+                               rtol=1e-4)
+    np.testing.assert_allclose(fit.family_parameters_se[names].to_numpy(), list(reference["fixef_disp_se"].values()),
+                               rtol=1e-3)
+    assert fit.varcorr["sdcor"].iloc[0] == pytest.approx(reference["varcorr"][0]["sdcor"], rel=1e-3)
+    assert fit.aic == pytest.approx(reference["AIC"], rel=1e-8)
+    assert "Dispersion model:" in fit.summary()
+    one = tm.glmer(reference["formula"], frame, family="negative_binomial", dispformula="~1", verbose=False)
+    assert one.family_parameters.index.tolist() == ["size"]  # glmmTMB's default: one dispersion
+    with pytest.raises(tm.DataError, match="estimated dispersion"):
+        tm.glmer(reference["formula"], frame, family="poisson", dispformula="~mined", verbose=False)

@@ -171,6 +171,8 @@ class Family:
     parameter_limit_note = "the likelihood is flat in it there"
     #: whether a zero-inflation sub-model (glmmTMB's ``ziformula``) may wrap the family (the count families)
     zero_inflatable = False
+    #: glmmTMB's dispersion model is log(first parameter) times this sign (Gamma's is log(shape) = -log(phi))
+    dispersion_model_sign = 1.0
     #: the title of the sub-model table in the summary, for a family whose parameters are a sub-model's
     #: coefficients (None: the parameters are printed as glmmTMB's dispersion lines)
     sub_model_title: str | None = None
@@ -270,7 +272,11 @@ class Family:
         clone.__dict__.update({key: value for key, value in self.__dict__.items() if not key.startswith("_cache")})
         return clone
 
-    def parameter(self, name: str) -> float:
+    def parameter(self, name: str):
+        """The parameter's value: a number, or one value per row where a sub-model (``dispformula``) sets it."""
+        rows = self.__dict__.get("row_parameters", {})
+        if name in rows:
+            return rows[name]
         value = float(self.parameters[self.parameter_names.index(name)])
         if not np.isfinite(value):
             raise DataError(f"the {self.name} family's {name} is not known yet (it is estimated by the fit)")
@@ -736,6 +742,7 @@ class Gamma(Family):
     canonical_link = "inverse"
     parameter_names = ("dispersion",)
     parameter_label = "Dispersion estimate for Gamma family (sigma^2)"
+    dispersion_model_sign = -1.0
 
     def __init__(self, link: str | None = None, dispersion: float | None = None):
         super().__init__(link, dispersion=dispersion)
@@ -1120,6 +1127,84 @@ class ZeroInflated(Family):
     def sample(self, mu, prior, rng):
         base, pi = self._parts()
         return np.where(rng.random(mu.shape) < pi, 0.0, base.sample(mu, prior, rng))
+
+
+class DispersionModel(Family):
+    """A family whose first parameter varies by row (glmmTMB's ``dispformula``): s log(phi_i) = X_disp delta,
+    s glmmTMB's sign for the family (the log of a negative binomial's size, of a Gaussian's sigma^2, of a Gamma's
+    shape); delta is estimated with theta and beta, and the family's other parameters stay scalars."""
+
+    sub_model_title = "Dispersion model"
+
+    def __init__(self, base: Family, disp_matrix: np.ndarray, disp_names: list[str]):
+        if not base.parameter_names or not base.estimated[0]:
+            raise DataError(f"a dispersion model (dispformula) needs a family with an estimated dispersion "
+                            f"parameter; {base.name} has none")
+        if base.sub_model_title is not None:
+            raise DataError("a dispersion model cannot be combined with another sub-model yet")
+        self.base, self.disp_matrix = base, np.asarray(disp_matrix, dtype=np.float64)
+        self.target = base.parameter_names[0]
+        self.name, self.links, self.canonical_link = base.name, base.links, base.canonical_link
+        base_ranges = list(base.parameter_ranges) or [None] * len(base.parameter_names)
+        self.parameter_names = tuple(base.parameter_names[1:]) + tuple(f"disp_{name}" for name in disp_names)
+        self.parameter_ranges = tuple(base_ranges[1:]) + (FREE,) * len(disp_names)
+        self.parameter_label, self.has_dispersion, self.can_separate = "", base.has_dispersion, base.can_separate
+        super().__init__(base.link.name)
+        self.parameters = np.concatenate([base.parameters[1:], np.full(len(disp_names), np.nan)])
+        self.estimated = np.concatenate([base.estimated[1:], np.ones(len(disp_names), dtype=bool)])
+
+    def _base(self) -> Family:
+        cached = self.__dict__.get("_cache_base")
+        if cached is None:
+            count = len(self.base.parameter_names) - 1
+            delta = self.parameters[count:]
+            if not np.all(np.isfinite(delta)):
+                raise DataError("the dispersion model's coefficients are not known yet (they are estimated by the fit)")
+            cached = self.base._copy()
+            cached.parameters = np.concatenate([[1.0], self.parameters[:count]])
+            row_values = np.exp(np.clip(self.base.dispersion_model_sign * (self.disp_matrix @ delta), -700, 700))
+            cached.__dict__["row_parameters"] = {self.target: row_values}
+            self.__dict__["_cache_base"] = cached
+        return cached
+
+    def log_density(self, y, mu, prior):
+        return self._base().log_density(y, mu, prior)
+
+    def mu_derivatives(self, y, mu, prior):
+        return self._base().mu_derivatives(y, mu, prior)
+
+    def mu_information(self, mu, prior):
+        return self._base().mu_information(mu, prior)
+
+    def variance(self, mu):
+        return self._base().variance(mu)
+
+    def deviance_residuals(self, y, mu, prior):
+        return self._base().deviance_residuals(y, mu, prior)
+
+    def minus2_loglik_kernel(self, y, mu, prior):
+        return self._base().minus2_loglik_kernel(y, mu, prior)
+
+    def minus2_loglik_constant(self, y, prior):
+        return self._base().minus2_loglik_constant(y, prior)
+
+    def check_response(self, y, prior, response):
+        self.base.check_response(y, prior, response)
+
+    def start_mu(self, y, prior):
+        return self.base.start_mu(y, prior)
+
+    def start_parameters(self, y, mu, prior):
+        natural = self.base.start_parameters(y, mu, prior)
+        # the intercept (if any) at the base family's moment estimate, the other coefficients 0
+        delta = np.zeros(self.disp_matrix.shape[1])
+        intercept = np.flatnonzero(np.all(self.disp_matrix == 1.0, axis=0))
+        if intercept.size and natural.size:
+            delta[intercept[0]] = self.base.dispersion_model_sign * np.log(natural[0])
+        return np.concatenate([natural[1:], delta])
+
+    def sample(self, mu, prior, rng):
+        return self._base().sample(mu, prior, rng)
 
 
 FAMILIES: dict[str, type[Family]] = {

@@ -21,7 +21,7 @@ from .errors import ConvergenceWarning, DataError, FormulaError, SingularFitWarn
 from .estimators.diagnosis import flag_separation
 from .estimators.glmer_stages import optimize_glmer
 from .estimators.profiled import ProfiledOptions
-from .families import Binomial, ZeroInflated, get_family
+from .families import Binomial, DispersionModel, ZeroInflated, get_family
 from .kernels.options import KernelOptions
 from .partitioned import is_partitioned
 from .laplace import GlmmObjective
@@ -57,6 +57,7 @@ def glmer(
     kernel_options: KernelOptions | None = None,
     optimizer: ProfiledOptions | None = None,
     ziformula: str | None = None,
+    dispformula: str | None = None,
 ) -> GlmerFit:
     """Fit a generalised linear mixed model by maximum likelihood, as lme4's ``glmer`` does.
 
@@ -66,7 +67,9 @@ def glmer(
     "gaussian" with link "log" or "inverse", "beta" (proportions in (0, 1)), or a
     :class:`tfmixed.families.Family` (one with fixed parameters, e.g. ``NegativeBinomial(size=2)``, or a
     :class:`~tfmixed.families.LogDensityFamily` written as its log-density). A family's own parameters are
-    estimated with theta and beta (``fit.family_parameters``). The likelihood integral is approximated by Laplace's
+    estimated with theta and beta (``fit.family_parameters``). ``ziformula`` ("~1", "~ x"; glmmTMB's) adds a
+    zero-inflation model to a count family, ``dispformula`` a log-linear model of the family's dispersion
+    parameter. The likelihood integral is approximated by Laplace's
     method at the conditional modes (``nAGQ=1``), by adaptive Gauss-Hermite quadrature with ``nAGQ`` knots (one
     scalar random-effects term only), or, with ``nAGQ=0``, by the Laplace value at the joint PIRLS mode of
     beta and u (only theta optimised: fast, approximate). Binomial responses are 0/1 (numbers, booleans or a
@@ -101,12 +104,18 @@ def glmer(
         raise DataError("glmer on partitioned (Dask) data is not available: PIRLS re-weights the rows every "
                         "iteration; fit lmer, or glmer on the data in memory")
     zi_rhs = _zero_inflation_rhs(ziformula, family)
+    disp_rhs = _sub_model_rhs(dispformula, "dispformula", ("1",))
+    if zi_rhs is not None and disp_rhs is not None:
+        raise DataError("ziformula and dispformula together are not available yet; fit one sub-model at a time")
+    sub_columns = [column for rhs in (zi_rhs, disp_rhs) if rhs is not None
+                   for column in mentioned_columns(rhs, as_frame(data).columns)]
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
                           rank_deficient=rank_deficient, binomial=isinstance(family, Binomial),
-                          residual=family.has_dispersion,
-                          extra_columns=() if zi_rhs is None else tuple(mentioned_columns(zi_rhs, as_frame(data).columns)))
+                          residual=family.has_dispersion, extra_columns=tuple(sub_columns))
     if zi_rhs is not None:
-        family = ZeroInflated(family, *_zero_inflation_matrix(zi_rhs, design))
+        family = ZeroInflated(family, *_sub_model_matrix(zi_rhs, design, "zero-inflation"))
+    if disp_rhs is not None:
+        family = DispersionModel(family, *_sub_model_matrix(disp_rhs, design, "dispersion"))
     if not design.terms:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group); a GLM without random "
                            "effects is statsmodels' GLM")
@@ -127,16 +136,23 @@ def glmer(
     return fit
 
 
+def _sub_model_rhs(formula, option: str, defaults: tuple[str, ...] = ("0", "-1", "0 + 1")) -> str | None:
+    """The right-hand side of a one-sided sub-model formula ("~1", "~ x"), None for glmmTMB's default (``~0`` for
+    ziformula: no zero-inflation; ``~1`` for dispformula: one dispersion)."""
+    if formula is None:
+        return None
+    if not isinstance(formula, str) or "~" not in formula or formula.split("~", 1)[0].strip():
+        raise DataError(f"{option} must be a one-sided formula such as '~1' or '~ x', got {formula!r}")
+    rhs = formula.split("~", 1)[1].strip()
+    if "|" in rhs:
+        raise DataError(f"random effects in {option} are not available; use fixed effects there")
+    return None if rhs in defaults else rhs
+
+
 def _zero_inflation_rhs(ziformula, family) -> str | None:
     """The right-hand side of glmmTMB's ``ziformula`` ("~1", "~ x"), None for none ("~0", glmmTMB's default)."""
-    if ziformula is None:
-        return None
-    if not isinstance(ziformula, str) or "~" not in ziformula or ziformula.split("~", 1)[0].strip():
-        raise DataError(f"ziformula must be a one-sided formula such as '~1' or '~ x', got {ziformula!r}")
-    rhs = ziformula.split("~", 1)[1].strip()
-    if "|" in rhs:
-        raise DataError("random effects in the zero-inflation formula are not available; use fixed effects there")
-    if rhs in ("0", "-1", "0 + 1"):
+    rhs = _sub_model_rhs(ziformula, "ziformula")
+    if rhs is None:
         return None
     if not family.zero_inflatable:
         raise DataError(f"zero-inflation (ziformula) wraps the count families (poisson, negative_binomial, "
@@ -144,13 +160,13 @@ def _zero_inflation_rhs(ziformula, family) -> str | None:
     return rhs
 
 
-def _zero_inflation_matrix(rhs: str, design) -> tuple[np.ndarray, list[str]]:
-    """X_zi on the model's rows (those kept after missing values), with lme4's column names."""
+def _sub_model_matrix(rhs: str, design, what: str) -> tuple[np.ndarray, list[str]]:
+    """A sub-model's X on the model's rows (those kept after missing values), with lme4's column names."""
     matrix, renames = evaluate(f"~ {rhs}", design.frame)
     matrix = getattr(matrix, "rhs", matrix)
     values = np.asarray(matrix, dtype=np.float64)
     if not np.all(np.isfinite(values)):
-        raise DataError("the zero-inflation model matrix has non-finite values")
+        raise DataError(f"the {what} model matrix has non-finite values")
     return values, [lme4_name(column, renames) for column in matrix.columns]
 
 

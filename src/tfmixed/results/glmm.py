@@ -121,7 +121,7 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
 
     def _sub_model_table(self) -> pd.DataFrame | None:
         """glmmTMB's zero-inflation table: Estimate, Std. Error, z value, Pr(>|z|)."""
-        names = [name for name in self.family.estimated_names if name.startswith("zi_")]
+        names = [name for name in self.family.estimated_names if name.startswith(("zi_", "disp_"))]
         if not names:
             return None
         estimate = self.family_parameters[names]
@@ -129,7 +129,7 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         z = estimate / se
         table = pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
                               "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.to_numpy()))})
-        table.index = [name[3:] for name in names]
+        table.index = [name.split("_", 1)[1] for name in names]
         return table
 
     @cached_property
@@ -251,7 +251,7 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         ``verbose`` the fit record (:attr:`optsum`) too."""
         family = self.family
         values = ", ".join(f"{name} = {value:.4g}" for name, value in self.family_parameters.items()
-                           if not name.startswith("zi_"))
+                           if not name.startswith(("zi_", "disp_")))
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({self.approximation}) [tfmixed]",
                  f" Family: {family.name}{f'({values})' if values else ''}  ( {family.link.name} )",
                  f"Formula: {self.formula}", ""]
