@@ -38,11 +38,19 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-with _quiet_stderr():
-    import tensorflow as tf  # noqa: E402
-    import keras  # noqa: E402,F401  (imported here, quietly, for tfmixed.keras)
+try:
+    with _quiet_stderr():
+        import tensorflow as tf  # noqa: E402
+        import keras  # noqa: E402,F401  (imported here, quietly, for tfmixed.keras)
 
-    tf.constant(0.0) + 1.0  # the first op triggers the CPU-feature notice: inside the quiet block
+        tf.constant(0.0) + 1.0  # the first op triggers the CPU-feature notice: inside the quiet block
+except ImportError as error:  # the core install (lmer, glmer, inference, CLI) has no TensorFlow
+    from .errors import OptionalDependencyError
+
+    raise OptionalDependencyError(
+        f"this part of tfmixed (the seed's modules, MacKay's loop, the iterative backend, tfmixed.keras, "
+        f"LogDensityFamily) needs TensorFlow, which is not installed ({error}): pip install 'tfmixed[tensorflow]'"
+    ) from None
 
 DTYPE = tf.float64
 

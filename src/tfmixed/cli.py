@@ -35,8 +35,13 @@ def _demo(args: argparse.Namespace) -> int:
     _glmm_demo(args)
     if args.skip_mackay:
         return 0
+    from .errors import OptionalDependencyError
 
-    from . import mackay
+    try:
+        from . import mackay
+    except OptionalDependencyError as error:  # the core install: the seed's TensorFlow loop is an extra
+        print(f"\nMacKay's loop (the seed's TensorFlow module) skipped: {error}")
+        return 0
 
     print("\nMacKay's quick-and-dirty loop, as in the seed article (exact inner solves):")
     start: dict[str, Any] = dict(G0=[[410.0, 10.0], [10.0, 22.0]], sigma2_0=0.25 * float(np.var(data["Reaction"])))

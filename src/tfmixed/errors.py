@@ -70,3 +70,8 @@ class CovarianceCollapseWarning(TfmixedWarning):
 
 class MemoryLimitError(TfmixedError, MemoryError):
     """A model's exact kernel would need more memory than the machine has; refused before allocating."""
+
+
+class OptionalDependencyError(TfmixedError, ImportError):
+    """A feature needs an optional dependency that is not installed (TensorFlow for the seed's modules, the
+    iterative backend, Keras and log-density families: ``pip install 'tfmixed[tensorflow]'``)."""
