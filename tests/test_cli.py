@@ -61,3 +61,72 @@ def test_fit_command_reports_bad_files_and_formulas(tmp_path, capsys):
     binary.write_bytes(b"\xff\xfe\x00\x00garbage\x00")
     assert main(["fit", str(binary), "y ~ x + (1 | g)"]) == 2
     assert "tfmixed fit: error:" in capsys.readouterr().err
+
+
+def test_version_and_case_insensitive_choices(tmp_path, capsys):
+    import pytest
+
+    import tfmixed as tm
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and f"tfmixed {tm.__version__}" in capsys.readouterr().out
+    data = tmp_path / "sal.csv"
+    tm.datasets.load("Salamanders").to_csv(data, index=False)
+    assert main(["glmer", str(data), "count ~ mined + (1 | site)", "--family", "NEGATIVE_BINOMIAL", "--quiet",
+                 "--confint", "wald"]) == 0
+    printed = capsys.readouterr().out
+    assert "Family: negative_binomial(size = 0.639)" in printed and "Wald 95% confidence intervals" in printed
+
+
+def test_json_has_full_precision_and_null_for_nan(tmp_path, capsys):
+    import json
+
+    import tfmixed as tm
+
+    data = tmp_path / "sal.csv"
+    tm.datasets.load("Salamanders").to_csv(data, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["glmer", str(data), "count ~ mined + (1 | site)", "--family", "poisson", "--ziformula", "~ mined",
+                 "--confint", "Wald", "--level", "0.9", "--json", str(out), "--quiet"]) == 0
+    assert "Wald 90% confidence intervals" in capsys.readouterr().out
+    text = out.read_text()
+    assert "NaN" not in text
+    record = json.loads(text)
+    fit = tm.glmer("count ~ mined + (1 | site)", tm.datasets.load("Salamanders"), family="poisson",
+                   ziformula="~ mined", verbose=False)
+    assert record["loglik"] == fit.loglik  # repr round-trips every digit
+    assert record["confint"]["sd_(Intercept)|site"]["lower"] is None
+    assert record["confint_level"] == 0.9 and "zi_minedyes" in record["family_parameters"]
+
+
+def test_output_path_is_checked_before_the_fit_and_messages_name_flags(tmp_path, capsys):
+    import numpy as np
+
+    import tfmixed as tm
+
+    data = tmp_path / "sleep.csv"
+    frame = tm.datasets.load("sleepstudy")
+    frame.loc[3, "Days"] = np.nan
+    frame.to_csv(data, index=False)
+    assert main(["fit", str(data), "Reaction ~ Days + (1 | Subject)", "--json", str(tmp_path / "no" / "f.json")]) == 2
+    error = capsys.readouterr().err
+    assert "--json" in error and "does not exist" in error
+    assert main(["fit", str(data), "Reaction ~ Days + (1 | Subject)", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "--drop-missing" in error and "missing='drop'" not in error
+
+
+def test_bootstrap_intervals_from_the_cli_are_reproducible(tmp_path, capsys):
+    import json
+
+    import tfmixed as tm
+
+    data = tmp_path / "dye.csv"
+    tm.datasets.load("Dyestuff").to_csv(data, index=False)
+    records = []
+    for name in ("a.json", "b.json"):
+        assert main(["fit", str(data), "Yield ~ 1 + (1 | Batch)", "--confint", "boot", "--nboot", "20", "--seed",
+                     "7", "--json", str(tmp_path / name), "--quiet"]) == 0
+        records.append(json.loads((tmp_path / name).read_text())["confint"])
+    assert records[0] == records[1]

@@ -113,7 +113,8 @@ def _fit_from_file(args: argparse.Namespace):
     options = dict(weights=args.weights, offset=args.offset, missing="drop" if args.drop_missing else "raise",
                    verbose=not args.quiet)
     if args.command == "glmer":
-        return glmer(args.formula, data, family=args.family, link=args.link, nAGQ=args.nagq, **options)
+        return glmer(args.formula, data, family=args.family, link=args.link, nAGQ=args.nagq,
+                     ziformula=args.ziformula, dispformula=args.dispformula, **options)
     return lmer(args.formula, data, REML=not args.ml, **options)
 
 
@@ -137,6 +138,7 @@ def _fit(args: argparse.Namespace) -> int:
     from .errors import TfmixedError
 
     try:
+        _check_output(args.json)
         fit = _fit_from_file(args)
         print(fit.summary())
         record = _fit_record(fit, args)
@@ -145,15 +147,77 @@ def _fit(args: argparse.Namespace) -> int:
             print(f"\nType III Analysis of Variance Table with {args.ddf}'s method\n{table.to_string()}")
             record["anova"] = json.loads(table.to_json(orient="index"))
         if getattr(args, "confint", None):
-            intervals = fit.confint(args.confint, verbose=not args.quiet)
-            print(f"\n{args.confint} 95% confidence intervals\n{intervals.to_string()}")
+            options = dict(n_boot=args.nboot, seed=args.seed) if args.confint == "boot" else {}
+            intervals = fit.confint(args.confint, level=args.level, verbose=not args.quiet, **options)
+            print(f"\n{args.confint} {100 * args.level:g}% confidence intervals\n{intervals.to_string()}")
             record["confint"] = json.loads(intervals.to_json(orient="index"))
+            record["confint_level"] = args.level
     except (TfmixedError, OSError, ValueError, ImportError) as error:
-        print(f"tfmixed {args.command}: error: {error}", file=sys.stderr)
+        print(f"tfmixed {args.command}: error: {_cli_message(str(error))}", file=sys.stderr)
         return USAGE_ERROR
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, allow_nan=True))
+        Path(args.json).write_text(json.dumps(_json_ready(record), indent=2, allow_nan=False))
     return 0
+
+
+def _json_ready(value):
+    """The record with NaN and infinities as null (JSON has neither); floats keep their repr (full precision)."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+#: the Python spellings in tfmixed's messages, and the flags a CLI user types instead
+_FLAG_NAMES = {"missing='drop'": "--drop-missing", "nAGQ": "--nagq", "weights=": "--weights ", "offset=": "--offset ",
+               "family=": "--family ", "link=": "--link ", "n_boot": "--nboot", "tfmixed.glmer": "tfmixed glmer",
+               "tfmixed.lmer": "tfmixed fit", "use lmer": "use tfmixed fit"}
+
+
+def _cli_message(message: str) -> str:
+    for python, flag in _FLAG_NAMES.items():
+        message = message.replace(python, flag)
+    return message
+
+
+def _check_output(path: str | None) -> None:
+    """The --json file's folder must exist and be writable before the fit starts."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--json: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--json: {path} is a folder, not a file")
+    import os
+
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--json: cannot write to {folder}")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _any_case(choices: list[str]):
+    """An argparse type that accepts a choice in any case and returns its canonical spelling."""
+    lookup = {choice.lower(): choice for choice in choices}
+    return lambda text: lookup.get(text.lower(), text)
+
+
+def _add_interval_arguments(parser: argparse.ArgumentParser) -> None:
+    methods = ["profile", "Wald", "boot"]
+    parser.add_argument("--confint", type=_any_case(methods), choices=methods, help="also print confidence intervals")
+    parser.add_argument("--level", type=float, default=0.95, help="the intervals' confidence level (default 0.95)")
+    parser.add_argument("--nboot", type=int, default=500, help="bootstrap replicates of --confint boot (default 500)")
+    parser.add_argument("--seed", type=int, help="the bootstrap's random seed (reproducible intervals)")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +234,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfmixed`` command."""
     parser = argparse.ArgumentParser(prog="tfmixed", description="Empirical Bayes for TensorFlow 2")
+    parser.add_argument("--version", action="version", version=f"tfmixed {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit sleepstudy and cbpp from the built-in data and print the results")
     demo.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -179,16 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_arguments(fit)
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--anova", action="store_true", help="also print lmerTest's type III F tests")
-    fit.add_argument("--ddf", default="Satterthwaite", choices=["Satterthwaite", "Kenward-Roger"])
-    fit.add_argument("--confint", choices=["profile", "Wald", "boot"], help="also print 95%% intervals")
+    fit.add_argument("--ddf", default="Satterthwaite", type=_any_case(["Satterthwaite", "Kenward-Roger"]),
+                     choices=["Satterthwaite", "Kenward-Roger"])
+    _add_interval_arguments(fit)
     fit.set_defaults(handler=_fit)
     generalised = commands.add_parser("glmer", help="fit a GLMM (glmer) to a data file")
     _add_model_arguments(generalised)
-    generalised.add_argument("--family", required=True,
-                             choices=["binomial", "poisson", "negative_binomial", "nbinom1", "Gamma",
-                                      "inverse.gaussian", "gaussian", "beta"])
+    families = ["binomial", "poisson", "negative_binomial", "nbinom1", "Gamma", "inverse.gaussian", "gaussian",
+                "beta", "tweedie"]
+    generalised.add_argument("--family", required=True, type=_any_case(families), choices=families)
     generalised.add_argument("--link", help="the link (default: the family's first, e.g. logit, log, inverse)")
     generalised.add_argument("--nagq", type=int, default=1, help="quadrature points (1: Laplace, 0: fast)")
+    generalised.add_argument("--ziformula", help="glmmTMB's zero-inflation formula, e.g. '~1' (count families)")
+    generalised.add_argument("--dispformula", help="glmmTMB's dispersion formula, e.g. '~ x'")
+    _add_interval_arguments(generalised)
     generalised.set_defaults(handler=_fit)
     args = parser.parse_args(argv)
     return args.handler(args)
