@@ -261,3 +261,25 @@ def test_ids_inside_a_compiled_fit_are_checked_by_graph_assertions():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(tf.errors.InvalidArgumentError, match="tfmixed RandomEffects: ids of factor c must be < 3"):
         model.fit({"c": np.array([0, 1, 7, 1])}, np.ones(4), epochs=1, verbose=0)
+
+
+def test_predictions_fitted_and_residuals_keep_the_inputs_index():
+    """pandas conventions: ``nd.join(fit.predict(nd))`` aligns; fitted and residuals carry the data's index
+    (less the rows dropped for missing values)."""
+    sleep = tm.datasets.load("sleepstudy")
+    sleep.index = [f"row{i}" for i in range(len(sleep))]
+    sleep.loc["row3", "Days"] = np.nan
+    with pytest.warns(tm.TfmixedWarning):
+        fit = tm.lmer("Reaction ~ Days + (Days | Subject)", sleep, missing="drop", verbose=False)
+    assert list(fit.fitted.index) == [label for label in sleep.index if label != "row3"]
+    assert fit.residuals.index.equals(fit.fitted.index)
+    np.testing.assert_allclose((fit.fitted + fit.residuals).to_numpy(), sleep["Reaction"].drop("row3").to_numpy())
+    new = sleep.dropna().iloc[[5, 1, 7]]
+    prediction = fit.predict(new)
+    assert list(prediction.index) == list(new.index)
+    joined = new.join(fit.predict(new, interval="confidence"))
+    np.testing.assert_allclose(joined["fit"].to_numpy(), fit.fitted.loc[new.index].to_numpy(), rtol=1e-10)
+    glmm = tm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", tm.datasets.load("cbpp"),
+                    family="binomial", verbose=False)
+    cbpp = tm.datasets.load("cbpp")
+    assert glmm.fitted.index.equals(cbpp.index) and glmm.predict(cbpp.iloc[[3, 0]], type="response").index.tolist() == [3, 0]

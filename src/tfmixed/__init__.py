@@ -4,7 +4,6 @@ Linear and generalised linear mixed models with lme4's numbers (:func:`lmer`, :f
 (:class:`LinearRegression`, :class:`MixedModule`) and MacKay's empirical-Bayes loop (:func:`mackay`).
 """
 
-from . import datasets
 from .errors import (
     ConvergenceError,
     ConvergenceWarning,
@@ -23,37 +22,38 @@ from .errors import (
     TfmixedError,
     TfmixedWarning,
 )
-from .formula import parse_formula
-from .design import build_design
-from .cross_products import CrossProducts
-from .kernels.options import KernelOptions
-from .estimators.profiled import ProfiledOptions
-from .levels import encode_levels
-from .lmm import lmer
-from .glmm import glmer
-from .results import BootstrapResult, LmerFit, Profile
-from .results.comparison import LikelihoodRatioTable, anova
-from .results.glmm import GlmerFit
-from .terms import RandomEffectsTerm
 
 __version__ = "0.1.0"
 
-# TensorFlow-backed objects load lazily: importing TensorFlow takes seconds and lmer does not need it.
-_LAZY = {"LinearRegression": "linear", "MixedModule": "module", "mackay": "empirical_bayes", "MacKayResult": "empirical_bayes"}
+# Everything but the errors loads on first use: the CLI's --help should not wait for pandas, scipy and formulaic
+# (about a second), and TensorFlow-backed objects take seconds more that lmer does not need.
+_LAZY = {
+    "parse_formula": "formula", "build_design": "design", "CrossProducts": "cross_products",
+    "KernelOptions": "kernels.options", "ProfiledOptions": "estimators.profiled", "encode_levels": "levels",
+    "lmer": "lmm", "glmer": "glmm", "BootstrapResult": "results", "LmerFit": "results", "Profile": "results",
+    "LikelihoodRatioTable": "results.comparison", "anova": "results.comparison", "GlmerFit": "results.glmm",
+    "RandomEffectsTerm": "terms", "LinearRegression": "linear", "MixedModule": "module", "mackay": "empirical_bayes",
+    "MacKayResult": "empirical_bayes",
+}
+#: submodules reachable as attributes (tm.datasets, tm.families, tm.keras) without importing them by hand
+_SUBMODULES = {"datasets", "families", "keras", "results", "design", "formula", "errors", "model_spec", "checks",
+               "covariance_structures", "estimators", "kernels", "laplace", "objective", "partitioned", "validation"}
 
 
 def __getattr__(name: str):
-    if name == "keras":  # a lazy submodule: tm.keras works without "import tfmixed.keras"
-        from importlib import import_module
+    from importlib import import_module
 
-        return import_module(".keras", __name__)
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     if name in _LAZY:
-        from importlib import import_module
-
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'tfmixed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 __all__ = [
     "LinearRegression",

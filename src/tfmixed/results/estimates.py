@@ -213,14 +213,25 @@ class Estimates(FitBase):
         return pd.concat(pieces, ignore_index=True)
 
     @cached_property
-    def fitted(self) -> np.ndarray:
-        """Fitted values X beta + Z b + offset."""
-        return self.design.fitted(self._beta, self._b)
+    def fitted(self) -> pd.Series:
+        """Fitted values X beta + Z b + offset, on the index of the data's rows (those kept); a Dask series for
+        partitioned data."""
+        return self._on_rows(self.design.fitted(self._beta, self._b), "fitted")
 
     @property
-    def residuals(self) -> np.ndarray:
-        """Response residuals y - fitted."""
-        return self.design.y - self.fitted
+    def residuals(self) -> pd.Series:
+        """Response residuals y - fitted, on the rows' index (a Dask series for partitioned data)."""
+        if not self.design.in_memory:
+            return self.design.residuals(self._beta, self._b)
+        return self._on_rows(self.design.y - self.fitted.to_numpy(), "residuals")
+
+    def _on_rows(self, values, name: str):
+        """``values`` as a Series on the model's rows (the input's index, less the rows dropped for missing
+        values); partitioned data's Dask collections pass through."""
+        if not self.design.in_memory:
+            return values
+        index = self.design.row_index
+        return pd.Series(np.asarray(values), index=pd.RangeIndex(len(values)) if index is None else index, name=name)
 
     @property
     def nobs(self) -> int:

@@ -156,22 +156,22 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.to_numpy()))})
 
     @cached_property
-    def fitted(self) -> np.ndarray:
-        """Fitted means mu = g^{-1}(X beta + Z b + offset) (lme4's ``fitted``); for a zero-inflated family
-        E[y] = (1 - pi) mu, as glmmTMB's."""
-        return self.family.response_mean(self._mode.mu.copy())
+    def fitted(self) -> pd.Series:
+        """Fitted means mu = g^{-1}(X beta + Z b + offset) (lme4's ``fitted``), on the rows' index; for a
+        zero-inflated family E[y] = (1 - pi) mu, as glmmTMB's."""
+        return self._on_rows(self.family.response_mean(self._mode.mu.copy()), "fitted")
 
     @property
-    def residuals(self) -> np.ndarray:
-        """Deviance residuals sign(y - mu) sqrt(d_i) (lme4's default ``residuals``)."""
+    def residuals(self) -> pd.Series:
+        """Deviance residuals sign(y - mu) sqrt(d_i) (lme4's default ``residuals``), on the rows' index."""
         d = self.family.deviance_residuals(self.design.y, self._mode.mu, self._prior)
-        return np.sign(self.design.y - self._mode.mu) * np.sqrt(np.maximum(d, 0.0))
+        return self._on_rows(np.sign(self.design.y - self._mode.mu) * np.sqrt(np.maximum(d, 0.0)), "residuals")
 
     @property
-    def pearson_residuals(self) -> np.ndarray:
-        """(y - mu) sqrt(w) / sqrt(V(mu))."""
+    def pearson_residuals(self) -> pd.Series:
+        """(y - mu) sqrt(w) / sqrt(V(mu)), on the rows' index."""
         mu = self._mode.mu
-        return (self.design.y - mu) * np.sqrt(self._prior / self.family.variance(mu))
+        return self._on_rows((self.design.y - mu) * np.sqrt(self._prior / self.family.variance(mu)), "pearson")
 
     def predict(self, newdata: Any = None, *, type: str = "link", re_form: str | None = None,
                 allow_new_levels: bool = False, interval: str | None = None, level: float = 0.95,
@@ -212,8 +212,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         eta = self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
         if type == "response":
             mean = self.family.link.inverse(eta)
-            return self.family.response_mean(mean) if newdata is None else mean
-        return eta
+            eta = self.family.response_mean(mean) if newdata is None else mean
+        return pd.Series(eta, index=self._row_labels(newdata), name="fit")
 
     @property
     def _prediction_cross_products(self):

@@ -60,7 +60,8 @@ class Prediction(FitBase):
         effects are 0. Offsets in the formula are evaluated on ``newdata``; an ``offset=`` argument of the fit
         cannot be, so it is refused.
 
-        With ``se_fit=True`` or ``interval`` the result is a DataFrame (fit, se_fit, lower, upper). For the
+        The result is a pandas Series with the index of ``newdata`` (of the model's rows when None); with
+        ``se_fit=True`` or ``interval`` a DataFrame (fit, se_fit, lower, upper) on that index. For the
         predicted mean, Var = sigma^2 a'A^{-1}a with a = [Lambda'z; x] and A the mixed-model equations
         (Henderson's prediction-error variance: beta's uncertainty and that of the conditional modes, given
         theta). ``interval="confidence"`` covers the predicted quantity x'beta + z'b over the terms it
@@ -89,11 +90,13 @@ class Prediction(FitBase):
                 else pd.Series([], dtype=float)
             return on_partitions(self, newdata, "predict", dict(re_form=re_form, allow_new_levels=allow_new_levels,
                                                                 interval=interval, level=level, se_fit=se_fit), meta)
+        labels = self._row_labels(newdata)
         if interval is None and not se_fit:
-            return self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+            return pd.Series(self.linear_predictor(newdata, re_form=re_form, allow_new_levels=allow_new_levels),
+                             index=labels, name="fit")
         X, rows, fit = self._prediction_rows(newdata, re_form, allow_new_levels)
         variance = self._prediction_variance(X, rows)
-        frame = pd.DataFrame({"fit": fit, "se_fit": np.sqrt(variance[0])})
+        frame = pd.DataFrame({"fit": fit, "se_fit": np.sqrt(variance[0])}, index=labels)
         if interval is not None:
             if interval == "prediction" and not np.all(np.isfinite(variance[1])):
                 raise DataError("a prediction interval needs the covariates of every random term in newdata, also "
@@ -112,6 +115,16 @@ class Prediction(FitBase):
             return on_partitions(self, newdata, "linear_predictor",
                                  dict(re_form=re_form, allow_new_levels=allow_new_levels), pd.Series([], dtype=float))
         return self._prediction_rows(newdata, re_form, allow_new_levels)[2]
+
+    def _row_labels(self, newdata) -> pd.Index:
+        """The index a prediction carries: the training rows' (after any dropped for missing values), a pandas
+        ``newdata``'s own, else positions."""
+        if newdata is None:
+            index = self.design.row_index
+            return pd.RangeIndex(self.nobs) if index is None else index
+        if isinstance(newdata, pd.DataFrame):
+            return newdata.index
+        return pd.RangeIndex(len(as_frame(newdata)))
 
     def _default_rows(self, newdata):
         """A fit to partitioned data predicts on its own Dask frame when no newdata is given."""
