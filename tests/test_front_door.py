@@ -283,3 +283,18 @@ def test_predictions_fitted_and_residuals_keep_the_inputs_index():
                     family="binomial", verbose=False)
     cbpp = tm.datasets.load("cbpp")
     assert glmm.fitted.index.equals(cbpp.index) and glmm.predict(cbpp.iloc[[3, 0]], type="response").index.tolist() == [3, 0]
+
+
+def test_lme4_accessors_coef_vcov_and_named_anova():
+    sleep = tm.datasets.load("sleepstudy")
+    fit = tm.lmer("Reaction ~ Days + (Days | Subject)", sleep, verbose=False)
+    coefficients = fit.coef()["Subject"]
+    # lme4: coef(fm1)$Subject["308", ] = 253.6637, 19.6662 (fixef + ranef)
+    np.testing.assert_allclose(coefficients.loc["308"].to_numpy(), [253.6637, 19.6662], atol=1e-3)
+    np.testing.assert_allclose(coefficients.to_numpy(), fit.fixef.to_numpy() + fit.ranef["Subject"].to_numpy())
+    pd.testing.assert_frame_equal(fit.vcov(), fit.vcov_beta)
+    null = tm.lmer("Reaction ~ Days + (1 | Subject)", sleep, verbose=False)
+    table = tm.anova(intercept=null, slope=fit)
+    assert list(table.table.index) == ["intercept", "slope"]
+    assert table["Chisq"].loc["slope"] == pytest.approx(42.1393, abs=1e-3)
+    assert "slope" in str(table)

@@ -25,6 +25,14 @@ class LikelihoodRatioTable:
     formulas: list[str]
     notes: list[str] = field(default_factory=list)
 
+    def __getitem__(self, key):
+        """The table's columns, as R's ``anova(m0, m1)$Chisq`` (``tab["Chisq"]``)."""
+        return self.table[key]
+
+    @property
+    def loc(self):
+        return self.table.loc
+
     def __str__(self) -> str:
         lines = ["Models:"] + [f"{name}: {formula}" for name, formula in zip(self.table.index, self.formulas)]
         shown = self.table.copy()
@@ -96,12 +104,14 @@ def _check_nested_fixed(small, big) -> None:
                         f"the span of {big.formula!r}'s fixed effects")
 
 
-def anova(*fits, refit: bool = True) -> LikelihoodRatioTable:
+def anova(*fits, refit: bool = True, **named) -> LikelihoodRatioTable:
     """Likelihood-ratio tests of nested mixed models, as lme4's ``anova(m0, m1, ...)``.
 
     Chisq_i = deviance_{i-1} - deviance_i (= 2 (logLik_i - logLik_{i-1})) on Df_i = npar_i - npar_{i-1}
     degrees of freedom, models ordered by npar. REML fits are refitted by ML first (lme4's ``refit = TRUE``,
-    with its note), since REML criteria of models with different fixed effects are not comparable.
+    with its note), since REML criteria of models with different fixed effects are not comparable. Fits passed
+    by keyword (``anova(null=m0, slope=m1)``) name the table's rows, as R names them after the arguments;
+    positional ones are ``m0``, ``m1``, ... The table is subscriptable (``anova(m0, m1)["Chisq"]``).
 
     >>> import tfmixed as tm
     >>> data = tm.datasets.load("sleepstudy")
@@ -110,6 +120,8 @@ def anova(*fits, refit: bool = True) -> LikelihoodRatioTable:
     >>> round(float(anova(m0, m1).table["Chisq"].iloc[1]), 4)
     42.1393
     """
+    names = [f"m{i}" for i in range(len(fits))] + list(named)
+    fits = (*fits, *named.values())
     if len(fits) < 2:
         raise DataError("anova needs at least two fitted models to compare")
     _check_comparable(fits)
@@ -142,5 +154,5 @@ def anova(*fits, refit: bool = True) -> LikelihoodRatioTable:
         "Chisq": chisq,
         "Df": df,
         "Pr(>Chisq)": p_values,
-    }, index=[f"m{i}" for i in range(len(ordered))])
+    }, index=[names[i] for i in order])
     return LikelihoodRatioTable(table, [fit.formula for fit in ordered], notes)

@@ -96,6 +96,30 @@ class Estimates(FitBase):
         names = self.design.fixed_names
         return pd.DataFrame(self._sigma2 * self._factor.vcov_beta_unscaled(), index=names, columns=names)
 
+    def vcov(self) -> pd.DataFrame:
+        """lme4's ``vcov(fit)``: the covariance of the fixed effects (:attr:`vcov_beta`)."""
+        return self.vcov_beta
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef(fit)``: per grouping factor, each level's coefficients, the fixed effects plus that
+        level's random effects where a term has the column (levels x fixed-effect names).
+
+        >>> import tfmixed as tm
+        >>> fit = tm.lmer("Reaction ~ Days + (Days | Subject)", tm.datasets.load("sleepstudy"), verbose=False)
+        >>> fit.coef()["Subject"].loc["308"].round(2).tolist()
+        [253.66, 19.67]
+        """
+        out = {}
+        for factor, frame in self.ranef.items():
+            table = pd.DataFrame(np.tile(self.fixef.to_numpy(), (len(frame), 1)), index=frame.index,
+                                 columns=self.fixef.index)
+            for column in frame.columns:
+                if column not in table.columns:
+                    table[column] = 0.0  # a random effect without a fixed one, as lme4 adds it
+                table[column] = table[column] + frame[column]
+            out[factor] = table
+        return out
+
     @property
     def fixef_se(self) -> pd.Series:
         """Standard errors of the fixed effects (NaN where the covariance's diagonal is not positive, as at a
