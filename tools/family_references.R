@@ -382,21 +382,9 @@ lme4_fit <- function(spec, d, control) {
     capture(eval(cl, env))
   }
 }
-# lme4's Laplace criterion with log|L|^2 at the IRLS weights of the mode itself (see tools/glmm_tight_references.R)
-mode_weight_criterion <- function(devfun, Zt) function(pars) {
-  devfun(pars)
-  resp <- environment(devfun)$resp; pp <- environment(devfun)$pp
-  A <- tcrossprod(pp$Lambdat %*% Zt %*% Diagonal(x = resp$sqrtXwt)) + Diagonal(nrow(pp$Lambdat))
-  resp$aic() + sum(pp$u(1)^2) + as.numeric(determinant(A, logarithm = TRUE)$modulus)
-}
-central_hessian <- function(f, p, delta) {
-  n <- length(p); H <- matrix(0, n, n); e <- diag(delta, n)
-  for (i in 1:n) for (j in 1:i) {
-    H[i, j] <- H[j, i] <- (f(p + e[, i] + e[, j]) - f(p + e[, i] - e[, j]) - f(p - e[, i] + e[, j]) + f(p - e[, i] - e[, j])) /
-      (4 * delta[i] * delta[j])
-  }
-  H
-}
+script_dir <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])))
+source(file.path(script_dir, "laplace_helpers.R"))
+mode_weight_criterion <- laplace_at_mode_weights
 
 # Adaptive Gauss-Hermite marginal log-likelihood for a model with one scalar random intercept:
 # sum_g log int prod_i f(y_i | eta_i + b) N(b; 0, sd^2) db. ldens(y, eta) is the conditional log density.

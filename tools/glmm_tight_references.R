@@ -23,24 +23,9 @@ read_case_data <- function(ref) {
   d
 }
 
-# The Laplace criterion with log|L|^2 at the weights of the mode itself (lme4's devfun, then the determinant
-# recomputed): its central-difference Hessian gives the standard errors of the exact Laplace approximation.
-# lme4's own Hessian keeps a bias even at tolPwrss = 1e-12: a warm-started PIRLS from a neighbouring point
-# stops after one step, so its determinant is taken at the neighbour's weights.
-exact_laplace <- function(devfun, Zt) function(pars) {
-  devfun(pars)
-  resp <- environment(devfun)$resp; pp <- environment(devfun)$pp
-  A <- tcrossprod(pp$Lambdat %*% Zt %*% Diagonal(x = resp$sqrtXwt)) + Diagonal(nrow(pp$Lambdat))
-  resp$aic() + sum(pp$u(1)^2) + as.numeric(determinant(A, logarithm = TRUE)$modulus)
-}
-central_hessian <- function(f, p, delta) {
-  n <- length(p); H <- matrix(0, n, n); e <- diag(delta, n)
-  for (i in 1:n) for (j in 1:i) {
-    H[i, j] <- H[j, i] <- (f(p + e[, i] + e[, j]) - f(p + e[, i] - e[, j]) - f(p - e[, i] + e[, j]) + f(p - e[, i] - e[, j])) /
-      (4 * delta[i] * delta[j])
-  }
-  H
-}
+script_dir <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE)[1])))
+source(file.path(script_dir, "laplace_helpers.R"))
+exact_laplace <- laplace_at_mode_weights
 
 tight <- glmerControl(optimizer = "bobyqa", tolPwrss = 1e-12, optCtrl = list(rhoend = 1e-10, maxfun = 1e5))
 

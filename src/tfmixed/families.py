@@ -606,7 +606,24 @@ class Poisson(ExponentialDispersionFamily):
         return rng.poisson(mu).astype(np.float64)
 
 
-class NegativeBinomial(Family):
+class _NegativeBinomialCounts(Family):
+    """What NB2 and NB1 share: their links, the count checks and starting means, separation and zero-inflation."""
+
+    links = ("log", "sqrt", "identity")
+    can_separate = True
+    zero_inflatable = True
+
+    def check_response(self, y, prior, response):
+        _check_counts(y, response, "negative binomial")
+        if np.all(y[prior > 0] == 0):
+            raise DataError(f"negative binomial response {response!r} is 0 in every row: the likelihood has no "
+                            "maximum")
+
+    def start_mu(self, y, prior):
+        return y + 0.1
+
+
+class NegativeBinomial(_NegativeBinomialCounts):
     """Negative binomial counts with Var(y) = mu + mu^2 / size (NB2: lme4's ``glmer.nb``, glmmTMB's
     ``nbinom2``); ``size`` (lme4's theta) is estimated unless given. Links log, sqrt, identity.
 
@@ -619,9 +636,6 @@ class NegativeBinomial(Family):
     """
 
     name = "negative_binomial"
-    links = ("log", "sqrt", "identity")
-    can_separate = True
-    zero_inflatable = True
     parameter_names = ("size",)
     parameter_label = "Dispersion parameter for nbinom2 family ()"
     parameter_limit_note = "a size going to infinity is the Poisson model: the data show no overdispersion beyond the random effects"
@@ -649,14 +663,6 @@ class NegativeBinomial(Family):
         k = self.parameter("size")
         return 2 * prior * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
 
-    def check_response(self, y, prior, response):
-        _check_counts(y, response, "negative binomial")
-        if np.all(y[prior > 0] == 0):
-            raise DataError(f"negative binomial response {response!r} is 0 in every row: the likelihood has no "
-                            "maximum")
-
-    def start_mu(self, y, prior):
-        return y + 0.1
 
     def start_parameters(self, y, mu, prior):
         # method of moments: sum (y - mu)^2 = sum mu + sum mu^2 / k
@@ -668,7 +674,7 @@ class NegativeBinomial(Family):
         return rng.negative_binomial(k, k / (k + mu)).astype(np.float64)
 
 
-class NegativeBinomial1(Family):
+class NegativeBinomial1(_NegativeBinomialCounts):
     """Negative binomial counts with Var(y) = mu (1 + phi) (NB1, glmmTMB's ``nbinom1``): size mu / phi varies
     with the mean; ``dispersion`` phi is estimated unless given. Links log, sqrt, identity.
 
@@ -683,9 +689,6 @@ class NegativeBinomial1(Family):
     """
 
     name = "negative_binomial1"
-    links = ("log", "sqrt", "identity")
-    can_separate = True
-    zero_inflatable = True
     parameter_names = ("dispersion",)
     parameter_label = "Dispersion parameter for nbinom1 family ()"
     parameter_limit_note = "a dispersion going to 0 is the Poisson model: the data show no overdispersion beyond the random effects"
@@ -712,14 +715,6 @@ class NegativeBinomial1(Family):
     def saturated_mean(self, y):
         return np.maximum(np.asarray(y, dtype=np.float64), 1e-300)
 
-    def check_response(self, y, prior, response):
-        _check_counts(y, response, "negative binomial")
-        if np.all(y[prior > 0] == 0):
-            raise DataError(f"negative binomial response {response!r} is 0 in every row: the likelihood has no "
-                            "maximum")
-
-    def start_mu(self, y, prior):
-        return y + 0.1
 
     def start_parameters(self, y, mu, prior):
         # method of moments: sum (y - mu)^2 = (1 + phi) sum mu
