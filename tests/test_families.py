@@ -354,3 +354,23 @@ def test_dispersion_model():
     assert one.family_parameters.index.tolist() == ["size"]  # glmmTMB's default: one dispersion
     with pytest.raises(tm.DataError, match="estimated dispersion"):
         tm.glmer(reference["formula"], frame, family="poisson", dispformula="~mined", verbose=False)
+
+
+def test_prior_weights_multiply_the_log_density():
+    """glmmTMB's weights: a weight of 2 is the row counted twice (the fit equals that of the duplicated data)."""
+    sleep = tm.datasets.load("sleepstudy")
+    weights = np.where(np.arange(len(sleep)) % 2, 2.0, 1.0)
+    weighted = tm.glmer("Reaction ~ Days + (1 | Subject)", sleep, family="Gamma", link="log", weights=weights,
+                        verbose=False)
+    doubled = tm.glmer("Reaction ~ Days + (1 | Subject)", pd.concat([sleep, sleep.iloc[1::2]], ignore_index=True),
+                       family="Gamma", link="log", verbose=False)
+    assert weighted.loglik == pytest.approx(doubled.loglik, rel=1e-10)
+    np.testing.assert_allclose(weighted.fixef.to_numpy(), doubled.fixef.to_numpy(), rtol=1e-7)
+    assert weighted.family_parameters["dispersion"] == pytest.approx(doubled.family_parameters["dispersion"], rel=1e-6)
+
+
+def test_a_structured_covariance_with_a_family():
+    """cs over two columns is the unstructured 2 x 2 covariance: the same maximum as glmmTMB's us fit."""
+    reference, frame = load("sleep_gamma_log")
+    fit = tm.glmer("Reaction ~ Days + cs(1 + Days | Subject)", frame, family="Gamma", link="log", verbose=False)
+    assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-9)
