@@ -114,7 +114,7 @@ class PIRLS:
         -d^2 log p / d eta^2 (exact Laplace; some rows' W may be negative where the sum stays positive
         definite). Its log-determinant is the criterion's, its inverse the conditional variances."""
         family = mode.family or self.family
-        if family.laplace_uses_fisher_weights or (family.canonical and family.mu_information(mode.mu, self.prior) is not None):
+        if family.laplace_uses_fisher_weights or (family.canonical and not family.signed_weights):
             return mode.factor
         weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
         stats = self.pattern.compute(self._no_fixed, np.zeros(self.n), weights=weights, shift=np.zeros(0), signed=True)
