@@ -261,14 +261,14 @@ def test_glmer_structured_profile():
                    family="binomial", verbose=False)
     intervals = fit.confint(verbose=False)
     rho = fit.sdcor["rho_ar1|herd"]
-    assert intervals.loc["rho_ar1|herd", "lower"] < rho < intervals.loc["rho_ar1|herd", "upper"]
-    assert -1 < intervals.loc["rho_ar1|herd", "lower"] and intervals.loc["rho_ar1|herd", "upper"] < 1
+    assert intervals.loc["rho_ar1|herd", "2.5 %"] < rho < intervals.loc["rho_ar1|herd", "97.5 %"]
+    assert -1 < intervals.loc["rho_ar1|herd", "2.5 %"] and intervals.loc["rho_ar1|herd", "97.5 %"] < 1
     # each limit is where the profiled deviance has risen by the chi-square quantile (zeta = -+1.96)
     from tfmixed.results.profile import profile_likelihood
 
     profile = profile_likelihood(fit)
     index = profile.names.index("rho_ar1|herd")
-    for limit, z in ((intervals.loc["rho_ar1|herd", "lower"], -1.959964), (intervals.loc["rho_ar1|herd", "upper"], 1.959964)):
+    for limit, z in ((intervals.loc["rho_ar1|herd", "2.5 %"], -1.959964), (intervals.loc["rho_ar1|herd", "97.5 %"], 1.959964)):
         assert profile.zeta(index, limit)[0] == pytest.approx(z, abs=1e-4)
 
 

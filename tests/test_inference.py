@@ -101,7 +101,7 @@ def test_profile_and_wald_intervals_match_lme4(name, fixture, request):
     profile = pd.DataFrame(ref["confint_profile"]["ci"]).set_index("parm")
     ours = fit.confint("profile", verbose=False)
     assert list(ours.index) == list(profile.index)
-    assert relative(ours[["lower", "upper"]], profile[["lower", "upper"]]) < 1e-3
+    assert relative(ours[["2.5 %", "97.5 %"]], profile[["lower", "upper"]]) < 1e-3
     wald = pd.DataFrame(ref["confint_wald"]["ci"]).set_index("parm")
     ours = fit.confint("Wald")
     assert list(ours.index) == list(wald.index)
@@ -111,7 +111,7 @@ def test_profile_and_wald_intervals_match_lme4(name, fixture, request):
     # its SE by 2.7e-5: the Wald limits agree to 1e-6 on sleepstudy, to 1e-5 there
     assert relative(ours.loc[fixed.index], fixed) < (1e-6 if name.startswith("sleep") else 1e-5)
     z = 1.959963984540054
-    assert relative(ours.loc[fit.fixef.index, "upper"], fit.fixef + z * fit.fixef_se) < 1e-14
+    assert relative(ours.loc[fit.fixef.index, "97.5 %"], fit.fixef + z * fit.fixef_se) < 1e-14
 
 
 def test_profile_traces_are_monotone_and_cross_the_limits(sleep, tmp_path):
@@ -120,7 +120,7 @@ def test_profile_traces_are_monotone_and_cross_the_limits(sleep, tmp_path):
         assert np.all(np.diff(trace["zeta"]) > 0), name
         assert trace["zeta"].min() < -2.5 and trace["zeta"].max() > 2.5
     limits = profile.confint(0.95)
-    assert limits.loc["Days", "lower"] == pytest.approx(7.35865327511699, rel=1e-4)
+    assert limits.loc["Days", "2.5 %"] == pytest.approx(7.35865327511699, rel=1e-4)
     profile.plot().savefig(tmp_path / "zeta.png")
     assert (tmp_path / "zeta.png").stat().st_size > 5000
 
@@ -129,8 +129,8 @@ def test_profile_of_a_singular_fit_has_a_zero_lower_limit():
     with pytest.warns(tm.SingularFitWarning):
         fit = tm.lmer("Yield ~ 1 + (1 | Batch)", tm.datasets.load("Dyestuff2"), verbose=False)
     limits = fit.confint(verbose=False)
-    assert limits.loc["sd_(Intercept)|Batch", "lower"] == 0.0
-    assert limits.loc["sd_(Intercept)|Batch", "upper"] > 0.5
+    assert limits.loc["sd_(Intercept)|Batch", "2.5 %"] == 0.0
+    assert limits.loc["sd_(Intercept)|Batch", "97.5 %"] > 0.5
 
 
 def test_confint_arguments(sleep):
@@ -171,7 +171,7 @@ def test_bootstrap_is_seeded_and_the_same_in_parallel(sleep):
     custom = sleep.bootstrap(5, seed=1, statistic=lambda f: [f.sigma], verbose=False)
     assert custom.replicates.shape == (5, 1)
     intervals = sleep.confint("boot", n_boot=40, seed=3, verbose=False)
-    assert np.all(intervals["lower"] < intervals["upper"])
+    assert np.all(intervals["2.5 %"] < intervals["97.5 %"])
 
 
 def test_newton_refits_of_replicates_reach_the_optimisers_criterion(sleep):
@@ -222,7 +222,7 @@ def test_glmer_simulate_bootstrap_and_wald_intervals():
     assert relative((quartiles[0.75] - quartiles[0.25]) / 1.349, fit.fixef_se) < 0.35
     wald = fit.confint("Wald")
     z = 1.959963984540054
-    assert relative(wald.loc[fit.fixef.index, "lower"], fit.fixef - z * fit.fixef_se) < 1e-14
+    assert relative(wald.loc[fit.fixef.index, "2.5 %"], fit.fixef - z * fit.fixef_se) < 1e-14
     assert wald.loc["sd_(Intercept)|herd"].isna().all()
     assert list(fit.confint("profile", which=["period2"], verbose=False).index) == ["period2"]
 
@@ -242,7 +242,7 @@ def test_glmer_profile_intervals_match_lme4():
     grouse = tm.glmer(ref["grouseticks_poisson_crossed"]["formula"], data, family="poisson", verbose=False)
     expected = pd.DataFrame(ref["grouseticks_poisson_crossed"]["profile"]).set_index("parm")
     ours = grouse.confint(verbose=False)
-    assert ours.loc["sd_(Intercept)|LOCATION", "lower"] == 0.0 == expected.loc["sd_(Intercept)|LOCATION", "lower"]
+    assert ours.loc["sd_(Intercept)|LOCATION", "2.5 %"] == 0.0 == expected.loc["sd_(Intercept)|LOCATION", "lower"]
     nonzero = expected.drop(index="sd_(Intercept)|LOCATION")
     close = nonzero.drop(index=["YEAR96", "YEAR97"])
     assert relative(ours.loc[close.index], close) < 1e-3

@@ -23,6 +23,7 @@ from ..progress import Progress
 from ..refit import criterion_inverse_hessian, refit, require_exact_kernel
 from ..validation import require_rows_in_memory
 from .base import FitBase
+from .profile import interval_columns
 
 #: below this many replicates a bootstrap runs in one process by default (starting workers costs ~0.1 s)
 PARALLEL_MIN_REPLICATES = 200
@@ -103,7 +104,7 @@ class BootstrapResult:
         if not 0 < level < 1:
             raise DataError(f"level must be between 0 and 1, got {level!r}")
         table = self.quantiles(((1 - level) / 2, (1 + level) / 2))
-        table.columns = ["lower", "upper"]
+        table.columns = interval_columns(level)
         return table
 
     def __repr__(self) -> str:

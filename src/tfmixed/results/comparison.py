@@ -120,7 +120,7 @@ def anova(*fits, refit: bool = True, **named) -> LikelihoodRatioTable:
     >>> round(float(anova(m0, m1).table["Chisq"].iloc[1]), 4)
     42.1393
     """
-    names = [f"m{i}" for i in range(len(fits))] + list(named)
+    given = [None] * len(fits) + list(named)  # positional fits are named m0, m1, ... in the table's order
     fits = (*fits, *named.values())
     if len(fits) < 2:
         raise DataError("anova needs at least two fitted models to compare")
@@ -154,5 +154,5 @@ def anova(*fits, refit: bool = True, **named) -> LikelihoodRatioTable:
         "Chisq": chisq,
         "Df": df,
         "Pr(>Chisq)": p_values,
-    }, index=[names[i] for i in order])
+    }, index=[given[i] or f"m{row}" for row, i in enumerate(order)])
     return LikelihoodRatioTable(table, [fit.formula for fit in ordered], notes)

@@ -11,12 +11,13 @@ from scipy import stats
 from ..errors import DataError
 from ..validation import require_rows_in_memory
 from .base import FitBase
-from .profile import _ProfileBase, profile_likelihood
+from .profile import _ProfileBase, interval_columns, profile_likelihood
 
 CONFINT_METHODS = ("profile", "Wald", "boot")
 
 
 @dataclass
+
 class Profile:
     """zeta traces of every parameter (lme4's ``profile``): ``traces[name]`` has columns value and zeta."""
 
@@ -72,8 +73,9 @@ class Intervals(FitBase):
 
     def _wald_intervals(self, level: float) -> pd.DataFrame:
         z = stats.norm.ppf((1 + level) / 2)
-        variance = pd.DataFrame(np.nan, index=self.sdcor.index, columns=["lower", "upper"])
-        fixed = pd.DataFrame({"lower": self.fixef - z * self.fixef_se, "upper": self.fixef + z * self.fixef_se})
+        lower, upper = interval_columns(level)
+        variance = pd.DataFrame(np.nan, index=self.sdcor.index, columns=[lower, upper])
+        fixed = pd.DataFrame({lower: self.fixef - z * self.fixef_se, upper: self.fixef + z * self.fixef_se})
         return pd.concat([variance, fixed])
 
     def profile(self, which=None, *, points: int = 8, verbose: bool = True) -> Profile:

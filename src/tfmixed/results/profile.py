@@ -33,6 +33,16 @@ TRACE_LEVEL = 0.99
 INNER_OPTIONS: dict[str, Any] = {"ftol": 1e-15, "gtol": 1e-9, "max_iter": 500}
 
 
+
+def interval_columns(level: float) -> list[str]:
+    """lme4's column names of a confidence interval table: "2.5 %" and "97.5 %" at level 0.95.
+
+    >>> interval_columns(0.95), interval_columns(0.9)
+    (['2.5 %', '97.5 %'], ['5 %', '95 %'])
+    """
+    return [f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"]
+
+
 class VarianceParameters:
     """The map p = (per term its natural values: standard deviations and correlation parameters, in the order of
     the fit's ``sdcor``; sigma) -> (theta, sigma), and the parameters' bounds."""
@@ -113,7 +123,7 @@ class _ProfileBase:
             rows.append((self.limit(index, -z), self.limit(index, z)))
             progress.update(count + 1, f"{name}")
         progress.finish(f"{len(names)} parameters")
-        return pd.DataFrame(rows, index=names, columns=["lower", "upper"])
+        return pd.DataFrame(rows, index=names, columns=interval_columns(level))
 
     def trace(self, name: str, points: int = 8) -> pd.DataFrame:
         """zeta at ``points`` values on each side of the estimate, out to the 99% limits."""
