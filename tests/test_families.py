@@ -374,3 +374,22 @@ def test_a_structured_covariance_with_a_family():
     reference, frame = load("sleep_gamma_log")
     fit = tm.glmer("Reaction ~ Days + cs(1 + Days | Subject)", frame, family="Gamma", link="log", verbose=False)
     assert fit.loglik == pytest.approx(reference["logLik"], rel=1e-9)
+
+
+def test_zero_inflation_and_a_dispersion_model_together():
+    """glmmTMB's ziformula and dispformula in one fit (tools/zi_disp_reference.R): the log-likelihood equals
+    glmmTMB's Newton-polished objective; its reported estimates are nlminb's (max|grad| 4e-5), hence 1e-3."""
+    reference = json.loads((REFERENCES / "sal_zinb2_disp.json").read_text())
+    _, frame = load("sal_nb2")
+    fit = tm.glmer(reference["formula"], frame, family="negative_binomial", ziformula=reference["ziformula"],
+                   dispformula=reference["dispformula"], verbose=False)
+    assert fit.loglik == pytest.approx(-reference["polished_objective"], rel=1e-9)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(reference["fixef"].values()), rtol=1e-4)
+    for prefix, key in (("zi_", "fixef_zi"), ("disp_", "fixef_disp")):
+        names = [prefix + name for name in reference[key]]
+        np.testing.assert_allclose(fit.family_parameters[names].to_numpy(), list(reference[key].values()), rtol=1e-3)
+        np.testing.assert_allclose(fit.family_parameters_se[names].to_numpy(),
+                                   list(reference[key + "_se"].values()), rtol=1e-3)
+    assert fit.varcorr["sdcor"].iloc[0] == pytest.approx(reference["sdcor"], rel=1e-4)
+    text = fit.summary()
+    assert text.index("Zero-inflation model:") < text.index("Dispersion model:")

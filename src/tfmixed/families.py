@@ -1168,6 +1168,7 @@ class DispersionModel(Family):
         self.parameter_names = tuple(base.parameter_names[1:]) + tuple(f"disp_{name}" for name in disp_names)
         self.parameter_ranges = tuple(base_ranges[1:]) + (FREE,) * len(disp_names)
         self.parameter_label, self.has_dispersion, self.can_separate = "", base.has_dispersion, base.can_separate
+        self.zero_inflatable = base.zero_inflatable  # a zero-inflation model may wrap this one (glmmTMB's both)
         super().__init__(base.link.name)
         self.parameters = np.concatenate([base.parameters[1:], np.full(len(disp_names), np.nan)])
         self.estimated = np.concatenate([base.estimated[1:], np.ones(len(disp_names), dtype=bool)])

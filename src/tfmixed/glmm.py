@@ -105,17 +105,15 @@ def glmer(
                         "iteration; fit lmer, or glmer on the data in memory")
     zi_rhs = _zero_inflation_rhs(ziformula, family)
     disp_rhs = _sub_model_rhs(dispformula, "dispformula", ("1",))
-    if zi_rhs is not None and disp_rhs is not None:
-        raise DataError("ziformula and dispformula together are not available yet; fit one sub-model at a time")
     sub_columns = [column for rhs in (zi_rhs, disp_rhs) if rhs is not None
                    for column in mentioned_columns(rhs, as_frame(data).columns)]
     design = build_design(formula, data, missing=missing, weights=weights, offset=offset,
                           rank_deficient=rank_deficient, binomial=isinstance(family, Binomial),
                           residual=family.has_dispersion, extra_columns=tuple(sub_columns))
+    if disp_rhs is not None:  # inside: the count model's dispersion; the zero-inflation wraps the whole
+        family = DispersionModel(family, *_sub_model_matrix(disp_rhs, design, "dispersion"))
     if zi_rhs is not None:
         family = ZeroInflated(family, *_sub_model_matrix(zi_rhs, design, "zero-inflation"))
-    if disp_rhs is not None:
-        family = DispersionModel(family, *_sub_model_matrix(disp_rhs, design, "dispersion"))
     if not design.terms:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group); a GLM without random "
                            "effects is statsmodels' GLM")

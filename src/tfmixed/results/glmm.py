@@ -119,9 +119,12 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         se = np.sqrt(np.where(diagonal >= 0, diagonal, np.nan)) * np.abs(self.family.natural_derivative(self._phi))
         return pd.Series(se, index=names, name="Std. Error")
 
-    def _sub_model_table(self) -> pd.DataFrame | None:
-        """glmmTMB's zero-inflation table: Estimate, Std. Error, z value, Pr(>|z|)."""
-        names = [name for name in self.family.estimated_names if name.startswith(("zi_", "disp_"))]
+    #: the sub-models' coefficient prefixes and glmmTMB's table titles
+    SUB_MODELS = (("zi_", "Zero-inflation model"), ("disp_", "Dispersion model"))
+
+    def _sub_model_table(self, prefix: str) -> pd.DataFrame | None:
+        """glmmTMB's table of a sub-model (zero-inflation, dispersion): Estimate, Std. Error, z value, Pr(>|z|)."""
+        names = [name for name in self.family.estimated_names if name.startswith(prefix)]
         if not names:
             return None
         estimate = self.family_parameters[names]
@@ -129,7 +132,7 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         z = estimate / se
         table = pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
                               "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.to_numpy()))})
-        table.index = [name.split("_", 1)[1] for name in names]
+        table.index = [name[len(prefix):] for name in names]
         return table
 
     @cached_property
@@ -264,10 +267,12 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         if labels:  # glmmTMB's lines, before the fixed effects
             at = body.index("Fixed effects:") - 1
             body[at:at] = [""] + [f"{label}: {value:.4g}" for label, value in zip(labels, family.parameters)]
-        sub_model = self._sub_model_table()
-        if sub_model is not None:
-            at = body.index("Fixed effects:") + 2 + len(self.design.fixed_names)
-            body[at:at] = ["", f"{family.sub_model_title}:", sub_model.to_string(float_format=lambda v: f"{v:.4g}")]
+        at = body.index("Fixed effects:") + 2 + len(self.design.fixed_names)
+        for prefix, title in self.SUB_MODELS:
+            table = self._sub_model_table(prefix)
+            if table is not None:
+                body[at:at] = ["", f"{title}:", table.to_string(float_format=lambda v: f"{v:.4g}")]
+                at += 3
         return "\n".join(lines + body + self._fit_record_lines(verbose))
 
     def _scaled_residuals(self) -> np.ndarray | None:
