@@ -393,3 +393,38 @@ def test_zero_inflation_and_a_dispersion_model_together():
     assert fit.varcorr["sdcor"].iloc[0] == pytest.approx(reference["sdcor"], rel=1e-4)
     text = fit.summary()
     assert text.index("Zero-inflation model:") < text.index("Dispersion model:")
+
+
+def _families_at_known_parameters():
+    zi = tm.families.ZeroInflated(NegativeBinomial(size=2.0), np.ones((4, 1)), ["(Intercept)"]).with_working(
+        np.array([-1.0]))
+    return [NegativeBinomial(size=2.0), tm.families.NegativeBinomial1(dispersion=0.7),
+            Gamma(link="log", dispersion=0.3), tm.families.InverseGaussian(link="log", dispersion=0.05),
+            tm.families.Gaussian(link="log", dispersion=4.0), tm.families.Beta(precision=6.0),
+            Tweedie(dispersion=1.3, power=1.4), zi]
+
+
+@pytest.mark.parametrize("family", _families_at_known_parameters(), ids=lambda f: f.name)
+def test_sampling_has_the_familys_mean_and_variance(family):
+    """simulate and the bootstrap draw from Family.sample: its draws have mean E[y] and variance Var(y)."""
+    mu = np.array([0.3, 0.5, 0.7, 0.4]) if family.name == "beta" else np.array([0.5, 2.0, 6.0, 1.0])
+    rng = np.random.default_rng(11)
+    draws = np.stack([family.sample(mu, np.ones(4), rng) for _ in range(40_000)])
+    np.testing.assert_allclose(draws.mean(axis=0), family.response_mean(mu), rtol=0.02)
+    np.testing.assert_allclose(draws.var(axis=0), family.variance(mu), rtol=0.05)
+
+
+@pytest.mark.parametrize("family", [f for f in _families_at_known_parameters()
+                                    if f.name in ("negative_binomial", "Gamma", "inverse.gaussian", "gaussian", "tweedie")],
+                         ids=lambda f: f.name)
+def test_deviance_residuals_are_the_scaled_log_likelihood_ratio(family):
+    """Each closed-form deviance residual (the families that write their own) is 2 (log p(y | y) - log p(y | mu)),
+    times the dispersion for those whose R deviance leaves it out (Gamma, inverse Gaussian, Gaussian, Tweedie)."""
+    if family.name.startswith("negative"):
+        y = np.array([1.0, 3.0, 8.0])
+    else:
+        y = np.array([0.4, 2.5, 7.0])
+    mu, prior = np.array([0.9, 2.0, 5.5]), np.ones(3)
+    ratio = 2 * (family.log_density(y, family.saturated_mean(y), prior) - family.log_density(y, mu, prior))
+    scale = family.parameter("dispersion") if family.name in ("Gamma", "inverse.gaussian", "gaussian", "tweedie") else 1.0
+    np.testing.assert_allclose(family.deviance_residuals(y, mu, prior), scale * ratio, rtol=1e-10)

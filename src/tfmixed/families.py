@@ -165,6 +165,9 @@ class Family:
     parameter_names: tuple[str, ...] = ()
     #: how glmmTMB's summary names the parameter (e.g. "Dispersion parameter for nbinom2 family")
     parameter_label = ""
+    #: whether :meth:`mu_information` is the Fisher information in closed form (False: it returns None and PIRLS
+    #: takes Newton steps on the observed information)
+    has_fisher_information = True
     #: glmmTMB's lines for the second and later parameters (a Tweedie power)
     more_parameter_labels: tuple[str, ...] = ()
     #: what a parameter at the edge of its range means (printed with the warning that reports it)
@@ -380,7 +383,7 @@ class Family:
     @property
     def signed_weights(self) -> bool:
         """Whether PIRLS's weights may be negative on some rows (Newton on the observed information)."""
-        return self.mu_information(np.ones(1), np.ones(1)) is None
+        return not self.has_fisher_information
 
     def working_weights(self, mu: np.ndarray, eta: np.ndarray, prior: np.ndarray, y=None) -> np.ndarray:
         """PIRLS weights i(mu) (d mu / d eta)^2 (``y`` is needed only where the information is observed)."""
@@ -687,7 +690,6 @@ class NegativeBinomial(_NegativeBinomialCounts):
         k = self.parameter("size")
         return 2 * prior * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
 
-
     def start_parameters(self, y, mu, prior):
         # method of moments: sum (y - mu)^2 = sum mu + sum mu^2 / k
         excess = np.sum(prior * ((y - mu) ** 2 - mu))
@@ -713,6 +715,7 @@ class NegativeBinomial1(_NegativeBinomialCounts):
     """
 
     name = "negative_binomial1"
+    has_fisher_information = False
     parameter_names = ("dispersion",)
     parameter_label = "Dispersion parameter for nbinom1 family ()"
     parameter_limit_note = "a dispersion going to 0 is the Poisson model: the data show no overdispersion beyond the random effects"
@@ -882,7 +885,7 @@ class Gaussian(Family):
         return prior * (y - mu) ** 2
 
     def check_response(self, y, prior, response):
-        if self.link.name in ("log", "inverse") and np.any(y <= 0) and self.link.name == "inverse":
+        if self.link.name == "inverse" and np.any(y <= 0):
             raise DataError(f"gaussian response {response!r} with the inverse link must be positive")
 
     def start_mu(self, y, prior):
@@ -930,10 +933,6 @@ class Beta(Family):
 
     def variance(self, mu):
         return mu * (1 - mu) / (1 + self.parameter("precision"))
-
-    def saturated_mean(self, y):
-        # the beta density in mu peaks near, not at, y; the deviance is taken against mu = y as glmmTMB's residuals
-        return np.asarray(y, dtype=np.float64)
 
     def check_response(self, y, prior, response):
         if np.any((y <= 0) | (y >= 1)):
@@ -1066,6 +1065,7 @@ class ZeroInflated(Family):
     """
 
     has_dispersion = True
+    has_fisher_information = False
     sub_model_title = "Zero-inflation model"
 
     def __init__(self, base: Family, zi_matrix: np.ndarray, zi_names: list[str]):
@@ -1169,6 +1169,7 @@ class DispersionModel(Family):
         self.parameter_ranges = tuple(base_ranges[1:]) + (FREE,) * len(disp_names)
         self.parameter_label, self.has_dispersion, self.can_separate = "", base.has_dispersion, base.can_separate
         self.zero_inflatable = base.zero_inflatable  # a zero-inflation model may wrap this one (glmmTMB's both)
+        self.has_fisher_information = base.has_fisher_information
         super().__init__(base.link.name)
         self.parameters = np.concatenate([base.parameters[1:], np.full(len(disp_names), np.nan)])
         self.estimated = np.concatenate([base.estimated[1:], np.ones(len(disp_names), dtype=bool)])
@@ -1276,6 +1277,7 @@ class LogDensityFamily(Family):
     """
 
     has_dispersion = True
+    has_fisher_information = False
 
     def __init__(self, name: str, log_density: Callable, *, link: str = "log",
                  links: tuple[str, ...] = ("log", "identity", "logit", "inverse", "sqrt"),

@@ -211,6 +211,17 @@ class GlmmObjective:
         spec = [(c[0], c[1], d[0], d[1]) for c in columns for d in columns]
         return (*np.divmod(unique, q), which.ravel(), spec)
 
+    @property
+    def has_analytic_gradient(self) -> bool:
+        """Whether :meth:`gradient` can give a closed form (Laplace, or quadrature for binomial and Poisson under
+        their canonical links). lme4's determinant at Fisher weights under a non-canonical link (binomial probit,
+        cloglog, cauchit; Poisson sqrt, identity) is not the Hessian the implicit function theorem needs, so
+        those take central differences."""
+        family = self.family
+        if self.n_agq > 1:
+            return family.has_closed_form_gradient
+        return family.has_closed_form_gradient or not family.laplace_uses_fisher_weights
+
     def leverages(self, mode: Mode, factor=None) -> np.ndarray:
         """h_i = (Z Lambda H^{-1} Lambda'Z')_ii, H = Lambda'Z'WZ Lambda + I at the mode (``factor``: H's factor,
         default the mode's own)."""
@@ -238,10 +249,7 @@ class GlmmObjective:
         family = mode.family or self.family
         if self.n_agq > 1 and not joint:
             return self.quadrature_gradient(mode) if family.has_closed_form_gradient else None
-        if family.laplace_uses_fisher_weights and not family.has_closed_form_gradient:
-            # lme4's determinant at Fisher weights under a non-canonical link: its W is not the Hessian the
-            # implicit function theorem needs, so these (binomial probit, cloglog, cauchit; Poisson sqrt,
-            # identity) take central differences
+        if not self.has_analytic_gradient:
             return None
         y, prior = self.pirls.y, self.pirls.prior
         X = self.pirls.X if joint else self.pirls._no_fixed
@@ -434,7 +442,7 @@ class _Criterion:
         if not np.isfinite(value):
             return np.inf, np.zeros_like(params)
         gradient = self.analytic_gradient(mode)
-        if gradient is None:
+        if gradient is None and self.objective.has_analytic_gradient:
             gradient = self._gradient_inside(params)
         if gradient is not None:
             return value, gradient

@@ -64,6 +64,9 @@ class Mode(WarmStart):
     iterations: int
     #: the family with the parameters (dispersion, size, ...) this mode was found at
     family: Family | None = None
+    #: the factor at the Laplace weights, once :meth:`PIRLS.laplace_factor` has made it (criterion, gradient and
+    #: the fit's conditional variances all read it)
+    laplace: PLSFactor | None = None
 
 
 class PIRLS:
@@ -114,12 +117,15 @@ class PIRLS:
         -d^2 log p / d eta^2 (exact Laplace; some rows' W may be negative where the sum stays positive
         definite). Its log-determinant is the criterion's, its inverse the conditional variances."""
         family = mode.family or self.family
-        if family.laplace_uses_fisher_weights or (family.canonical and not family.signed_weights):
+        if family.laplace_uses_fisher_weights or (family.canonical and family.has_fisher_information):
             return mode.factor
-        weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
-        stats = self.pattern.compute(self._no_fixed, np.zeros(self.n), weights=weights, shift=np.zeros(0), signed=True)
-        stats.xy_xy[-1, -1] = 1.0  # the zero response's pivot: log|L| and the inverse blocks never read it
-        return self.problem(stats).factorize(mode.factor.factors)
+        if mode.laplace is None:
+            weights = family.laplace_weights(self.y, mode.mu, mode.eta, self.prior)
+            stats = self.pattern.compute(self._no_fixed, np.zeros(self.n), weights=weights, shift=np.zeros(0),
+                                         signed=True)
+            stats.xy_xy[-1, -1] = 1.0  # the zero response's pivot: log|L| and the inverse blocks never read it
+            mode.laplace = self.problem(stats).factorize(mode.factor.factors)
+        return mode.laplace
 
     def to_b(self, u: np.ndarray, factors: list[np.ndarray]) -> np.ndarray:
         """b = Lambda u (before a factor exists: :meth:`PLSFactor.u_to_b` is the same map)."""

@@ -106,16 +106,24 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
         return pd.Series(self.family.parameters, index=list(self.family.parameter_names), name="estimate", dtype=float)
 
     @cached_property
+    def _parameter_covariance(self) -> np.ndarray | None:
+        """2 H^-1 in (theta, beta, phi): the covariance of all estimates (None without the Hessian, or where it
+        is singular)."""
+        if self._hessian is None:
+            return None
+        try:
+            return 2.0 * np.linalg.inv(self._hessian)
+        except np.linalg.LinAlgError:
+            return None
+
+    @cached_property
     def family_parameters_se(self) -> pd.Series:
         """Standard errors of the estimated family parameters from 2 H^-1 (their working scale, mapped to the
         natural one by the delta method); a sub-model's coefficients (zero-inflation) are on their own scale."""
         names = self.family.estimated_names
-        if self._hessian is None or not names:
+        if self._parameter_covariance is None or not names:
             return pd.Series(np.full(len(names), np.nan), index=names, name="Std. Error", dtype=float)
-        try:
-            diagonal = np.diag(2.0 * np.linalg.inv(self._hessian))[-len(names):]
-        except np.linalg.LinAlgError:
-            diagonal = np.full(len(names), np.nan)
+        diagonal = np.diag(self._parameter_covariance)[-len(names):]
         se = np.sqrt(np.where(diagonal >= 0, diagonal, np.nan)) * np.abs(self.family.natural_derivative(self._phi))
         return pd.Series(se, index=names, name="Std. Error")
 
@@ -145,10 +153,8 @@ class GlmerFit(Estimates, Likelihood, Intervals, Prediction, Resampling, Plots, 
             unscaled = self.objective.mode(self._theta, None, self._phi).factor.vcov_beta_unscaled()
         else:
             fixed = slice(self._theta.size, self._theta.size + len(names))
-            try:
-                unscaled = (2.0 * np.linalg.inv(self._hessian))[fixed, fixed]
-            except np.linalg.LinAlgError:
-                unscaled = np.full((len(names), len(names)), np.nan)
+            covariance = self._parameter_covariance
+            unscaled = covariance[fixed, fixed] if covariance is not None else np.full((len(names), len(names)), np.nan)
         return pd.DataFrame((unscaled + unscaled.T) / 2, index=names, columns=names)
 
     @property
