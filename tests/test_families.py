@@ -428,3 +428,19 @@ def test_deviance_residuals_are_the_scaled_log_likelihood_ratio(family):
     ratio = 2 * (family.log_density(y, family.saturated_mean(y), prior) - family.log_density(y, mu, prior))
     scale = family.parameter("dispersion") if family.name in ("Gamma", "inverse.gaussian", "gaussian", "tweedie") else 1.0
     np.testing.assert_allclose(family.deviance_residuals(y, mu, prior), scale * ratio, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["logit", "probit", "cloglog", "cauchit", "log", "identity", "inverse", "sqrt",
+                                  "1/mu^2"])
+def test_links_invert_and_differentiate(name):
+    """Every link: g(g^-1(eta)) = eta, and d mu / d eta, d^2 mu / d eta^2 equal central quotients of g^-1."""
+    from tfmixed.families import Link
+
+    link = Link(name)
+    eta = {"inverse": np.array([0.2, 0.7, 2.0]), "1/mu^2": np.array([0.2, 0.7, 2.0]),
+           "sqrt": np.array([0.3, 1.2, 2.5])}.get(name, np.array([-1.5, 0.2, 1.1]))
+    np.testing.assert_allclose(link.link(link.inverse(eta)), eta, rtol=1e-10, atol=1e-12)
+    h = 1e-5
+    np.testing.assert_allclose(link.mu_eta(eta), (link.inverse(eta + h) - link.inverse(eta - h)) / (2 * h), rtol=1e-6)
+    np.testing.assert_allclose(link.mu_eta2(eta), (link.mu_eta(eta + h) - link.mu_eta(eta - h)) / (2 * h), rtol=1e-5,
+                               atol=1e-9)
