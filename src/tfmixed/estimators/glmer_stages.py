@@ -26,6 +26,7 @@ from ..errors import DataError
 from ..laplace import GlmmObjective, JointCriterion, ThetaCriterion
 from .laplace_em import fit_laplace_em
 from .optimizer import minimize_bounded
+from .pirls import ETA_STEP_TOL, PIRLS_TOL
 from .profiled import ProfiledOptions, fit_profiled
 from .result import EstimatorResult, StageRecord
 
@@ -78,7 +79,8 @@ def with_first_stage(optimum: EstimatorResult, rough: StageRecord, start, object
     if objective.n_family:
         initial[initial.size - objective.n_family :] = start[n_theta:]
     tolerances = {**optimum.tolerances, "stage 1 max_iter": ROUGH_START_ITERATIONS, "stage 1 ftol": ROUGH_START_FTOL,
-                  "stage 1 gtol": ROUGH_START_GTOL}
+                  "stage 1 gtol": ROUGH_START_GTOL, "pirls_tol": PIRLS_TOL, "pirls eta_step_tol": ETA_STEP_TOL,
+                  "polish step": POLISH_STEP, "polish steps": POLISH_STEPS}
     return dataclasses.replace(optimum, stages=(rough, *optimum.stages), start=initial, tolerances=tolerances,
                                n_evaluations=optimum.n_evaluations + rough.evaluations)
 
